@@ -1,0 +1,5 @@
+"""`python -m simpul` runs the CLI."""
+
+from simpul.cli import main
+
+main()

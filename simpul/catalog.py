@@ -1,0 +1,48 @@
+"""What the publisher and the worker both know about event types: schema, key, identifiers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from simpul.codec import AvroSchema
+from simpul.registry import SchemaResolver
+from simpul.topology import Agency, EventType, Topology
+from simpul.validation import check_avro, check_identifiers, identifier_fields
+
+
+class EventCatalog:
+    """Topology plus schemas: is this payload acceptable for this type from this agency?"""
+
+    def __init__(self, topology: Topology, resolver: SchemaResolver) -> None:
+        self.topology = topology
+        self.resolver = resolver
+        self._identifiers: dict[int, dict[str, str]] = {}
+
+    def latest_schema(self, type_name: str) -> AvroSchema:
+        return self.resolver.latest(self.topology.event_type(type_name).subject)
+
+    def identifiers(self, schema: AvroSchema) -> dict[str, str]:
+        found = self._identifiers.get(schema.id)
+        if found is None:
+            found = self._identifiers[schema.id] = identifier_fields(schema.definition)
+        return found
+
+    def payload_problems(
+        self, event_type: EventType, schema: AvroSchema, payload: Mapping[str, Any]
+    ) -> list[str]:
+        """Type and identifier problems, each as ``field: reason``; empty when acceptable."""
+        problems = check_avro(schema, payload)
+        if not problems:
+            problems = check_identifiers(self.identifiers(schema), payload)
+            if event_type.key not in payload:
+                problems.append(f"{event_type.key}: key field missing")
+        return problems
+
+    def scope_problem(self, agency: Agency, payload: Mapping[str, Any]) -> str | None:
+        """A kelurahan office may only report on its own kelurahan."""
+        own = agency.kelurahan_code
+        theirs = payload.get("kelurahan_code")
+        if own and theirs and own != theirs:
+            return f"kelurahan_code: {agency.code} may only report for {own}, not {theirs}"
+        return None

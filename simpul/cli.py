@@ -1,0 +1,326 @@
+"""The `simpul` command line: the one place that wires core, streams, connectors and sinks."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from simpul.settings import Settings, get_settings
+from simpul.topology import Topology, TopologyError, load_topology
+
+console = Console()
+err = Console(stderr=True)
+
+app = typer.Typer(
+    help="Simpul: the integration bus between a city's agency (OPD) systems.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+topics_app = typer.Typer(help="Kafka topics declared by the topology.", no_args_is_help=True)
+db_app = typer.Typer(help="Central store migrations.", no_args_is_help=True)
+schemas_app = typer.Typer(help="Avro schemas of the event types.", no_args_is_help=True)
+dlq_app = typer.Typer(help="Dead letters: list and replay.", no_args_is_help=True)
+topology_app = typer.Typer(help="The topology file.", no_args_is_help=True)
+app.add_typer(topics_app, name="topics")
+app.add_typer(db_app, name="db")
+app.add_typer(schemas_app, name="schemas")
+app.add_typer(dlq_app, name="dlq")
+app.add_typer(topology_app, name="topology")
+
+
+def _settings() -> Settings:
+    from pydantic import ValidationError
+
+    try:
+        return get_settings()
+    except ValidationError as error:
+        from simpul.topology import format_validation_error
+
+        err.print(
+            f"[red]settings are invalid (SIMPUL_* variables):[/red]\n"
+            f"{format_validation_error(error)}"
+        )
+        raise typer.Exit(2) from None
+
+
+def _topology(settings: Settings) -> Topology:
+    try:
+        return load_topology(settings.topology_file)
+    except TopologyError as error:
+        err.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from None
+
+
+def _event_type(topology: Topology, name: str):  # type: ignore[no-untyped-def]
+    try:
+        return topology.event_type(name)
+    except KeyError as error:
+        err.print(f"[red]{error.args[0]}[/red]")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def broker(
+    port: Annotated[
+        int | None, typer.Option(help="Port to listen on [default: SIMPUL_BROKER_PORT]")
+    ] = None,
+) -> None:
+    """Run the embedded Kafka-protocol broker (Tansu, in memory) in the foreground."""
+    import signal
+    import subprocess
+
+    from simpul.broker import BrokerError, broker_command, port_is_free
+
+    port = port or _settings().broker_port
+    if not port_is_free(port):
+        err.print(
+            f"[red]port {port} is already in use[/red]: another broker may be running. "
+            "Stop it, or pass --port."
+        )
+        raise typer.Exit(1)
+    try:
+        command = broker_command(port)
+    except BrokerError as error:
+        err.print(f"[red]{error}[/red]")
+        raise typer.Exit(1) from None
+    console.print(f"embedded broker on [bold]127.0.0.1:{port}[/bold] (memory only; Ctrl-C stops)")
+    process = subprocess.Popen(command)
+    signal.signal(signal.SIGTERM, lambda *_: process.terminate())
+    try:
+        raise typer.Exit(process.wait())
+    except KeyboardInterrupt:
+        process.terminate()
+        raise typer.Exit(process.wait()) from None
+
+
+@topics_app.command("apply")
+def topics_apply() -> None:
+    """Create the topology's topics (in, valid, dlq per event type); safe to run again."""
+    from simpul.topics import apply_topics
+
+    settings = _settings()
+    changes = apply_topics(_topology(settings), settings.kafka_bootstrap)
+    table = Table("topic", "partitions", "action")
+    for change in changes:
+        table.add_row(change.topic, str(change.partitions), change.action)
+    console.print(table)
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision")] = "head") -> None:
+    """Apply the central store's migrations (SQLite or PostgreSQL)."""
+    from simpul import dbmigrate
+
+    settings = _settings()
+    at = dbmigrate.upgrade(settings.database_url, revision)
+    console.print(f"central store at revision [bold]{at}[/bold]")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Show the central store's migration revision."""
+    from simpul import dbmigrate
+
+    console.print(dbmigrate.current(_settings().database_url) or "(empty: run `simpul db upgrade`)")
+
+
+@schemas_app.command("register")
+def schemas_register() -> None:
+    """Register every event type's .avsc under the subject `simpul.in.<type>-value`."""
+    from simpul.db import make_engine
+    from simpul.registry import SchemaStore, register_all
+
+    settings = _settings()
+    topology = _topology(settings)
+    ids = register_all(
+        SchemaStore(make_engine(settings.database_url)), topology, settings.schemas_dir
+    )
+    table = Table("event type", "subject", "schema id")
+    for name, schema_id in ids.items():
+        table.add_row(name, topology.event_type(name).subject, str(schema_id))
+    console.print(table)
+
+
+@topology_app.command("check")
+def topology_check(
+    path: Annotated[
+        Path | None, typer.Argument(help="Topology file [default: SIMPUL_TOPOLOGY_FILE]")
+    ] = None,
+) -> None:
+    """Validate a topology file; every error names the field and the reason."""
+    try:
+        topology = load_topology(path or _settings().topology_file)
+    except TopologyError as error:
+        err.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from None
+    console.print(
+        f"{topology.city}: {len(topology.agencies)} agencies, "
+        f"{len(topology.event_types)} event types, {len(topology.kelurahan)} kelurahan: OK"
+    )
+
+
+@app.command()
+def worker() -> None:
+    """Run the stream worker: validate, dedup, store, forward; /metrics on the web port."""
+    from streams.worker import run_worker
+
+    settings = _settings()
+    run_worker(settings, _topology(settings))
+
+
+@app.command()
+def simulate(
+    rate: Annotated[float, typer.Option(min=0.1, help="Events per second")] = 50.0,
+    duration: Annotated[float, typer.Option(min=0.1, help="Seconds to run")] = 10.0,
+    duplicates: Annotated[
+        float, typer.Option(min=0.0, max=0.9, help="Share re-sent with the same ce_id")
+    ] = 0.05,
+    invalid: Annotated[
+        float, typer.Option(min=0.0, max=0.9, help="Share deliberately invalid")
+    ] = 0.02,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same city)")] = 7271,
+) -> None:
+    """Publish realistic generated Kota Palu events from every agency."""
+    report = run_simulation(
+        _settings(), rate=rate, duration=duration, duplicates=duplicates, invalid=invalid, seed=seed
+    )
+    table = Table("event type", "published", "duplicates", "invalid", title="simulated")
+    for name in sorted(set(report.published) | set(report.invalid) | set(report.duplicates)):
+        table.add_row(
+            name,
+            str(report.published[name]),
+            str(report.duplicates[name]),
+            str(report.invalid[name]),
+        )
+    console.print(table)
+
+
+def run_simulation(
+    settings: Settings,
+    *,
+    rate: float,
+    duration: float,
+    duplicates: float,
+    invalid: float,
+    seed: int,
+    quiet: bool = False,
+):  # type: ignore[no-untyped-def]
+    from simpul.catalog import EventCatalog
+    from simpul.db import make_engine
+    from simpul.publisher import Publisher
+    from simpul.registry import SchemaResolver, SchemaStore
+    from simpul.simulate import PaluData
+    from simpul.simulate import simulate as run
+
+    topology = _topology(settings)
+    catalog = EventCatalog(
+        topology, SchemaResolver(SchemaStore(make_engine(settings.database_url)))
+    )
+    publishers: dict[str, Publisher] = {}
+
+    def publisher(agency: str) -> Publisher:
+        if agency not in publishers:
+            publishers[agency] = Publisher(agency, settings=settings, catalog=catalog)
+        return publishers[agency]
+
+    data = PaluData(topology, seed=seed)
+    with Progress(
+        TextColumn("publishing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=quiet,
+    ) as progress:
+        task = progress.add_task("publish", total=int(rate * duration))
+        report = run(
+            publisher,
+            data,
+            rate=rate,
+            duration=duration,
+            duplicates=duplicates,
+            invalid=invalid,
+            on_tick=lambda done, _: progress.update(task, completed=done),
+        )
+    for p in publishers.values():
+        p.close()
+    return report
+
+
+@dlq_app.command("list")
+def dlq_list(
+    event_type: Annotated[str, typer.Argument(help="Event type, e.g. permit.issued")],
+    limit: Annotated[int, typer.Option(help="Show at most this many")] = 50,
+) -> None:
+    """Show the dead letters of an event type with their stage and reason."""
+    from simpul.deadletters import list_dead_letters
+
+    settings = _settings()
+    etype = _event_type(_topology(settings), event_type)
+    letters = list_dead_letters(settings.kafka_bootstrap, etype)
+    table = Table(
+        "partition/offset",
+        "ce_id",
+        "source",
+        "stage",
+        "reason",
+        title=f"{len(letters)} dead letters in {etype.topic('dlq')}",
+    )
+    for letter in letters[:limit]:
+        table.add_row(
+            f"{letter.partition}/{letter.offset}",
+            letter.ce_id or "-",
+            letter.source or "-",
+            letter.stage,
+            letter.reason,
+        )
+    console.print(table)
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    event_type: Annotated[str, typer.Argument(help="Event type, e.g. permit.issued")],
+    ce_id: Annotated[str | None, typer.Option(help="Replay only this event")] = None,
+    reason: Annotated[str | None, typer.Option(help="Replay only this reason code")] = None,
+) -> None:
+    """Send dead letters back through validation (after fixing their cause)."""
+    from simpul.deadletters import replay_dead_letters
+
+    settings = _settings()
+    etype = _event_type(_topology(settings), event_type)
+    replayed, skipped = replay_dead_letters(
+        settings.kafka_bootstrap, etype, ce_id=ce_id, code=reason
+    )
+    console.print(
+        f"replayed {replayed} dead letters to {etype.topic('in')}"
+        + (f" ({skipped} skipped by the filter)" if skipped else "")
+    )
+
+
+@app.command()
+def demo(
+    duration: Annotated[float, typer.Option(min=1, help="Seconds of simulated traffic")] = 30.0,
+    rate: Annotated[float, typer.Option(min=1, help="Events per second")] = 100.0,
+) -> None:
+    """Start broker, topics, store and worker; simulate all agencies; print what arrived; stop."""
+    from simpul.demo import run_demo
+
+    raise typer.Exit(run_demo(console, duration=duration, rate=rate))
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,298 @@
+"""`simpul demo`: the whole path on one machine, read back from the store and the metrics."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import defaultdict
+
+from prometheus_client.parser import text_string_to_metric_families
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+
+from simpul import dbmigrate
+from simpul.broker import EmbeddedBroker, free_port, port_is_free
+from simpul.db import make_engine
+from simpul.registry import SchemaStore, register_all
+from simpul.settings import PROJECT_ROOT, Settings
+from simpul.topics import apply_topics
+from simpul.topology import load_topology
+from sinks.central_store import CentralStore
+
+
+def scrape(port: int) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """Metric samples by name, then by sorted label pairs."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = defaultdict(dict)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[sample.name][tuple(sorted(sample.labels.items()))] = sample.value
+    return samples
+
+
+def total(samples: dict, name: str, **match: str) -> float:  # type: ignore[type-arg]
+    return sum(
+        value
+        for labels, value in samples.get(name, {}).items()
+        if all(dict(labels).get(k) == v for k, v in match.items())
+    )
+
+
+def histogram_quantile(samples: dict, name: str, q: float) -> float | None:  # type: ignore[type-arg]
+    """Prometheus-style quantile over all label sets, from cumulative buckets."""
+    buckets: dict[float, float] = defaultdict(float)
+    for labels, value in samples.get(f"{name}_bucket", {}).items():
+        buckets[float(dict(labels)["le"])] += value
+    if not buckets:
+        return None
+    bounds = sorted(buckets)
+    count = buckets[bounds[-1]]
+    if count == 0:
+        return None
+    rank, previous_bound, previous_count = q * count, 0.0, 0.0
+    for bound in bounds:
+        if buckets[bound] >= rank:
+            if bound == float("inf"):
+                return previous_bound
+            share = (rank - previous_count) / max(buckets[bound] - previous_count, 1e-9)
+            return previous_bound + (bound - previous_bound) * share
+        previous_bound, previous_count = bound, buckets[bound]
+    return previous_bound
+
+
+def wait_http(port: int, path: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"worker did not answer on port {port} within {timeout:.0f}s")
+
+
+def run_demo(console: Console, *, duration: float, rate: float) -> int:
+    workdir = PROJECT_ROOT / "var" / "demo"
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    base = Settings()
+    broker_port = base.broker_port if port_is_free(base.broker_port) else free_port()
+    web_port = base.worker_web_port if port_is_free(base.worker_web_port) else free_port()
+    database_url = f"sqlite:///{workdir / 'simpul.db'}"
+    env = {
+        **os.environ,
+        "SIMPUL_KAFKA_BOOTSTRAP": f"127.0.0.1:{broker_port}",
+        "SIMPUL_DATABASE_URL": database_url,
+        "SIMPUL_WORKER_WEB_PORT": str(web_port),
+        "SIMPUL_WORKER_ID": "simpul-demo",
+    }
+    settings = Settings(
+        kafka_bootstrap=env["SIMPUL_KAFKA_BOOTSTRAP"],
+        database_url=database_url,
+        worker_web_port=web_port,
+        worker_id="simpul-demo",
+    )
+    topology = load_topology(settings.topology_file)
+    console.rule(f"[bold]Simpul demo[/bold] — {topology.city}")
+
+    broker = EmbeddedBroker(broker_port, workdir / "broker.log")
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        broker.start()
+        console.print(f"✓ embedded broker (Tansu, in memory) on 127.0.0.1:{broker_port}")
+        created = apply_topics(topology, settings.kafka_bootstrap)
+        console.print(f"✓ {len(created)} topics declared (in, valid, dlq per event type)")
+        dbmigrate.upgrade(database_url)
+        ids = register_all(SchemaStore(make_engine(database_url)), topology, settings.schemas_dir)
+        console.print(
+            f"✓ central store migrated ({workdir / 'simpul.db'}); {len(ids)} schemas registered"
+        )
+        log = open(workdir / "worker.log", "wb")  # noqa: SIM115
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "simpul", "worker"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_http(web_port, "/health", 60)
+        console.print(f"✓ worker running; metrics at http://127.0.0.1:{web_port}/metrics")
+
+        report = _simulate_with_progress(
+            console, settings, rate, duration, CentralStore(make_engine(database_url))
+        )
+        sent = report.total
+        console.print(
+            f"✓ simulated agencies sent {sent} messages in {report.seconds:.1f}s; "
+            "waiting for the worker to drain"
+        )
+        samples = _wait_drained(web_port, sent, timeout=120)
+        return _summary(console, topology, samples, CentralStore(make_engine(database_url)), sent)
+    finally:
+        if worker is not None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(30)
+                console.print(f"✓ worker stopped (exit {worker.returncode})")
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                console.print("[yellow]worker did not stop in 30s; killed[/yellow]")
+        broker.stop()
+        console.print("✓ broker stopped")
+
+
+def _simulate_with_progress(
+    console: Console, settings: Settings, rate: float, duration: float, store: CentralStore
+):  # type: ignore[no-untyped-def]
+    stored = {"n": 0}
+    stop = threading.Event()
+
+    def poll() -> None:
+        while not stop.wait(1.0):
+            with contextlib.suppress(Exception):  # the live counter is cosmetic
+                stored["n"] = sum(store.counts_by_type().values())
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    with Progress(
+        TextColumn("agencies publishing"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("stored so far: {task.fields[stored]}"),
+        console=console,
+    ) as progress:
+        task = progress.add_task("sim", total=int(rate * duration), stored=0)
+
+        def tick(done: int, _total: int) -> None:
+            progress.update(task, completed=done, stored=stored["n"])
+
+        from simpul.catalog import EventCatalog
+        from simpul.publisher import Publisher
+        from simpul.registry import SchemaResolver
+        from simpul.simulate import PaluData, simulate
+
+        topology = load_topology(settings.topology_file)
+        catalog = EventCatalog(
+            topology, SchemaResolver(SchemaStore(make_engine(settings.database_url)))
+        )
+        publishers: dict[str, Publisher] = {}
+
+        def publisher(agency: str) -> Publisher:
+            if agency not in publishers:
+                publishers[agency] = Publisher(agency, settings=settings, catalog=catalog)
+            return publishers[agency]
+
+        report = simulate(
+            publisher,
+            PaluData(topology),
+            rate=rate,
+            duration=duration,
+            duplicates=0.05,
+            invalid=0.02,
+            on_tick=tick,
+        )
+        for p in publishers.values():
+            p.close()
+    stop.set()
+    return report
+
+
+def _wait_drained(port: int, sent: int, timeout: float) -> dict:  # type: ignore[type-arg]
+    deadline = time.monotonic() + timeout
+    samples = scrape(port)
+    while time.monotonic() < deadline:
+        samples = scrape(port)
+        received = total(samples, "simpul_events_received_total")
+        done = (
+            total(samples, "simpul_events_valid_total")
+            + total(samples, "simpul_duplicates_dropped_total", stage="dedup")
+            + total(samples, "simpul_events_dead_lettered_total")
+        )
+        if received >= sent and done >= received:
+            return samples
+        time.sleep(0.5)
+    return samples
+
+
+def _summary(
+    console: Console,
+    topology,
+    samples: dict,
+    store: CentralStore,  # type: ignore[no-untyped-def, type-arg]
+    sent: int,
+) -> int:
+    stored = store.counts_by_type()
+    table = Table(
+        "event type",
+        "received",
+        "stored",
+        "duplicates dropped",
+        "dead-lettered",
+        "current-state rows",
+        title="What arrived (from the central store and /metrics)",
+    )
+    ok = True
+    sums = defaultdict(float)
+    for et in topology.event_types:
+        received = total(samples, "simpul_events_received_total", type=et.name)
+        dups = total(samples, "simpul_duplicates_dropped_total", type=et.name)
+        dead = total(samples, "simpul_events_dead_lettered_total", type=et.name)
+        in_store = stored.get(et.name, 0)
+        balanced = int(received) == in_store + int(dups) + int(dead)
+        ok &= balanced
+        for k, v in (("received", received), ("stored", in_store), ("dups", dups), ("dead", dead)):
+            sums[k] += v
+        table.add_row(
+            et.name,
+            f"{received:.0f}",
+            str(in_store),
+            f"{dups:.0f}",
+            f"{dead:.0f}",
+            str(store.state_count(et.entity)),
+            style=None if balanced else "red",
+        )
+    table.add_section()
+    table.add_row(
+        "total",
+        f"{sums['received']:.0f}",
+        f"{sums['stored']:.0f}",
+        f"{sums['dups']:.0f}",
+        f"{sums['dead']:.0f}",
+        "",
+    )
+    console.print(table)
+
+    reasons = Table("stage", "reason", "dead letters", title="Dead letters by reason")
+    by_reason: dict[tuple[str, str], float] = defaultdict(float)
+    for labels, value in samples.get("simpul_events_dead_lettered_total", {}).items():
+        d = dict(labels)
+        by_reason[(d["stage"], d["reason"])] += value
+    for (stage, reason), value in sorted(by_reason.items(), key=lambda kv: -kv[1]):
+        reasons.add_row(stage, reason, f"{value:.0f}")
+    console.print(reasons)
+
+    p50 = histogram_quantile(samples, "simpul_publish_to_store_latency_seconds", 0.5)
+    p99 = histogram_quantile(samples, "simpul_publish_to_store_latency_seconds", 0.99)
+    batches = total(samples, "simpul_store_batch_size_count")
+    if p50 is not None and p99 is not None:
+        console.print(
+            f"publish→stored latency p50 ≈ {p50 * 1000:.0f} ms, p99 ≈ {p99 * 1000:.0f} ms "
+            f"(histogram estimate); {batches:.0f} store batches"
+        )
+    if sums["received"] < sent:
+        console.print(f"[red]the worker received {sums['received']:.0f} of {sent} sent[/red]")
+        ok = False
+    console.print(
+        "[green]✓ every received message is stored, dropped as a duplicate or dead-lettered[/green]"
+        if ok
+        else "[red]✗ the accounting does not balance[/red]"
+    )
+    return 0 if ok else 1

@@ -1,0 +1,34 @@
+"""Failure as typed values: a message that can never succeed raises `InvalidMessage`."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+#: Where in the path a message was rejected; the ``simpul_dlq_stage`` header.
+Stage = Literal["headers", "decode", "schema", "validate", "authorize", "store", "join", "deliver"]
+
+
+class InvalidMessage(Exception):
+    """A message that can never succeed: it goes to the dead-letter topic, the stream goes on.
+
+    ``code`` is a short, bounded label for metrics (``identifier.nik``); ``reason`` is the
+    sentence a person reads, and always names the field (``nik: expected 16 digits, got 15``).
+    """
+
+    def __init__(self, stage: Stage, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.stage: Stage = stage
+        self.code = code
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return f"InvalidMessage({self.stage!r}, {self.code!r}, {self.reason!r})"
+
+
+class PayloadError(ValueError):
+    """A payload refused before it left the agency: every problem as ``field: reason``."""
+
+    def __init__(self, event_type: str, problems: list[str]) -> None:
+        self.event_type = event_type
+        self.problems = problems
+        super().__init__(f"{event_type} payload refused: " + "; ".join(problems))

@@ -1,0 +1,60 @@
+"""The one settings object, read from `SIMPUL_*` environment variables, validated at start."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_BROKER_PORT = 19092
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """Every setting has a default that works on the embedded stack (Tansu + SQLite)."""
+
+    model_config = SettingsConfigDict(env_prefix="SIMPUL_", extra="ignore")
+
+    kafka_bootstrap: str = Field(
+        default=f"127.0.0.1:{DEFAULT_BROKER_PORT}",
+        description="Kafka bootstrap servers host:port[,host:port]; default: the embedded broker",
+    )
+    broker_port: int = Field(
+        default=DEFAULT_BROKER_PORT, ge=1, le=65535, description="Port of `simpul broker`"
+    )
+    database_url: str = Field(
+        default=f"sqlite:///{PROJECT_ROOT / 'var' / 'simpul.db'}",
+        description="SQLAlchemy URL of the central store (PostgreSQL in production)",
+    )
+    topology_file: Path = Field(
+        default=PROJECT_ROOT / "topology" / "palu.yaml", description="Topology YAML"
+    )
+    schemas_dir: Path = Field(default=PROJECT_ROOT / "schemas", description="Avro .avsc files")
+    worker_web_port: int = Field(
+        default=6066, ge=1, le=65535, description="Worker HTTP port (/metrics, /health)"
+    )
+    worker_id: str = Field(default="simpul", description="Faust app id = consumer group")
+    batch_size: int = Field(default=1000, ge=1, description="Events per processing batch")
+    batch_seconds: float = Field(
+        default=0.2, gt=0, description="Longest wait to fill a batch before processing it"
+    )
+    dedup_window: int = Field(
+        default=200_000, ge=0, description="ce_ids remembered per partition to drop duplicates"
+    )
+    session_timeout_s: float = Field(
+        default=6.0,
+        gt=0,
+        description="Consumer session timeout; short joins on the embedded broker",
+    )
+    rebalance_timeout_s: float = Field(default=6.0, gt=0, description="Consumer rebalance timeout")
+    store_retry_max_s: float = Field(
+        default=30.0, gt=0, description="Longest back-off between central store retries"
+    )
+    log_level: str = Field(default="info", description="Worker log level")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,413 @@
+"""Realistic, generated Kota Palu data for the demo, tests and benchmarks; never real people.
+
+The same residents (NIK) and civil servants (NIP) recur across event types, so joins match.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import random
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from simpul.codec import frame
+from simpul.envelope import Envelope
+from simpul.identifiers import check_nik, check_nip
+from simpul.topology import Topology
+
+FIRST_NAMES_M = [
+    "Muhammad",
+    "Ahmad",
+    "Rahmat",
+    "Andi",
+    "Moh.",
+    "Fadli",
+    "Irwan",
+    "Syamsul",
+    "Hendra",
+    "Arif",
+    "Rizal",
+    "Taufik",
+    "Yusuf",
+    "Abdul",
+    "Iqbal",
+    "Ridwan",
+]
+FIRST_NAMES_F = [
+    "Siti",
+    "Nur",
+    "Dewi",
+    "Fitri",
+    "Sri",
+    "Rahmawati",
+    "Nurhayati",
+    "Ayu",
+    "Indah",
+    "Wahyuni",
+    "Hasnah",
+    "Kartini",
+    "Nirwana",
+    "Megawati",
+    "Sitti",
+    "Ani",
+]
+LAST_NAMES = [
+    "Lamasitudju",
+    "Tombolotutu",
+    "Lasadindi",
+    "Pettalolo",
+    "Mangge",
+    "Djanggola",
+    "Lamakarate",
+    "Pakamundi",
+    "Daeng Malewa",
+    "Latjeba",
+    "Bantilan",
+    "Tanjumbulu",
+    "Saleh",
+    "Hasan",
+    "Rauf",
+    "Mustafa",
+    "Ramli",
+    "Lapadjalai",
+    "Masyhuddin",
+]
+UNITS = {
+    "4.01.01": "Sekretariat Daerah",
+    "5.01.01": "BKPSDM",
+    "2.18.01": "DPMPTSP",
+    "1.06.01": "Dinas Sosial",
+    "2.12.01": "Dukcapil",
+    "5.02.01": "BKD",
+    "2.16.01": "Diskominfo",
+    "1.01.01": "Dinas Pendidikan",
+    "1.02.01": "Dinas Kesehatan",
+}
+POSITIONS = [
+    "Analis Kepegawaian",
+    "Pranata Komputer",
+    "Penata Perizinan",
+    "Pekerja Sosial",
+    "Administrator Database Kependudukan",
+    "Bendahara",
+    "Kepala Seksi",
+    "Kepala Bidang",
+    "Guru Ahli Pertama",
+    "Perawat Terampil",
+    "Arsiparis",
+]
+GRADES = ["II/a", "II/c", "III/a", "III/b", "III/c", "III/d", "IV/a", "IV/b"]
+PERMIT_TYPES = ["PBG", "SLF", "SIP_DOKTER", "SIP_BIDAN", "IZIN_REKLAME", "SIUP_MIKRO", "TDUP"]
+BUSINESS = [
+    "Warung Kaledo",
+    "Toko Bawang Goreng",
+    "Bengkel",
+    "Apotek",
+    "Kios Tenun Donggala",
+    "Rumah Makan Uta Dada",
+    "Laundry",
+    "Percetakan",
+    "Klinik Pratama",
+    "Kedai Kopi",
+]
+PURPOSES = {
+    "SKTM": ["keringanan biaya sekolah", "berobat di RSUD Undata", "beasiswa kuliah"],
+    "DOMISILI": ["pembukaan rekening bank", "pendaftaran sekolah"],
+    "SKU": ["pengajuan KUR", "izin usaha mikro"],
+    "PENGANTAR_SKCK": ["melamar pekerjaan"],
+    "PINDAH": ["pindah ke Kabupaten Sigi"],
+}
+DISTRICT_CODES = [f"7271{d:02d}" for d in range(1, 9)]
+
+INVALID_KINDS = ("bad_nik", "bad_kelurahan", "unauthorized", "undecodable", "missing_header")
+
+#: Share of simulated traffic per event type.
+WEIGHTS = {
+    "hr.employee.updated": 15,
+    "hr.performance.assessed": 15,
+    "permit.issued": 15,
+    "kelurahan.document.issued": 25,
+    "social.recipient.updated": 20,
+    "population.death.registered": 10,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Resident:
+    nik: str
+    name: str
+    kelurahan_code: str
+
+
+@dataclass(frozen=True, slots=True)
+class Employee:
+    nip: str
+    name: str
+    unit_code: str
+
+
+def make_nik(rng: random.Random, district_code: str) -> str:
+    female = rng.random() < 0.5
+    birth = dt.date(1950, 1, 1) + dt.timedelta(days=rng.randrange(0, 365 * 55))
+    day = birth.day + (40 if female else 0)
+    born = f"{day:02d}{birth.month:02d}{birth.year % 100:02d}"
+    nik = f"{district_code}{born}{rng.randrange(1, 10000):04d}"
+    assert check_nik(nik) is None, nik
+    return nik
+
+
+def make_nip(rng: random.Random) -> str:
+    birth = dt.date(1966, 1, 1) + dt.timedelta(days=rng.randrange(0, 365 * 34))
+    appointed = dt.date(birth.year + rng.randrange(22, 36), rng.randrange(1, 13), 1)
+    nip = f"{birth:%Y%m%d}{appointed:%Y%m}{rng.choice('12')}{rng.randrange(1, 1000):03d}"
+    assert check_nip(nip) is None, nip
+    return nip
+
+
+@dataclass
+class PaluData:
+    """A generated city: residents, civil servants, and payload factories per event type."""
+
+    topology: Topology
+    seed: int = 7271
+    residents_count: int = 5000
+    employees_count: int = 800
+    rng: random.Random = field(init=False)
+    residents: list[Resident] = field(init=False)
+    employees: list[Employee] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+        kelurahan = [k.code for k in self.topology.kelurahan] or ["7271011004"]
+        self.residents = []
+        for _ in range(self.residents_count):
+            kel = self.rng.choice(kelurahan)
+            self.residents.append(Resident(make_nik(self.rng, kel[:6]), self._name(), kel))
+        self.employees = [
+            Employee(make_nip(self.rng), self._name(), self.rng.choice(list(UNITS)))
+            for _ in range(self.employees_count)
+        ]
+        self._offices = {
+            a.kelurahan_code: a.code for a in self.topology.agencies if a.kelurahan_code
+        }
+        self._serial = 0
+
+    def _name(self) -> str:
+        first = self.rng.choice(FIRST_NAMES_M + FIRST_NAMES_F)
+        return f"{first} {self.rng.choice(LAST_NAMES)}"
+
+    def _next(self) -> int:
+        self._serial += 1
+        return self._serial
+
+    def producer_of(self, event_type: str, payload: dict[str, Any]) -> str:
+        if event_type == "kelurahan.document.issued":
+            return self._offices[payload["kelurahan_code"]]
+        return {"hr": "bkpsdm", "permit": "dpmptsp", "social": "dinsos", "population": "dukcapil"}[
+            event_type.split(".")[0]
+        ]
+
+    def payload(self, event_type: str, now: dt.datetime) -> dict[str, Any]:
+        rng = self.rng
+        now = now.replace(microsecond=(now.microsecond // 1000) * 1000)
+        if event_type == "hr.employee.updated":
+            e = rng.choice(self.employees)
+            return {
+                "nip": e.nip,
+                "name": e.name,
+                "unit_code": e.unit_code,
+                "position": rng.choice(POSITIONS),
+                "grade": rng.choice(GRADES),
+                "status": rng.choices(["ACTIVE", "ON_LEAVE", "RETIRED"], [90, 7, 3])[0],
+                "updated_at": now,
+            }
+        if event_type == "hr.performance.assessed":
+            e, boss = rng.choice(self.employees), rng.choice(self.employees)
+            period = f"{now.year}-{now.month:02d}"
+            return {
+                "assessment_id": f"EKIN-{period}-{e.nip[-6:]}-{self._next()}",
+                "nip": e.nip,
+                "period": period,
+                "rating": rng.choices(["ABOVE", "AS_EXPECTED", "BELOW"], [20, 70, 10])[0],
+                "score": round(rng.uniform(60, 115), 2),
+                "assessor_nip": boss.nip,
+            }
+        if event_type == "permit.issued":
+            r = rng.choice(self.residents)
+            number = f"503/{self._next():05d}/DPMPTSP/{now.year}"
+            return {
+                "permit_number": number,
+                "permit_type": rng.choice(PERMIT_TYPES),
+                "nib": f"{rng.randrange(10**12, 10**13)}",
+                "applicant_nik": r.nik,
+                "business_name": f"{rng.choice(BUSINESS)} {r.name.split()[-1]}",
+                "kelurahan_code": r.kelurahan_code,
+                "issued_at": now,
+                "valid_until": (now + dt.timedelta(days=365 * 5)).date()
+                if rng.random() < 0.7
+                else None,
+                "signature_digest": hashlib.sha256(number.encode()).hexdigest(),
+            }
+        if event_type == "kelurahan.document.issued":
+            kel = rng.choice(sorted(self._offices))
+            r = rng.choice(
+                [x for x in self.residents[:500] if x.kelurahan_code == kel] or self.residents
+            )
+            doc_type = rng.choices(list(PURPOSES), [35, 25, 20, 10, 10])[0]
+            return {
+                "document_number": f"470/{self._next():05d}/{kel[-4:]}/{now.year}",
+                "document_type": doc_type,
+                "kelurahan_code": kel,
+                "resident_nik": r.nik,
+                "purpose": rng.choice(PURPOSES[doc_type]),
+                "issued_at": now,
+            }
+        if event_type == "social.recipient.updated":
+            r = rng.choice(self.residents)
+            programs = sorted(rng.sample(["PKH", "BPNT", "PBI_JK", "ATENSI"], rng.randrange(0, 3)))
+            return {
+                "nik": r.nik,
+                "programs": programs,
+                "disability_category": rng.choice(["PHYSICAL", "SENSORY", "INTELLECTUAL"])
+                if rng.random() < 0.08
+                else None,
+                "kelurahan_code": r.kelurahan_code,
+                "status": rng.choices(["ACTIVE", "SUSPENDED", "GRADUATED"], [85, 10, 5])[0],
+                "updated_at": now,
+            }
+        if event_type == "population.death.registered":
+            r = rng.choice(self.residents)
+            return {
+                "nik": r.nik,
+                "date_of_death": (now - dt.timedelta(days=rng.randrange(1, 30))).date(),
+                "kelurahan_code": r.kelurahan_code,
+                "certificate_number": f"7271-KM-{now:%d%m%Y}-{self._next():04d}",
+            }
+        raise KeyError(f"no generator for event type {event_type!r}")
+
+    def corrupt(self, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """A payload broken in one known way (only for the payload-level kinds)."""
+        broken = dict(payload)
+        if kind == "bad_nik":
+            field_name = (
+                next(f for f in ("nik", "resident_nik", "applicant_nik") if f in broken)
+                if any(f in broken for f in ("nik", "resident_nik", "applicant_nik"))
+                else None
+            )
+            if field_name is None:  # types without a NIK get a broken NIP instead
+                broken["nip"] = broken["nip"][:-1]
+            else:
+                broken[field_name] = broken[field_name][:15]
+        elif kind == "bad_kelurahan":
+            if "kelurahan_code" in broken:
+                broken["kelurahan_code"] = broken["kelurahan_code"][:6] + "9001"
+            else:
+                broken["nip"] = "19" + broken["nip"][2:8] + "00" + broken["nip"][10:]
+        return broken
+
+
+@dataclass
+class SimulationReport:
+    published: Counter[str] = field(default_factory=Counter)
+    duplicates: Counter[str] = field(default_factory=Counter)
+    invalid: Counter[str] = field(default_factory=Counter)
+    invalid_kinds: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    @property
+    def total(self) -> int:
+        return (
+            sum(self.published.values())
+            + sum(self.duplicates.values())
+            + sum(self.invalid.values())
+        )
+
+
+def simulate(
+    publishers: Callable[[str], Any],
+    data: PaluData,
+    *,
+    rate: float,
+    duration: float,
+    duplicates: float = 0.0,
+    invalid: float = 0.0,
+    on_tick: Callable[[int, int], None] | None = None,
+    limit: int | None = None,
+) -> SimulationReport:
+    """Publish ``rate`` events/s for ``duration`` s (or ``limit`` events), paced.
+
+    ``publishers(agency_code)`` returns a `Publisher`. A duplicate re-sends an earlier event
+    with its original ``ce_id``; an invalid event is broken in one of `INVALID_KINDS`.
+    """
+    rng = data.rng
+    report = SimulationReport()
+    total = limit if limit is not None else int(rate * duration)
+    types = list(WEIGHTS)
+    weights = [WEIGHTS[t] for t in types]
+    recent: list[tuple[str, str, dict[str, Any], str, dt.datetime]] = []
+    started = time.monotonic()
+    for i in range(total):
+        due = started + i / rate if rate > 0 else started
+        if (delay := due - time.monotonic()) > 0:
+            time.sleep(delay)
+        now = dt.datetime.now(dt.UTC)
+        roll = rng.random()
+        if recent and roll < duplicates:
+            event_type, agency, payload, ce_id, when = rng.choice(recent)
+            publishers(agency).publish(event_type, payload, id=ce_id, time=when)
+            report.duplicates[event_type] += 1
+        elif roll < duplicates + invalid:
+            event_type = rng.choices(types, weights)[0]
+            kind = rng.choice(INVALID_KINDS)
+            _publish_invalid(publishers, data, event_type, kind, now)
+            report.invalid[event_type] += 1
+            report.invalid_kinds[kind] += 1
+        else:
+            event_type = rng.choices(types, weights)[0]
+            payload = data.payload(event_type, now)
+            agency = data.producer_of(event_type, payload)
+            ce_id = str(uuid.uuid4())
+            publishers(agency).publish(event_type, payload, id=ce_id, time=now)
+            report.published[event_type] += 1
+            recent.append((event_type, agency, payload, ce_id, now))
+            if len(recent) > 1000:
+                recent.pop(0)
+        if on_tick and (i % 50 == 0 or i == total - 1):
+            on_tick(i + 1, total)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _publish_invalid(
+    publishers: Callable[[str], Any], data: PaluData, event_type: str, kind: str, now: dt.datetime
+) -> None:
+    payload = data.payload(event_type, now)
+    agency = data.producer_of(event_type, payload)
+    publisher = publishers(agency)
+    etype = publisher.catalog.topology.event_type(event_type)
+    if kind in ("bad_nik", "bad_kelurahan"):
+        publisher.publish(event_type, data.corrupt(kind, payload), time=now, validate=False)
+    elif kind == "unauthorized":
+        intruder = "kominfo"
+        publishers(intruder).publish(event_type, payload, time=now, validate=False)
+    elif kind == "undecodable":
+        key = str(payload[etype.key]).encode()
+        schema_id = publisher.catalog.latest_schema(event_type).id
+        headers = Envelope(type=event_type, source=f"/agency/{agency}", time=now).to_headers()
+        publisher.send_raw(etype.topic("in"), key, frame(schema_id, b"\xff\xffgarbage"), headers)
+    elif kind == "missing_header":
+        key = str(payload[etype.key]).encode()
+        schema = publisher.catalog.latest_schema(event_type)
+        headers = [
+            h
+            for h in Envelope(type=event_type, source=f"/agency/{agency}", time=now).to_headers()
+            if h[0] != "ce_id"
+        ]
+        publisher.send_raw(etype.topic("in"), key, schema.encode(payload), headers)
+    else:
+        raise ValueError(f"unknown invalid kind {kind!r}")

@@ -1,0 +1,60 @@
+"""Declares the topology's topics through kafka-python's admin client; idempotent."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+from kafka import KafkaAdminClient
+from kafka.admin import NewPartitions, NewTopic
+from kafka.errors import TopicAlreadyExistsError
+
+from simpul.topology import Topology
+
+
+@dataclass(frozen=True, slots=True)
+class TopicChange:
+    topic: str
+    partitions: int
+    action: str  # "created" | "exists" | "partitions increased" | "has more partitions"
+
+
+def admin_client(bootstrap: str) -> KafkaAdminClient:
+    return KafkaAdminClient(bootstrap_servers=bootstrap.split(","), client_id="simpul-admin")
+
+
+def apply_topics(topology: Topology, bootstrap: str) -> list[TopicChange]:
+    """Create missing topics and grow partition counts; never deletes or shrinks."""
+    admin = admin_client(bootstrap)
+    try:
+        existing = _partition_counts(admin)
+        changes: list[TopicChange] = []
+        missing = [(t, p) for t, p in topology.topics() if t not in existing]
+        if missing:
+            # A concurrent `topics apply` may have created some already: that is success too.
+            with contextlib.suppress(TopicAlreadyExistsError):
+                admin.create_topics(
+                    [NewTopic(t, p, topology.replication) for t, p in missing], timeout_ms=30_000
+                )
+            changes += [TopicChange(t, p, "created") for t, p in missing]
+        for topic, partitions in topology.topics():
+            have = existing.get(topic)
+            if have is None:
+                continue
+            if have < partitions:
+                admin.create_partitions({topic: NewPartitions(partitions)})
+                changes.append(TopicChange(topic, partitions, "partitions increased"))
+            elif have > partitions:
+                changes.append(TopicChange(topic, have, "has more partitions"))
+            else:
+                changes.append(TopicChange(topic, have, "exists"))
+        return changes
+    finally:
+        admin.close()
+
+
+def _partition_counts(admin: KafkaAdminClient) -> dict[str, int]:
+    names = [n for n in admin.list_topics() if n.startswith("simpul.")]
+    if not names:
+        return {}
+    return {d["name"]: len(d["partitions"]) for d in admin.describe_topics(names)}

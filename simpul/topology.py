@@ -1,0 +1,178 @@
+"""The topology model: agencies, event types and reference data, loaded from one YAML file.
+
+Integration staff edit only the YAML; pydantic validates it at start and every error names
+the field path (``event_types.2.key``) and the reason.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from simpul.identifiers import check_kelurahan_code
+
+_AGENCY_CODE = r"^[a-z][a-z0-9-]{1,40}$"
+_TYPE_NAME = r"^[a-z]+(\.[a-z_]+)+$"
+
+TopicKind = str  # "in" | "valid" | "dlq"
+
+
+class TopologyError(ValueError):
+    """The topology file is missing, unreadable or invalid; the message lists each field."""
+
+
+class Agency(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    code: Annotated[str, Field(pattern=_AGENCY_CODE)]
+    name: Annotated[str, Field(min_length=3)]
+    kelurahan_code: str | None = None
+
+    @field_validator("kelurahan_code")
+    @classmethod
+    def _valid_kelurahan(cls, value: str | None) -> str | None:
+        if value is not None and (reason := check_kelurahan_code(value)):
+            raise ValueError(reason)
+        return value
+
+    @property
+    def source(self) -> str:
+        """The CloudEvents ``source`` attribute of events this agency produces."""
+        return f"/agency/{self.code}"
+
+
+class EventType(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Annotated[str, Field(pattern=_TYPE_NAME)]
+    schema_file: Annotated[str, Field(alias="schema", min_length=6)]
+    key: Annotated[str, Field(min_length=1)]
+    entity: Annotated[str, Field(pattern=r"^[a-z_]+$")]
+    partitions: Annotated[int, Field(ge=1, le=1024)] = 4
+    producers: Annotated[list[str], Field(min_length=1)]
+
+    def topic(self, kind: TopicKind) -> str:
+        return f"simpul.{kind}.{self.name}"
+
+    @property
+    def subject(self) -> str:
+        """Schema registry subject (Confluent TopicNameStrategy)."""
+        return f"{self.topic('in')}-value"
+
+    def may_produce(self, agency_code: str) -> bool:
+        return any(fnmatch.fnmatchcase(agency_code, pattern) for pattern in self.producers)
+
+
+class Kelurahan(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    code: str
+    name: str
+    district: str
+
+    @field_validator("code")
+    @classmethod
+    def _valid_code(cls, value: str) -> str:
+        if reason := check_kelurahan_code(value):
+            raise ValueError(reason)
+        return value
+
+
+class Topology(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    city: str
+    region_code: Annotated[str, Field(pattern=r"^[0-9]{4}$")]
+    replication: Annotated[int, Field(ge=1, le=5)] = 1
+    agencies: Annotated[list[Agency], Field(min_length=1)]
+    event_types: Annotated[list[EventType], Field(min_length=1)]
+    kelurahan: list[Kelurahan] = []
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Topology:
+        codes = [a.code for a in self.agencies]
+        if dupes := sorted({c for c in codes if codes.count(c) > 1}):
+            raise ValueError(f"agencies: code {', '.join(dupes)} declared more than once")
+        names = [t.name for t in self.event_types]
+        if dupes := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"event_types: {', '.join(dupes)} declared more than once")
+        for i, event_type in enumerate(self.event_types):
+            for pattern in event_type.producers:
+                if not any(fnmatch.fnmatchcase(c, pattern) for c in codes):
+                    raise ValueError(
+                        f"event_types.{i}.producers: {pattern!r} matches no declared agency"
+                    )
+        for i, kel in enumerate(self.kelurahan):
+            if not kel.code.startswith(self.region_code):
+                raise ValueError(
+                    f"kelurahan.{i}.code: {kel.code} is outside region {self.region_code}"
+                )
+        return self
+
+    @cached_property
+    def agencies_by_code(self) -> dict[str, Agency]:
+        return {a.code: a for a in self.agencies}
+
+    @cached_property
+    def types_by_name(self) -> dict[str, EventType]:
+        return {t.name: t for t in self.event_types}
+
+    def event_type(self, name: str) -> EventType:
+        try:
+            return self.types_by_name[name]
+        except KeyError:
+            known = ", ".join(sorted(self.types_by_name))
+            raise KeyError(f"unknown event type {name!r}; known: {known}") from None
+
+    def agency(self, code: str) -> Agency:
+        try:
+            return self.agencies_by_code[code]
+        except KeyError:
+            raise KeyError(f"unknown agency {code!r}") from None
+
+    def agency_for_source(self, source: str) -> Agency | None:
+        match = re.fullmatch(r"/agency/([a-z0-9-]+)", source)
+        return self.agencies_by_code.get(match.group(1)) if match else None
+
+    def topics(self) -> list[tuple[str, int]]:
+        """Every topic Simpul needs, with its partition count."""
+        return [
+            (t.topic(kind), t.partitions)
+            for t in self.event_types
+            for kind in ("in", "valid", "dlq")
+        ]
+
+
+def format_validation_error(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        path = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"  {path}: {message}")
+    return "\n".join(lines)
+
+
+def parse_topology(data: Any, origin: str = "<topology>") -> Topology:
+    try:
+        return Topology.model_validate(data)
+    except ValidationError as error:
+        raise TopologyError(f"{origin} is invalid:\n{format_validation_error(error)}") from None
+
+
+def load_topology(path: Path) -> Topology:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise TopologyError(f"cannot read topology {path}: {error.strerror}") from None
+    try:
+        data = yaml.safe_load(text) if path.suffix in {".yaml", ".yml"} else json.loads(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as error:
+        raise TopologyError(f"{path} is not valid YAML: {error}") from None
+    return parse_topology(data, str(path))

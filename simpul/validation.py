@@ -1,0 +1,72 @@
+"""Payload checks beyond Avro types: identifiers declared in the schema with
+``"simpul.identifier": "<kind>"``, and the payload-to-envelope consistency rules."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
+
+from fastavro.validation import ValidationError as AvroValidationError
+from fastavro.validation import validate as avro_validate
+
+from simpul.codec import AvroSchema
+from simpul.identifiers import CHECKS
+
+
+def identifier_fields(definition: Mapping[str, Any]) -> dict[str, str]:
+    """Top-level field name -> identifier kind, as declared in the schema."""
+    found: dict[str, str] = {}
+    for item in definition.get("fields", []):
+        kind = item.get("simpul.identifier")
+        if kind is not None:
+            if kind not in CHECKS:
+                raise ValueError(f"field {item['name']}: unknown simpul.identifier {kind!r}")
+            found[item["name"]] = kind
+    return found
+
+
+def check_identifiers(fields: Mapping[str, str], payload: Mapping[str, Any]) -> list[str]:
+    """Every identifier problem in the payload, as ``field: reason``."""
+    problems = []
+    for name, kind in fields.items():
+        value = payload.get(name)
+        if value is None:
+            continue  # nullability is Avro's business
+        if reason := CHECKS[kind](value):
+            problems.append(f"{name}: {reason}")
+    return problems
+
+
+def check_avro(schema: AvroSchema, payload: Mapping[str, Any]) -> list[str]:
+    """Avro type problems, each naming the field, before anything is encoded."""
+    if not isinstance(payload, Mapping):
+        return [f"(payload): expected an object, got {type(payload).__name__}"]
+    problems = []
+    declared = {item["name"] for item in schema.definition["fields"]}
+    for name in sorted(set(payload) - declared):
+        problems.append(f"{name}: not a field of {schema.definition['name']}")
+    try:
+        avro_validate(dict(payload), schema.parsed, raise_errors=True)
+    except AvroValidationError as error:
+        for message in error.errors:
+            problems.append(_field_first(str(message), schema.definition["name"]))
+    return problems
+
+
+def _field_first(message: str, record_name: str) -> str:
+    # fastavro says "simpul.hr.v1.EmployeeUpdated.nip is <15> of type <class 'int'> must be string"
+    head, sep, rest = message.partition(" is ")
+    if sep and "." in head:
+        path = head.split(f"{record_name}.", 1)[-1]
+        return f"{path}: is {rest}"
+    return message
+
+
+def event_time_of(payload: Mapping[str, Any], fields: tuple[str, ...]) -> dt.datetime | None:
+    """The first timestamp field present: what a publisher uses as ``ce_time`` by default."""
+    for name in fields:
+        value = payload.get(name)
+        if isinstance(value, dt.datetime):
+            return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+    return None
