@@ -258,26 +258,44 @@ def run_simulation(
 def dlq_list(
     event_type: Annotated[str, typer.Argument(help="Event type, e.g. permit.issued")],
     limit: Annotated[int, typer.Option(help="Show at most this many")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line")] = False,
 ) -> None:
     """Show the dead letters of an event type with their stage and reason."""
+    import json
+
     from simpul.deadletters import list_dead_letters
 
     settings = _settings()
     etype = _event_type(_topology(settings), event_type)
     letters = list_dead_letters(settings.kafka_bootstrap, etype)
-    table = Table(
-        "partition/offset",
-        "ce_id",
-        "source",
-        "stage",
-        "reason",
-        title=f"{len(letters)} dead letters in {etype.topic('dlq')}",
-    )
+    if as_json:
+        for letter in letters[:limit]:
+            print(
+                json.dumps(
+                    {
+                        "partition": letter.partition,
+                        "offset": letter.offset,
+                        "ce_id": letter.ce_id,
+                        "source": letter.source,
+                        "stage": letter.stage,
+                        "code": letter.code,
+                        "reason": letter.reason,
+                    },
+                    ensure_ascii=False,
+                )
+            )
+        return
+    table = Table(title=f"{len(letters)} dead letters in {etype.topic('dlq')}")
+    table.add_column("p/offset", no_wrap=True)
+    table.add_column("ce_id", max_width=12, no_wrap=True)
+    table.add_column("source", no_wrap=True)
+    table.add_column("stage", no_wrap=True)
+    table.add_column("reason", ratio=1, overflow="fold")
     for letter in letters[:limit]:
         table.add_row(
             f"{letter.partition}/{letter.offset}",
             letter.ce_id or "-",
-            letter.source or "-",
+            (letter.source or "-").removeprefix("/agency/"),
             letter.stage,
             letter.reason,
         )

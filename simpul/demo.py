@@ -234,10 +234,11 @@ def _summary(
         "event type",
         "received",
         "stored",
-        "duplicates dropped",
-        "dead-lettered",
-        "current-state rows",
+        "dup",
+        "dlq",
+        "state",
         title="What arrived (from the central store and /metrics)",
+        caption="dup: duplicates dropped · dlq: dead-lettered · state: current-state rows",
     )
     ok = True
     sums = defaultdict(float)

@@ -32,6 +32,9 @@ class Settings(BaseSettings):
         default=PROJECT_ROOT / "topology" / "palu.yaml", description="Topology YAML"
     )
     schemas_dir: Path = Field(default=PROJECT_ROOT / "schemas", description="Avro .avsc files")
+    data_dir: Path = Field(
+        default=PROJECT_ROOT / "var", description="Local working files (Faust data, logs)"
+    )
     worker_web_port: int = Field(
         default=6066, ge=1, le=65535, description="Worker HTTP port (/metrics, /health)"
     )

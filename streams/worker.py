@@ -289,7 +289,7 @@ def create_app(settings: Settings, topology: Topology) -> faust.App:
         web_port=settings.worker_web_port,
         web_bind="0.0.0.0",
         store="memory://",
-        datadir=str(settings.schemas_dir.parent / "var" / f"faust-{settings.worker_id}"),
+        datadir=str(settings.data_dir / f"faust-{settings.worker_id}"),
         stream_buffer_maxsize=max(4096, settings.batch_size * 2),
     )
     engine = make_engine(settings.database_url)

@@ -1,0 +1,16 @@
+# One image for every Simpul process (worker, and later registry, ingress, deliverer).
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY simpul ./simpul
+COPY streams ./streams
+COPY connectors ./connectors
+COPY sinks ./sinks
+COPY schemas ./schemas
+COPY topology ./topology
+RUN pip install --no-cache-dir .
+ENV SIMPUL_SCHEMAS_DIR=/app/schemas \
+    SIMPUL_TOPOLOGY_FILE=/app/topology/palu.yaml \
+    SIMPUL_DATA_DIR=/tmp/simpul
+USER nobody
+ENTRYPOINT ["simpul"]

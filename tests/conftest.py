@@ -1,0 +1,212 @@
+"""Shared fixtures: a real embedded broker, a real PostgreSQL database, a real worker process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from simpul import dbmigrate
+from simpul.broker import EmbeddedBroker, free_port
+from simpul.catalog import EventCatalog
+from simpul.db import make_engine
+from simpul.registry import SchemaResolver, SchemaStore, register_all
+from simpul.settings import PROJECT_ROOT, Settings
+from simpul.topics import apply_topics
+from simpul.topology import Topology, load_topology
+from sinks.central_store import CentralStore
+
+PG_ADMIN_URL = os.environ.get(
+    "SIMPUL_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+TOPOLOGY_FILE = PROJECT_ROOT / "topology" / "palu.yaml"
+SCHEMAS_DIR = PROJECT_ROOT / "schemas"
+
+_pg_skip_reason: str | None = None
+
+
+def _pg_reachable() -> str | None:
+    try:
+        engine = create_engine(PG_ADMIN_URL, connect_args={"connect_timeout": 3})
+        with engine.connect() as conn:
+            conn.execute(text("select 1"))
+        engine.dispose()
+    except Exception as error:
+        return f"PostgreSQL at 127.0.0.1:5432 is unreachable ({type(error).__name__}: {error})"
+    return None
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    global _pg_skip_reason
+    _pg_skip_reason = _pg_reachable()
+    return f"postgresql: {'SKIPPED: ' + _pg_skip_reason if _pg_skip_reason else PG_ADMIN_URL}"
+
+
+@pytest.fixture(scope="session")
+def topology() -> Topology:
+    return load_topology(TOPOLOGY_FILE)
+
+
+def create_pg_database() -> str:
+    reason = _pg_skip_reason or _pg_reachable()
+    if reason:
+        pytest.skip(reason)
+    name = f"simpul_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+
+
+def drop_pg_database(url: str) -> None:
+    name = url.rsplit("/", 1)[1]
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="module")
+def pg_url() -> Iterator[str]:
+    url = create_pg_database()
+    yield url
+    drop_pg_database(url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A migrated, empty central store on each backend."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'store.db'}"
+        dbmigrate.upgrade(url)
+        yield url
+    else:
+        url = create_pg_database()
+        dbmigrate.upgrade(url)
+        yield url
+        drop_pg_database(url)
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    log = tmp_path_factory.mktemp("broker") / "broker.log"
+    with EmbeddedBroker(free_port(), log) as running:
+        yield running
+
+
+@dataclass
+class Stack:
+    """Broker, migrated store with registered schemas, and a worker process."""
+
+    settings: Settings
+    topology: Topology
+    env: dict[str, str]
+    workdir: Path
+    worker: subprocess.Popen[bytes] | None = None
+
+    @property
+    def store(self) -> CentralStore:
+        return CentralStore(make_engine(self.settings.database_url))
+
+    def catalog(self) -> EventCatalog:
+        return EventCatalog(
+            self.topology, SchemaResolver(SchemaStore(make_engine(self.settings.database_url)))
+        )
+
+    def start_worker(self) -> subprocess.Popen[bytes]:
+        log = open(self.workdir / "worker.log", "ab")  # noqa: SIM115
+        self.worker = subprocess.Popen(
+            [sys.executable, "-m", "simpul", "worker"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_until(lambda: _http_ok(self.settings.worker_web_port, "/health"), 60, "worker up")
+        return self.worker
+
+    def stop_worker(self, sig: int = signal.SIGTERM) -> int:
+        assert self.worker is not None
+        self.worker.send_signal(sig)
+        code = self.worker.wait(60)
+        self.worker = None
+        return code
+
+    def metrics(self) -> str:
+        url = f"http://127.0.0.1:{self.settings.worker_web_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.read().decode()
+
+    def worker_log(self) -> str:
+        return (self.workdir / "worker.log").read_text(errors="replace")
+
+
+def _http_ok(port: int, path: str) -> bool:
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def wait_until(check: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(every)
+
+
+def make_stack(
+    broker: EmbeddedBroker, database_url: str, workdir: Path, topology_file: Path = TOPOLOGY_FILE
+) -> Stack:
+    web_port = free_port()
+    env = {
+        **os.environ,
+        "SIMPUL_KAFKA_BOOTSTRAP": broker.bootstrap,
+        "SIMPUL_DATABASE_URL": database_url,
+        "SIMPUL_WORKER_WEB_PORT": str(web_port),
+        "SIMPUL_WORKER_ID": f"simpul-test-{uuid.uuid4().hex[:6]}",
+        "SIMPUL_TOPOLOGY_FILE": str(topology_file),
+        "SIMPUL_BATCH_SECONDS": "0.05",
+        "SIMPUL_SESSION_TIMEOUT_S": "3",
+        "SIMPUL_REBALANCE_TIMEOUT_S": "3",
+    }
+    settings = Settings(
+        kafka_bootstrap=broker.bootstrap,
+        database_url=database_url,
+        worker_web_port=web_port,
+        worker_id=env["SIMPUL_WORKER_ID"],
+        topology_file=topology_file,
+    )
+    topology = load_topology(topology_file)
+    apply_topics(topology, broker.bootstrap)
+    dbmigrate.upgrade(database_url)
+    register_all(SchemaStore(make_engine(database_url)), topology, SCHEMAS_DIR)
+    return Stack(settings, topology, env, workdir)
+
+
+@pytest.fixture(scope="module")
+def pg_stack(
+    broker: EmbeddedBroker, pg_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Stack]:
+    """The real path: embedded broker, PostgreSQL central store, one worker process."""
+    stack = make_stack(broker, pg_url, tmp_path_factory.mktemp("stack"))
+    stack.start_worker()
+    yield stack
+    if stack.worker is not None:
+        stack.stop_worker()
