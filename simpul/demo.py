@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -80,6 +81,18 @@ def wait_http(port: int, path: str, timeout: float) -> None:
     raise TimeoutError(f"worker did not answer on port {port} within {timeout:.0f}s")
 
 
+def wait_assigned(port: int, timeout: float) -> None:
+    """Wait until the consumer group gave the worker its partitions (first join is slow)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        url = f"http://127.0.0.1:{port}/health"
+        with contextlib.suppress(OSError, ValueError), urllib.request.urlopen(url, timeout=1) as r:
+            if json.loads(r.read()).get("assigned_partitions", 0) > 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"worker got no partitions within {timeout:.0f}s")
+
+
 def run_demo(console: Console, *, duration: float, rate: float) -> int:
     workdir = PROJECT_ROOT / "var" / "demo"
     shutil.rmtree(workdir, ignore_errors=True)
@@ -124,6 +137,7 @@ def run_demo(console: Console, *, duration: float, rate: float) -> int:
             stderr=subprocess.STDOUT,
         )
         wait_http(web_port, "/health", 60)
+        wait_assigned(web_port, 60)
         console.print(f"✓ worker running; metrics at http://127.0.0.1:{web_port}/metrics")
 
         report = _simulate_with_progress(

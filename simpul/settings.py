@@ -41,7 +41,7 @@ class Settings(BaseSettings):
     worker_id: str = Field(default="simpul", description="Faust app id = consumer group")
     batch_size: int = Field(default=1000, ge=1, description="Events per processing batch")
     batch_seconds: float = Field(
-        default=0.2, gt=0, description="Longest wait to fill a batch before processing it"
+        default=0.1, gt=0, description="Longest wait to fill a batch before processing it"
     )
     dedup_window: int = Field(
         default=200_000, ge=0, description="ce_ids remembered per partition to drop duplicates"

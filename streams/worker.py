@@ -27,6 +27,7 @@ from simpul.registry import SchemaResolver, SchemaStore
 from simpul.settings import Settings
 from simpul.topology import EventType, Topology
 from sinks.central_store import TRANSIENT_ERRORS, CentralStore, StoredEvent, WriteResult
+from streams import transport
 from streams.pipeline import (
     BatchOutcome,
     DedupWindow,
@@ -41,7 +42,7 @@ log = logging.getLogger("simpul.worker")
 
 
 def broker_urls(bootstrap: str) -> str:
-    return ";".join(f"kafka://{host.strip()}" for host in bootstrap.split(",") if host.strip())
+    return ";".join(f"simpul://{host.strip()}" for host in bootstrap.split(",") if host.strip())
 
 
 class Health:
@@ -52,6 +53,7 @@ class Health:
         self.store_error: str | None = None
         self.store_down_since: float | None = None
         self.last_batch_at: float | None = None
+        self.assigned_partitions = 0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -62,6 +64,7 @@ class Health:
                 round(time.time() - self.store_down_since, 1) if self.store_down_since else 0
             ),
             "last_batch_at": self.last_batch_at,
+            "assigned_partitions": self.assigned_partitions,
         }
 
 
@@ -271,6 +274,7 @@ class TypePipeline:
 
 def create_app(settings: Settings, topology: Topology) -> faust.App:
     """Build the worker's Faust app with one agent per declared event type."""
+    transport.register()
     app = faust.App(
         settings.worker_id,
         broker=broker_urls(settings.kafka_bootstrap),
@@ -299,8 +303,10 @@ def create_app(settings: Settings, topology: Topology) -> faust.App:
     health = Health()
     metrics.STORE_UP.set(1)
 
+    pipelines: dict[str, TypePipeline] = {}
     for event_type in topology.event_types:
         pipeline = TypePipeline(app, event_type, catalog, store, settings, health)
+        pipelines[event_type.topic("in")] = pipeline
         topic = app.topic(
             event_type.topic("in"),
             key_type=bytes,
@@ -313,6 +319,18 @@ def create_app(settings: Settings, topology: Topology) -> faust.App:
                 await pipeline.handle(events)
 
         app.agent(topic, name=f"simpul.validate.{event_type.name}")(agent)
+
+    async def on_assigned(app: faust.App, assigned: set[Any], **kwargs: Any) -> None:
+        health.assigned_partitions = len(app.consumer.assignment())
+
+    async def on_revoked(app: faust.App, revoked: set[Any], **kwargs: Any) -> None:
+        # A partition that moves to another worker must not keep a stale dedup window here.
+        for tp in revoked:
+            if (owner := pipelines.get(tp.topic)) is not None:
+                owner.dedup.forget([tp.partition])
+
+    app.on_partitions_assigned.connect(on_assigned)
+    app.on_partitions_revoked.connect(on_revoked)
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:

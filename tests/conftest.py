@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -134,7 +136,18 @@ class Stack:
             stderr=subprocess.STDOUT,
         )
         wait_until(lambda: _http_ok(self.settings.worker_web_port, "/health"), 60, "worker up")
+        wait_until(lambda: self.health().get("assigned_partitions", 0) > 0, 60, "partitions")
         return self.worker
+
+    def health(self) -> dict[str, Any]:
+        url = f"http://127.0.0.1:{self.settings.worker_web_port}/health"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as error:  # 503 while the store is down
+            return json.loads(error.read())
+        except OSError:
+            return {}
 
     def stop_worker(self, sig: int = signal.SIGTERM) -> int:
         assert self.worker is not None
