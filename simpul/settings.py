@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     store_retry_max_s: float = Field(
         default=30.0, gt=0, description="Longest back-off between central store retries"
     )
+    stop_timeout_s: float = Field(
+        default=30.0, gt=0, description="On SIGTERM, longest wait for the batch in flight"
+    )
     log_level: str = Field(default="info", description="Worker log level")
 
 
