@@ -19,6 +19,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/steps.py
 	$(BIN)/python bench/run.py
 
 lint: $(STAMP)

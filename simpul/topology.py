@@ -9,7 +9,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -67,7 +67,12 @@ class EventType(BaseModel):
         return f"{self.topic('in')}-value"
 
     def may_produce(self, agency_code: str) -> bool:
-        return any(fnmatch.fnmatchcase(agency_code, pattern) for pattern in self.producers)
+        return _may_produce(tuple(self.producers), agency_code)
+
+
+@lru_cache(maxsize=4096)
+def _may_produce(patterns: tuple[str, ...], agency_code: str) -> bool:
+    return any(fnmatch.fnmatchcase(agency_code, pattern) for pattern in patterns)
 
 
 class Kelurahan(BaseModel):

@@ -17,11 +17,13 @@ import logging
 import random
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import OffsetAndMetadata
 from mode import Service
 
@@ -70,6 +72,17 @@ class Health:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A message to produce: forwarded to simpul.valid or dead-lettered to simpul.dlq."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+    timestamp: float | None
+
+
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     """Lets a batch in flight finish and commit before its partitions move to another worker."""
 
@@ -108,6 +121,9 @@ class IngestService(Service):
             topic: DedupWindow(settings.dedup_window) for topic in self.types_by_topic
         }
         self.batch_lock = asyncio.Lock()
+        self._partitions: dict[str, list[int]] = {}
+        self._partition_cache: dict[tuple[bytes, int], int] = {}
+        self._partitioner = DefaultPartitioner()
         self._stopping = False
         self.consumer: AIOKafkaConsumer
         self.producer: AIOKafkaProducer
@@ -200,79 +216,113 @@ class IngestService(Service):
             for event_type, _, outcome in outcomes
             for a in outcome.accepted
         ]
-        sends = [send for et, _, outcome in outcomes for send in self._forward(et, outcome)]
+        now = dt.datetime.now(dt.UTC)
+        outgoing: list[Outgoing] = []
+        for event_type, _, outcome in outcomes:
+            valid_topic = event_type.topic("valid")
+            outgoing += [
+                Outgoing(
+                    valid_topic, a.record.key, a.record.value, a.record.headers, a.record.timestamp
+                )
+                for a in outcome.accepted
+            ]
+            outgoing += [self._dead_letter(event_type, r, now) for r in outcome.rejected]
+        # The store write runs in a thread while the broker takes the forwarded messages.
+        sent = asyncio.ensure_future(self._send_all(outgoing))
         result = await self._write_with_retry(stored)
-        sends += self._dead_letter_store_rejects(outcomes, result)
-        await asyncio.gather(*sends)
+        rejects = self._store_rejects(outcomes, result, now)
+        await sent
+        if rejects:
+            await self._send_all(rejects)
         await self._commit(batch)
         for event_type, records, outcome in outcomes:
             self._observe(event_type, records, outcome, result)
         self._observe_lag(batch)
 
-    def _forward(self, event_type: EventType, outcome: BatchOutcome) -> list[Awaitable[Any]]:
-        valid_topic, dlq_topic = event_type.topic("valid"), event_type.topic("dlq")
-        now = dt.datetime.now(dt.UTC)
-        sends = [
-            self._send(
-                valid_topic, a.record.key, a.record.value, a.record.headers, a.record.timestamp
-            )
-            for a in outcome.accepted
-        ]
-        sends += [self._dead_letter(dlq_topic, event_type, r, now) for r in outcome.rejected]
-        return sends
-
-    def _dead_letter_store_rejects(
+    def _store_rejects(
         self,
         outcomes: Sequence[tuple[EventType, list[RawRecord], BatchOutcome]],
         result: WriteResult,
-    ) -> list[Awaitable[Any]]:
+        now: dt.datetime,
+    ) -> list[Outgoing]:
         if not result.rejected:
             return []
         where = {a.envelope.id: (et, a.record) for et, _, o in outcomes for a in o.accepted}
-        now = dt.datetime.now(dt.UTC)
-        sends = []
+        letters = []
         for event, reason in result.rejected:
             event_type, record = where[event.ce_id]
             rejected = Rejected(record, InvalidMessage("store", "store.row", reason))
-            sends.append(self._dead_letter(event_type.topic("dlq"), event_type, rejected, now))
-        return sends
+            letters.append(self._dead_letter(event_type, rejected, now))
+        return letters
 
-    async def _dead_letter(
-        self, topic: str, event_type: EventType, rejected: Rejected, now: dt.datetime
-    ) -> None:
-        error = rejected.error
+    def _dead_letter(self, event_type: EventType, rejected: Rejected, now: dt.datetime) -> Outgoing:
+        error, record = rejected.error, rejected.record
         metrics.EVENTS_DEAD_LETTERED.labels(
             event_type.name, rejected.agency, error.stage, error.code
         ).inc()
         log.info(
-            "dead letter %s[%s]@%s: %s",
-            rejected.record.topic,
-            rejected.record.partition,
-            rejected.record.offset,
-            error.reason,
+            "dead letter %s[%s]@%s: %s", record.topic, record.partition, record.offset, error.reason
         )
-        headers = dead_letter_headers(rejected.record, error.stage, error.code, error.reason, now)
-        await self._send(
-            topic, rejected.record.key, rejected.record.value, headers, rejected.record.timestamp
+        headers = dead_letter_headers(record, error.stage, error.code, error.reason, now)
+        return Outgoing(
+            event_type.topic("dlq"), record.key, record.value, headers, record.timestamp
         )
 
-    async def _send(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes | None,
-        headers: list[tuple[str, bytes]],
-        timestamp: float | None,
-    ) -> None:
-        # send() queues; awaiting its future waits for the broker's acknowledgement (acks=all).
-        future = await self.producer.send(
-            topic,
-            value=value,
-            key=key,
-            headers=headers,
-            timestamp_ms=int(timestamp * 1000) if timestamp else None,
-        )
-        await future
+    async def _send_all(self, outgoing: Sequence[Outgoing]) -> None:
+        """Produce in per-partition batches and wait for the broker's acks (acks=all).
+
+        One future per batch instead of one coroutine per message: per-message sends were the
+        largest cost of the event loop after decoding.
+        """
+        groups: dict[tuple[str, int], list[Outgoing]] = defaultdict(list)
+        for item in outgoing:
+            partitions = self._partitions.get(item.topic)
+            if partitions is None:
+                partitions = self._partitions[item.topic] = sorted(
+                    await self.producer.partitions_for(item.topic)
+                )
+            groups[(item.topic, self._partition_of(item.key, partitions))].append(item)
+        futures = []
+        for (topic, partition), items in groups.items():
+            batch = self.producer.create_batch()
+            for item in items:
+                if (
+                    batch.append(
+                        key=item.key,
+                        value=item.value,
+                        timestamp=item.timestamp,
+                        headers=item.headers,
+                    )
+                    is None
+                ):
+                    futures.append(
+                        await self.producer.send_batch(batch, topic, partition=partition)
+                    )
+                    batch = self.producer.create_batch()
+                    batch.append(
+                        key=item.key,
+                        value=item.value,
+                        timestamp=item.timestamp,
+                        headers=item.headers,
+                    )
+            futures.append(await self.producer.send_batch(batch, topic, partition=partition))
+        if futures:
+            await asyncio.gather(*futures)
+
+    def _partition_of(self, key: bytes | None, partitions: list[int]) -> int:
+        # Same murmur2 partitioner as the Java client and kafka-python, so a key keeps its
+        # partition number across simpul.in, simpul.valid and simpul.dlq (co-partitioning).
+        if key is None:
+            return random.choice(partitions)
+        cache_key = (key, len(partitions))
+        partition = self._partition_cache.get(cache_key)
+        if partition is None:
+            if len(self._partition_cache) > 100_000:
+                self._partition_cache.clear()
+            partition = self._partition_cache[cache_key] = self._partitioner(
+                key, partitions, partitions
+            )
+        return partition
 
     async def _commit(self, batch: dict[TopicPartition, list[Any]]) -> None:
         offsets = {

@@ -116,7 +116,7 @@ def validate_record(record: RawRecord, event_type: EventType, catalog: EventCata
         )
     schema = catalog.resolver.by_id(schema_id)
     payload = schema.decode_body(body)
-    if problems := catalog.payload_problems(event_type, schema, payload):
+    if problems := catalog.payload_problems(event_type, schema, payload, decoded=True):
         field_name = problems[0].split(":", 1)[0]
         kind = catalog.identifiers(schema).get(field_name, field_name)
         raise InvalidMessage("validate", f"identifier.{kind}", "; ".join(problems))
