@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import threading
+import time
 from pathlib import Path
 
 from sqlalchemy import (
@@ -50,6 +51,9 @@ subject_versions_table = Table(
     Column("deleted", Boolean, nullable=False, server_default="0"),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
+
+
+MISS_TTL_S = 1.0
 
 
 def fingerprint(schema_text: str) -> str:
@@ -129,8 +133,9 @@ class SchemaStore:
 class SchemaResolver:
     """Ids to schemas and subjects to their latest id, cached so the hot path never queries.
 
-    A schema id never changes meaning, so cached schemas never expire; an unknown id is
-    looked up once per call and a miss is not cached (it may be registered a moment later).
+    A schema id never changes meaning, so cached schemas never expire; a miss is remembered
+    for a second only (a flood of bad ids must not query the store per message, and the
+    id may be registered a moment later).
     """
 
     def __init__(self, store: SchemaStore) -> None:
@@ -138,17 +143,29 @@ class SchemaResolver:
         self._by_id: dict[int, AvroSchema] = {}
         self._latest: dict[str, AvroSchema] = {}
         self._subject_ids: dict[str, set[int]] = {}
+        self._misses: dict[int, float] = {}
         self._lock = threading.Lock()
 
     def by_id(self, schema_id: int) -> AvroSchema:
         cached = self._by_id.get(schema_id)
         if cached is not None:
             return cached
+        unknown = InvalidMessage(
+            "decode", "schema.unknown_id", f"value: schema id {schema_id} is not registered"
+        )
+        # Ids are 32-bit signed in the registry; random bytes often frame larger ones.
+        if not 0 < schema_id < 2**31:
+            raise unknown
+        missed_at = self._misses.get(schema_id)
+        if missed_at is not None and time.monotonic() - missed_at < MISS_TTL_S:
+            raise unknown
         text = self.store.schema(schema_id)
         if text is None:
-            raise InvalidMessage(
-                "decode", "schema.unknown_id", f"value: schema id {schema_id} is not registered"
-            )
+            with self._lock:
+                if len(self._misses) > 10_000:
+                    self._misses.clear()
+                self._misses[schema_id] = time.monotonic()
+            raise unknown
         schema = AvroSchema.from_text(schema_id, text)
         with self._lock:
             self._by_id[schema_id] = schema
@@ -170,6 +187,11 @@ class SchemaResolver:
 
     def belongs_to(self, schema_id: int, subject: str) -> bool:
         ids = self._subject_ids.get(subject)
+        if ids is not None and schema_id in ids:
+            return True
+        missed_at = self._misses.get(schema_id)
+        if missed_at is not None and time.monotonic() - missed_at < MISS_TTL_S:
+            return False
         if ids is None or schema_id not in ids:
             ids = self.store.subject_ids(subject)
             with self._lock:

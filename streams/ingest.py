@@ -17,9 +17,9 @@ import logging
 import random
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
@@ -34,16 +34,19 @@ from simpul.settings import Settings
 from simpul.topology import EventType, Topology
 from sinks.central_store import TRANSIENT_ERRORS, CentralStore, StoredEvent, WriteResult
 from streams.pipeline import (
+    Accepted,
     BatchOutcome,
     DedupWindow,
     RawRecord,
     Rejected,
     agency_label,
     dead_letter_headers,
-    process_batch,
+    drop_duplicates,
+    validate_batch,
 )
 
 log = logging.getLogger("simpul.ingest")
+T = TypeVar("T")
 
 #: aiokafka waits this long for data in a fetch; see streams/transport.py for why it is short.
 FETCH_MAX_WAIT_MS = 100
@@ -206,11 +209,15 @@ class IngestService(Service):
                         m.timestamp / 1000 if m.timestamp else None,
                     )
                 )
-        outcomes: list[tuple[EventType, list[RawRecord], BatchOutcome]] = []
-        for topic, records in by_topic.items():
-            event_type = self.types_by_topic[topic]
-            outcome = process_batch(records, event_type, self.catalog, self.dedup[topic])
-            outcomes.append((event_type, records, outcome))
+        validated = await self._retrying(self._validate_all, by_topic)
+        outcomes: list[tuple[EventType, list[RawRecord], BatchOutcome]] = [
+            (
+                self.types_by_topic[topic],
+                by_topic[topic],
+                drop_duplicates(valid, rejected, self.dedup[topic]),
+            )
+            for topic, (valid, rejected) in validated.items()
+        ]
         stored = [
             a.to_stored(event_type, received_at)
             for event_type, _, outcome in outcomes
@@ -229,7 +236,7 @@ class IngestService(Service):
             outgoing += [self._dead_letter(event_type, r, now) for r in outcome.rejected]
         # The store write runs in a thread while the broker takes the forwarded messages.
         sent = asyncio.ensure_future(self._send_all(outgoing))
-        result = await self._write_with_retry(stored)
+        result = await self._write(stored)
         rejects = self._store_rejects(outcomes, result, now)
         await sent
         if rejects:
@@ -336,14 +343,32 @@ class IngestService(Service):
         except KafkaError as error:
             log.warning("offset commit failed (%s); the batch will be re-delivered", error)
 
-    async def _write_with_retry(self, stored: list[StoredEvent]) -> WriteResult:
+    def _validate_all(
+        self, by_topic: dict[str, list[RawRecord]]
+    ) -> dict[str, tuple[list[Accepted], list[Rejected]]]:
+        return {
+            topic: validate_batch(records, self.types_by_topic[topic], self.catalog)
+            for topic, records in by_topic.items()
+        }
+
+    async def _write(self, stored: list[StoredEvent]) -> WriteResult:
         if not stored:
             return WriteResult()
+        started = time.perf_counter()
+        result = await self._retrying(self.store.write_isolating_bad_rows, stored)
+        metrics.STORE_BATCH_DURATION.observe(time.perf_counter() - started)
+        metrics.STORE_BATCH_SIZE.observe(len(stored))
+        if result.rejected:
+            metrics.STORE_ERRORS.labels("row").inc(len(result.rejected))
+        return result
+
+    async def _retrying(self, work: Callable[..., T], *args: Any) -> T:
+        """Run blocking store work in a thread; while the store is unreachable, back off and
+        retry for as long as it takes (valid events are never dead-lettered for an outage)."""
         delay = 0.5
         while True:
-            started = time.perf_counter()
             try:
-                result = await asyncio.to_thread(self.store.write_isolating_bad_rows, stored)
+                result = await asyncio.to_thread(work, *args)
             except TRANSIENT_ERRORS as error:
                 metrics.STORE_ERRORS.labels("transient").inc()
                 metrics.STORE_UP.set(0)
@@ -359,13 +384,9 @@ class IngestService(Service):
                 await asyncio.sleep(delay * random.uniform(0.8, 1.2))
                 delay = min(delay * 2, self.settings.store_retry_max_s)
                 continue
-            metrics.STORE_BATCH_DURATION.observe(time.perf_counter() - started)
-            metrics.STORE_BATCH_SIZE.observe(len(stored))
             metrics.STORE_UP.set(1)
             self.health.store_up, self.health.store_error = True, None
             self.health.store_down_since = None
-            if result.rejected:
-                metrics.STORE_ERRORS.labels("row").inc(len(result.rejected))
             return result
 
     def _observe(

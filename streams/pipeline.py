@@ -170,14 +170,32 @@ def process_batch(
     catalog: EventCatalog,
     dedup: DedupWindow,
 ) -> BatchOutcome:
-    outcome = BatchOutcome()
+    """Validate every record, then drop duplicates."""
+    valid, rejected = validate_batch(records, event_type, catalog)
+    return drop_duplicates(valid, rejected, dedup)
+
+
+def validate_batch(
+    records: Sequence[RawRecord], event_type: EventType, catalog: EventCatalog
+) -> tuple[list[Accepted], list[Rejected]]:
+    """Validation without side effects, so a batch that fails half-way (the store is down
+    while a schema is looked up) can be retried unchanged."""
+    valid: list[Accepted] = []
+    rejected: list[Rejected] = []
     for record in records:
         try:
-            accepted = validate_record(record, event_type, catalog)
+            valid.append(validate_record(record, event_type, catalog))
         except InvalidMessage as error:
-            outcome.rejected.append(Rejected(record, error))
-            continue
-        if dedup.seen(record.partition, accepted.envelope.id):
+            rejected.append(Rejected(record, error))
+    return valid, rejected
+
+
+def drop_duplicates(
+    valid: Sequence[Accepted], rejected: list[Rejected], dedup: DedupWindow
+) -> BatchOutcome:
+    outcome = BatchOutcome(rejected=rejected)
+    for accepted in valid:
+        if dedup.seen(accepted.record.partition, accepted.envelope.id):
             outcome.duplicates.append(accepted)
         else:
             outcome.accepted.append(accepted)

@@ -1,0 +1,270 @@
+"""Helpers for the fault tests: generated traffic with known expectations, dead letter reads,
+and a throw-away PostgreSQL cluster that a test may stop and start."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import pwd
+import random
+import shutil
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kafka import KafkaConsumer, TopicPartition
+
+from simpul.broker import free_port, wait_for_port
+from simpul.catalog import EventCatalog
+from simpul.codec import frame
+from simpul.envelope import Envelope
+from simpul.publisher import Publisher
+from simpul.simulate import INVALID_KINDS, PaluData
+from simpul.topology import Topology
+
+STATE_KEYS = {
+    "employees": "nip",
+    "assessments": "assessment_id",
+    "permits": "permit_number",
+    "documents": "document_number",
+    "recipients": "nik",
+    "deaths": "nik",
+}
+
+
+@dataclass
+class Expectation:
+    """What the store and the dead-letter topics must hold after a run."""
+
+    valid_ids: set[str] = field(default_factory=set)
+    newest: dict[tuple[str, str], tuple[dt.datetime, str]] = field(default_factory=dict)
+    invalid: int = 0
+    duplicates: int = 0
+
+    def add_valid(self, entity: str, key: str, when: dt.datetime, ce_id: str) -> None:
+        self.valid_ids.add(ce_id)
+        current = self.newest.get((entity, key))
+        if current is None or (when, ce_id) > current:
+            self.newest[(entity, key)] = (when, ce_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    event_type: str
+    agency: str
+    payload: dict[str, Any]
+    ce_id: str
+    time: dt.datetime
+    kind: str  # "valid", "duplicate" or one of INVALID_KINDS
+
+
+def plan_traffic(
+    topology: Topology, count: int, duplicates: float, invalid: float, seed: int = 1
+) -> tuple[list[Planned], Expectation]:
+    """A shuffled-free list of messages (publish order) and what must come out of it."""
+    rng = random.Random(seed)
+    data = PaluData(topology, seed=seed, residents_count=3000, employees_count=500)
+    expect = Expectation()
+    plan: list[Planned] = []
+    valid_so_far: list[Planned] = []
+    base = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+    types = list(topology.types_by_name)
+    for i in range(count):
+        when = base + dt.timedelta(milliseconds=i * 7)
+        roll = rng.random()
+        if valid_so_far and roll < duplicates:
+            original = rng.choice(valid_so_far)
+            plan.append(
+                Planned(
+                    original.event_type,
+                    original.agency,
+                    original.payload,
+                    original.ce_id,
+                    original.time,
+                    "duplicate",
+                )
+            )
+            expect.duplicates += 1
+            continue
+        event_type = rng.choice(types)
+        payload = data.payload(event_type, when)
+        agency = data.producer_of(event_type, payload)
+        if roll < duplicates + invalid:
+            kind = rng.choice(INVALID_KINDS)
+            plan.append(Planned(event_type, agency, payload, str(uuid.uuid4()), when, kind))
+            expect.invalid += 1
+            continue
+        item = Planned(event_type, agency, payload, str(uuid.uuid4()), when, "valid")
+        plan.append(item)
+        valid_so_far.append(item)
+        et = topology.event_type(event_type)
+        key = str(payload[STATE_KEYS[et.entity]])
+        expect.add_valid(et.entity, key, when, item.ce_id)
+    return plan, expect
+
+
+def publish_plan(
+    plan: list[Planned],
+    catalog: EventCatalog,
+    bootstrap_settings: Any,
+    data: PaluData | None = None,
+) -> None:
+    publishers: dict[str, Publisher] = {}
+
+    def publisher(agency: str) -> Publisher:
+        if agency not in publishers:
+            publishers[agency] = Publisher(
+                agency, settings=bootstrap_settings, catalog=catalog, linger_ms=20
+            )
+        return publishers[agency]
+
+    for item in plan:
+        if item.kind in ("valid", "duplicate"):
+            publisher(item.agency).publish(
+                item.event_type, item.payload, id=item.ce_id, time=item.time
+            )
+        else:
+            send_invalid(publisher, catalog, item)
+    for p in publishers.values():
+        p.close()
+
+
+def send_invalid(publisher: Any, catalog: EventCatalog, item: Planned) -> None:
+    et = catalog.topology.event_type(item.event_type)
+    key = str(item.payload[et.key]).encode()
+    envelope = Envelope(
+        type=item.event_type, source=f"/agency/{item.agency}", id=item.ce_id, time=item.time
+    )
+    schema = catalog.latest_schema(item.event_type)
+    if item.kind == "bad_nik":
+        broken = dict(item.payload)
+        field_name = next(
+            (
+                f
+                for f in ("nik", "resident_nik", "applicant_nik", "nip", "assessor_nip")
+                if f in broken
+            ),
+            None,
+        )
+        assert field_name is not None
+        broken[field_name] = broken[field_name][:-1]
+        value = schema.encode(broken)
+        key = str(broken[et.key]).encode()
+    elif item.kind == "bad_kelurahan":
+        broken = dict(item.payload)
+        if "kelurahan_code" in broken:
+            broken["kelurahan_code"] = broken["kelurahan_code"][:6] + "9001"
+        elif "period" in broken:
+            broken["period"] = "2026-13"
+        else:  # hr.employee.updated: an appointment month 13 in the NIP
+            broken["nip"] = broken["nip"][:12] + "13" + broken["nip"][14:]
+            key = str(broken[et.key]).encode()
+        value = schema.encode(broken)
+    elif item.kind == "unauthorized":
+        envelope = Envelope(
+            type=item.event_type, source="/agency/kominfo", id=item.ce_id, time=item.time
+        )
+        value = schema.encode(item.payload)
+    elif item.kind == "undecodable":
+        value = frame(schema.id, b"\xff\xfe\x00garbage")
+    elif item.kind == "missing_header":
+        value = schema.encode(item.payload)
+        headers = [h for h in envelope.to_headers() if h[0] != "ce_time"]
+        publisher(item.agency).send_raw(et.topic("in"), key, value, headers)
+        return
+    else:
+        raise ValueError(item.kind)
+    publisher(item.agency).send_raw(et.topic("in"), key, value, envelope.to_headers())
+
+
+def read_topic(bootstrap: str, topic: str, idle_ms: int = 2000) -> Iterator[Any]:
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        consumer_timeout_ms=idle_ms,
+        auto_offset_reset="earliest",
+        max_poll_records=5000,
+    )
+    parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
+    consumer.assign(parts)
+    consumer.seek_to_beginning(*parts)
+    try:
+        yield from consumer
+    finally:
+        consumer.close()
+
+
+def dead_letter_origins(bootstrap: str, topology: Topology) -> dict[tuple[str, str, str], dict]:
+    """Distinct dead letters by their origin (topic, partition, offset), with their headers.
+
+    The dead-letter topic is at-least-once too: a worker killed after producing a dead letter
+    but before committing produces it again; the origin identifies the copies.
+    """
+    origins: dict[tuple[str, str, str], dict] = {}
+    for et in topology.event_types:
+        for message in read_topic(bootstrap, et.topic("dlq")):
+            headers = {k: v.decode(errors="replace") for k, v in message.headers}
+            origin = (
+                headers["simpul_dlq_topic"],
+                headers["simpul_dlq_partition"],
+                headers["simpul_dlq_offset"],
+            )
+            origins[origin] = headers
+    return origins
+
+
+class PostgresCluster:
+    """A private PostgreSQL cluster (initdb + pg_ctl) on a free port, in a temp directory."""
+
+    def __init__(self) -> None:
+        candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+        if not candidates:
+            raise FileNotFoundError("no PostgreSQL server binaries under /usr/lib/postgresql")
+        self.bin = candidates[-1].parent
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="simpul-pg-"))
+        self.data = self.dir / "data"
+        self._as_postgres = os.geteuid() == 0
+        if self._as_postgres:  # PostgreSQL refuses to run as root
+            user = pwd.getpwnam("postgres")
+            os.chown(self.dir, user.pw_uid, user.pw_gid)
+
+    def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        command = [str(self.bin / args[0]), *args[1:]]
+        if self._as_postgres:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def init(self) -> PostgresCluster:
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+        return self
+
+    def start(self) -> None:
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.dir / "server.log"),
+            "-w",
+            "-o",
+            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1",
+            "start",
+        )
+        wait_for_port(self.port, 30)
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def destroy(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
