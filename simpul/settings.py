@@ -39,7 +39,7 @@ class Settings(BaseSettings):
         default=6066, ge=1, le=65535, description="Worker HTTP port (/metrics, /health)"
     )
     worker_id: str = Field(default="simpul", description="Faust app id = consumer group")
-    batch_size: int = Field(default=1000, ge=1, description="Events per processing batch")
+    batch_size: int = Field(default=5000, ge=1, description="Events per processing batch")
     batch_seconds: float = Field(
         default=0.1, gt=0, description="Longest wait to fill a batch before processing it"
     )

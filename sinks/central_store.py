@@ -175,6 +175,20 @@ def _sqlite_row(row: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(map(_sqlite_value, row))
 
 
+def _json_field(column: Column[Any]) -> str:
+    """SQL reading a current-state column out of the staged JSON payload."""
+    name = column.name
+    if isinstance(column.type, JSON):
+        return f"s.payload->'{name}'"
+    cast = {
+        DateTime: "timestamptz",
+        Date: "date",
+        Float: "double precision",
+        Integer: "bigint",
+    }.get(type(column.type))
+    return f"(s.payload->>'{name}')::{cast}" if cast else f"s.payload->>'{name}'"
+
+
 #: Entity name (the topology's ``entity``) -> current-state table.
 ENTITY_TABLES: dict[str, Table] = {
     t.name: t for t in (employees, assessments, permits, documents, recipients, deaths)
@@ -266,7 +280,13 @@ class CentralStore:
             for event in result.inserted:
                 by_entity.setdefault(event.entity, []).append(event)
             for entity, group in by_entity.items():
-                self._upsert_state(conn, ENTITY_TABLES[entity], group)
+                if self.engine.dialect.name == "postgresql":
+                    # The staged event_log rows already hold every payload: PostgreSQL derives
+                    # the newest state per key itself instead of a second COPY from Python.
+                    types = sorted({e.type for e in group})
+                    self._pg_upsert_state_from_stage(conn, ENTITY_TABLES[entity], types)
+                else:
+                    self._upsert_state(conn, ENTITY_TABLES[entity], group)
         return result
 
     def write_isolating_bad_rows(self, events: Sequence[StoredEvent]) -> WriteResult:
@@ -297,21 +317,40 @@ class CentralStore:
 
     def _insert_log(self, conn: Connection, events: Sequence[StoredEvent]) -> set[str]:
         now = dt.datetime.now(dt.UTC)
-        rows = [
-            (
-                e.ce_id,
-                e.type,
-                e.source,
-                e.key,
-                e.event_time,
-                e.schema_id,
-                dumps(e.payload),
-                e.published_at,
-                e.received_at,
-                now,
-            )
-            for e in events
-        ]
+        if self.engine.dialect.name == "postgresql":
+            # Timestamps as ISO text: COPY parses them; psycopg's datetime dumping cost more.
+            stamp = now.isoformat()
+            rows = [
+                (
+                    e.ce_id,
+                    e.type,
+                    e.source,
+                    e.key,
+                    e.event_time.isoformat(),
+                    e.schema_id,
+                    dumps(e.payload),
+                    e.published_at.isoformat() if e.published_at else None,
+                    e.received_at.isoformat(),
+                    stamp,
+                )
+                for e in events
+            ]
+        else:
+            rows = [
+                (
+                    e.ce_id,
+                    e.type,
+                    e.source,
+                    e.key,
+                    e.event_time,
+                    e.schema_id,
+                    dumps(e.payload),
+                    e.published_at,
+                    e.received_at,
+                    now,
+                )
+                for e in events
+            ]
         raw = conn.connection.driver_connection
         if self.engine.dialect.name == "postgresql":
             stage = self._pg_stage(raw, event_log, LOG_COLUMNS, rows)
@@ -375,6 +414,34 @@ class CentralStore:
             f"ON CONFLICT ({key_column}) DO UPDATE SET {updates} WHERE {newer}",
             [_sqlite_row(row) for row in rows],
         )
+
+    @staticmethod
+    def _pg_upsert_state_from_stage(conn: Connection, table: Table, types: list[str]) -> None:
+        key_column = next(iter(table.primary_key.columns)).name
+        payload_columns = [c for c in table.columns if c.name not in STATE_META]
+        columns = [*(c.name for c in payload_columns), "event_time", "ce_id", "source", "stored_at"]
+        selected = ", ".join(
+            [
+                *(_json_field(c) for c in payload_columns),
+                "event_time",
+                "ce_id",
+                "source",
+                "stored_at",
+            ]
+        )
+        updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c != key_column)
+        sql = (
+            f"INSERT INTO {table.name} ({', '.join(columns)}) "
+            f"SELECT DISTINCT ON (k) {selected} FROM ("
+            f"  SELECT *, payload->>'{key_column}' AS k FROM simpul_stage_event_log"
+            f"  WHERE type = ANY(%s)) s "
+            f"ORDER BY k, event_time DESC, ce_id DESC "
+            f"ON CONFLICT ({key_column}) DO UPDATE SET {updates} "
+            f"WHERE (excluded.event_time, excluded.ce_id) > "
+            f"({table.name}.event_time, {table.name}.ce_id)"
+        )
+        with conn.connection.driver_connection.cursor() as cursor:
+            cursor.execute(sql, (types,))
 
     @staticmethod
     def _pg_stage(

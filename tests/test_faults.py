@@ -291,7 +291,8 @@ def test_sigterm_finishes_the_batch_and_restart_reprocesses_nothing(
     own_broker: EmbeddedBroker, pg_database: str, tmp_path: Path
 ) -> None:
     stack = make_stack(own_broker, pg_database, tmp_path)
-    plan, expect = plan_traffic(stack.topology, 8000, duplicates=0.0, invalid=0.0, seed=6)
+    stack.env["SIMPUL_BATCH_SIZE"] = "200"  # many small batches: SIGTERM lands mid-stream
+    plan, expect = plan_traffic(stack.topology, 20_000, duplicates=0.0, invalid=0.0, seed=6)
     publish_plan(plan, stack.catalog(), stack.settings)
     stack.start_worker()
     wait_until(lambda: _stored(stack) > 1500, 60, "worker busy")
