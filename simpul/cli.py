@@ -214,7 +214,7 @@ def run_simulation(
 ):  # type: ignore[no-untyped-def]
     from simpul.catalog import EventCatalog
     from simpul.db import make_engine
-    from simpul.publisher import Publisher
+    from simpul.publisher import PublisherPool
     from simpul.registry import SchemaResolver, SchemaStore
     from simpul.simulate import PaluData
     from simpul.simulate import simulate as run
@@ -223,25 +223,21 @@ def run_simulation(
     catalog = EventCatalog(
         topology, SchemaResolver(SchemaStore(make_engine(settings.database_url)))
     )
-    publishers: dict[str, Publisher] = {}
-
-    def publisher(agency: str) -> Publisher:
-        if agency not in publishers:
-            publishers[agency] = Publisher(agency, settings=settings, catalog=catalog)
-        return publishers[agency]
-
     data = PaluData(topology, seed=seed)
-    with Progress(
-        TextColumn("publishing"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        disable=quiet,
-    ) as progress:
+    with (
+        PublisherPool(settings, catalog) as publishers,
+        Progress(
+            TextColumn("publishing"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            disable=quiet,
+        ) as progress,
+    ):
         task = progress.add_task("publish", total=int(rate * duration))
         report = run(
-            publisher,
+            publishers,
             data,
             rate=rate,
             duration=duration,
@@ -249,8 +245,6 @@ def run_simulation(
             invalid=invalid,
             on_tick=lambda done, _: progress.update(task, completed=done),
         )
-    for p in publishers.values():
-        p.close()
     return report
 
 

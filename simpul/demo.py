@@ -189,7 +189,7 @@ def _simulate_with_progress(
             progress.update(task, completed=done, stored=stored["n"])
 
         from simpul.catalog import EventCatalog
-        from simpul.publisher import Publisher
+        from simpul.publisher import PublisherPool
         from simpul.registry import SchemaResolver
         from simpul.simulate import PaluData, simulate
 
@@ -197,24 +197,16 @@ def _simulate_with_progress(
         catalog = EventCatalog(
             topology, SchemaResolver(SchemaStore(make_engine(settings.database_url)))
         )
-        publishers: dict[str, Publisher] = {}
-
-        def publisher(agency: str) -> Publisher:
-            if agency not in publishers:
-                publishers[agency] = Publisher(agency, settings=settings, catalog=catalog)
-            return publishers[agency]
-
-        report = simulate(
-            publisher,
-            PaluData(topology),
-            rate=rate,
-            duration=duration,
-            duplicates=0.05,
-            invalid=0.02,
-            on_tick=tick,
-        )
-        for p in publishers.values():
-            p.close()
+        with PublisherPool(settings, catalog) as publishers:
+            report = simulate(
+                publishers,
+                PaluData(topology),
+                rate=rate,
+                duration=duration,
+                duplicates=0.05,
+                invalid=0.02,
+                on_tick=tick,
+            )
     stop.set()
     return report
 

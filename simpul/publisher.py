@@ -114,3 +114,35 @@ class Publisher:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class PublisherPool:
+    """One `Publisher` per agency, made on first use: ``pool(agency).publish(...)``.
+
+    Simulators and tests speak for many agencies; each keeps its own producer (client id).
+    """
+
+    def __init__(self, settings: Settings, catalog: EventCatalog, **producer_config: Any) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.producer_config = producer_config
+        self._publishers: dict[str, Publisher] = {}
+
+    def __call__(self, agency: str) -> Publisher:
+        publisher = self._publishers.get(agency)
+        if publisher is None:
+            publisher = self._publishers[agency] = Publisher(
+                agency, settings=self.settings, catalog=self.catalog, **self.producer_config
+            )
+        return publisher
+
+    def close(self) -> None:
+        for publisher in self._publishers.values():
+            publisher.close()
+        self._publishers.clear()
+
+    def __enter__(self) -> PublisherPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -199,10 +199,6 @@ class SchemaResolver:
         return schema_id in ids
 
 
-def schema_file(topology: Topology, schemas_dir: Path, type_name: str) -> Path:
-    return schemas_dir / topology.event_type(type_name).schema_file
-
-
 def register_all(store: SchemaStore, topology: Topology, schemas_dir: Path) -> dict[str, int]:
     """Register every event type's ``.avsc`` under ``simpul.in.<type>-value``."""
     ids = {}

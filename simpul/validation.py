@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
@@ -61,12 +60,3 @@ def _field_first(message: str, record_name: str) -> str:
         path = head.split(f"{record_name}.", 1)[-1]
         return f"{path}: is {rest}"
     return message
-
-
-def event_time_of(payload: Mapping[str, Any], fields: tuple[str, ...]) -> dt.datetime | None:
-    """The first timestamp field present: what a publisher uses as ``ce_time`` by default."""
-    for name in fields:
-        value = payload.get(name)
-        if isinstance(value, dt.datetime):
-            return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-    return None

@@ -32,7 +32,6 @@ from sqlalchemy import (
     func,
     select,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError, ProgrammingError
 
 from simpul.db import dumps, metadata
@@ -262,7 +261,6 @@ class CentralStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
 
     def write(self, events: Sequence[StoredEvent]) -> WriteResult:
         """Write a batch in one transaction; raises on any database error."""

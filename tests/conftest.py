@@ -127,7 +127,8 @@ class Stack:
             self.topology, SchemaResolver(SchemaStore(make_engine(self.settings.database_url)))
         )
 
-    def start_worker(self) -> subprocess.Popen[bytes]:
+    def start_worker(self, wait: bool = True) -> subprocess.Popen[bytes]:
+        """Start a worker process; by default wait until it holds partitions."""
         log = open(self.workdir / "worker.log", "ab")  # noqa: SIM115
         self.worker = subprocess.Popen(
             [sys.executable, "-m", "simpul", "worker"],
@@ -135,6 +136,8 @@ class Stack:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+        if not wait:
+            return self.worker
         wait_until(lambda: _http_ok(self.settings.worker_web_port, "/health"), 60, "worker up")
         wait_until(lambda: self.health().get("assigned_partitions", 0) > 0, 60, "partitions")
         return self.worker

@@ -23,7 +23,7 @@ from simpul.broker import free_port, wait_for_port
 from simpul.catalog import EventCatalog
 from simpul.codec import frame
 from simpul.envelope import Envelope
-from simpul.publisher import Publisher
+from simpul.publisher import PublisherPool
 from simpul.simulate import INVALID_KINDS, PaluData
 from simpul.topology import Topology
 
@@ -112,17 +112,8 @@ def publish_plan(
     plan: list[Planned],
     catalog: EventCatalog,
     bootstrap_settings: Any,
-    data: PaluData | None = None,
 ) -> None:
-    publishers: dict[str, Publisher] = {}
-
-    def publisher(agency: str) -> Publisher:
-        if agency not in publishers:
-            publishers[agency] = Publisher(
-                agency, settings=bootstrap_settings, catalog=catalog, linger_ms=20
-            )
-        return publishers[agency]
-
+    publisher = PublisherPool(bootstrap_settings, catalog, linger_ms=20)
     for item in plan:
         if item.kind in ("valid", "duplicate"):
             publisher(item.agency).publish(
@@ -130,8 +121,7 @@ def publish_plan(
             )
         else:
             send_invalid(publisher, catalog, item)
-    for p in publishers.values():
-        p.close()
+    publisher.close()
 
 
 def send_invalid(publisher: Any, catalog: EventCatalog, item: Planned) -> None:

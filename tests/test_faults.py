@@ -97,7 +97,11 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
         kills += 1
         stack.worker = None
         # Sometimes restart and kill before it even joined the group.
-        stack.start_worker() if rng.random() < 0.7 else _start_without_waiting(stack)
+        if rng.random() < 0.7:
+            stack.start_worker()
+        else:
+            stack.start_worker(wait=False)
+            time.sleep(0.5)
     publisher.join()
     if stack.worker is None or stack.worker.poll() is not None:
         stack.start_worker()
@@ -117,20 +121,6 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
     assert len(letters) == expect.invalid
     assert all(h["simpul_dlq_reason"] for h in letters.values())
     stack.stop_worker()
-
-
-def _start_without_waiting(stack: Stack) -> None:
-    import subprocess
-    import sys
-
-    log = open(stack.workdir / "worker.log", "ab")  # noqa: SIM115
-    stack.worker = subprocess.Popen(
-        [sys.executable, "-m", "simpul", "worker"],
-        env=stack.env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    time.sleep(0.5)
 
 
 def _stored(stack: Stack) -> int:
