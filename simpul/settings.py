@@ -59,6 +59,25 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="On SIGTERM, longest wait for the batch in flight"
     )
     log_level: str = Field(default="info", description="Worker log level")
+    registry_url: str = Field(
+        default="http://127.0.0.1:8081",
+        description="Schema registry base URL used by workers, publishers and connectors",
+    )
+    registry_port: int = Field(
+        default=8081, ge=1, le=65535, description="Port of `simpul registry` (Confluent's default)"
+    )
+    ingress_port: int = Field(
+        default=8080, ge=1, le=65535, description="Port of `simpul ingress` (HTTP event ingress)"
+    )
+    connect_port: int = Field(
+        default=8083,
+        ge=1,
+        le=65535,
+        description="Port of the connector runtime's REST API (Kafka Connect's default)",
+    )
+    deliver_web_port: int = Field(
+        default=6067, ge=1, le=65535, description="Port of `simpul deliver` (/metrics, /health)"
+    )
 
 
 @lru_cache(maxsize=1)
