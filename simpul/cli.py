@@ -176,6 +176,15 @@ def worker() -> None:
 
 
 @app.command()
+def joins() -> None:
+    """Run the joins: derived events (docs/joins.md) from simpul.valid.*; /metrics, /health."""
+    from streams.join_service import run_joins
+
+    settings = _settings()
+    run_joins(settings, _topology(settings))
+
+
+@app.command()
 def simulate(
     rate: Annotated[float, typer.Option(min=0.1, help="Events per second")] = 50.0,
     duration: Annotated[float, typer.Option(min=0.1, help="Seconds to run")] = 10.0,

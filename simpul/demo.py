@@ -263,7 +263,7 @@ def _summary(
             str(in_store),
             f"{dups:.0f}",
             f"{dead:.0f}",
-            str(store.state_count(et.entity)),
+            str(store.state_count(et.entity)) if et.entity else "-",
             style=None if balanced else "red",
         )
     table.add_section()
