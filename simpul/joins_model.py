@@ -33,7 +33,8 @@ class JoinSide(BaseModel):
     key: Annotated[str, Field(min_length=1, description="Payload field holding the join key")]
     when: dict[str, list[str]] = Field(
         default_factory=dict,
-        description="Only events whose field value is one of the listed values take part",
+        description="Left side: only events whose field value is one of the listed values "
+        "take part. Right side: a right event counts as a match only if its values are listed.",
     )
 
     def matches(self, payload: dict[str, object]) -> bool:
