@@ -130,9 +130,9 @@ class JoinService(Service):
             max_poll_records=self.settings.batch_size,
             partition_assignment_strategy=(RangePartitionAssignor,),
             session_timeout_ms=int(self.settings.session_timeout_s * 1000),
-            rebalance_timeout_ms=int(
-                max(self.settings.rebalance_timeout_s, RESTORE_TIMEOUT_S) * 1000
-            ),
+            # The restore runs after the group settled (on assignment), so it does not count
+            # against the rebalance timeout; the embedded broker's first join waits for it.
+            rebalance_timeout_ms=int(self.settings.rebalance_timeout_s * 1000),
             heartbeat_interval_ms=int(min(1.0, self.settings.session_timeout_s / 3) * 1000),
         )
         await self.producer.start()
