@@ -443,7 +443,9 @@ class JoinService(Service):
         return {
             "status": "ok",
             "joins": [logic.name for logic in self.logics],
-            "assigned_partitions": len(self.consumer.assignment()) if self.routes else 0,
+            "assigned_partitions": (
+                len(self.consumer.assignment()) if hasattr(self, "consumer") else 0
+            ),
             "loaded_partitions": sorted(self.loaded),
             "pending": sum(s.pending_count for s in self.states.values()),
             "last_batch_at": self.last_batch_at,
