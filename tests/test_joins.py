@@ -255,3 +255,25 @@ def test_a_derived_type_must_be_produced_by_simpul() -> None:
         if event_type["name"] == "hr.allowance.basis":
             event_type["producers"] = ["bkd"]
     assert "joins.0.output: hr.allowance.basis must list 'simpul'" in _error(raw)
+
+
+def test_range_assignment_gives_each_process_the_same_partitions_of_every_input(
+    topology: Topology,
+) -> None:
+    from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+
+    class Cluster:
+        def partitions_for_topic(self, topic: str) -> set[int]:
+            return {0, 1, 2, 3}
+
+    inputs = sorted(
+        {t.topic("valid") for t in topology.event_types if t.entity}
+        | {name for name, _ in topology.join_topics() if name.endswith(".left")}
+    )
+    members = {
+        m: RangePartitionAssignor.metadata(inputs) for m in ("joins-a", "joins-b", "joins-c")
+    }
+    assignment = RangePartitionAssignor.assign(Cluster(), members)  # type: ignore[arg-type]
+    for member in members:
+        per_topic = {topic: set(parts) for topic, parts in assignment[member].assignment}
+        assert len(set(map(frozenset, per_topic.values()))) == 1, per_topic
