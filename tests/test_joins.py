@@ -277,3 +277,54 @@ def test_range_assignment_gives_each_process_the_same_partitions_of_every_input(
     for member in members:
         per_topic = {topic: set(parts) for topic, parts in assignment[member].assignment}
         assert len(set(map(frozenset, per_topic.values()))) == 1, per_topic
+
+
+def _service(tmp_path: Any, raw: dict[str, Any]) -> Any:
+    from simpul import dbmigrate
+    from simpul.catalog import EventCatalog
+    from simpul.db import make_engine
+    from simpul.registry import SchemaResolver, SchemaStore, register_all
+    from simpul.settings import Settings
+    from streams.join_service import JoinService
+    from tests.conftest import SCHEMAS_DIR
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    dbmigrate.upgrade(url)
+    topology = parse_topology(raw)
+    register_all(SchemaStore(make_engine(url)), topology, SCHEMAS_DIR)
+    catalog = EventCatalog(topology, SchemaResolver(SchemaStore(make_engine(url))))
+    return JoinService(Settings(database_url=url), topology, catalog)
+
+
+def test_a_derived_event_is_sent_to_simpul_in_as_a_framed_cloudevent(tmp_path: Any) -> None:
+    from simpul.codec import unframe
+    from simpul.envelope import Envelope as Env
+
+    service = _service(tmp_path, _raw())
+    join, state, effects = service.logics[0], JoinPartition(), Effects()
+    join.on_right(state, employee("III/d"), effects)
+    join.on_left(state, assessment(), effects)
+    sends = service._effect_sends(join, 2, effects)
+    (changelog,) = [s for s in sends if s.topic == "simpul.join.tpp-allowance-basis.state"]
+    assert changelog.partition == 2 and changelog.key == f"R\x00{NIP}".encode()
+    (out,) = [s for s in sends if s.topic == "simpul.in.hr.allowance.basis"]
+    envelope = Env.from_headers(out.headers)
+    assert envelope.source == "/agency/simpul" and envelope.type == "hr.allowance.basis"
+    schema_id, body = unframe(out.value)
+    payload = service.catalog.resolver.by_id(schema_id).decode_body(body)
+    assert payload["grade"] == "III/d" and out.key == NIP.encode()
+
+
+def test_a_mapping_that_yields_an_invalid_event_dead_letters_the_left(tmp_path: Any) -> None:
+    raw = _raw()
+    raw["joins"][0]["fields"]["period"] = "left.rating"  # "AS_EXPECTED" is no YYYY-MM
+    service = _service(tmp_path, raw)
+    join, state, effects = service.logics[0], JoinPartition(), Effects()
+    join.on_right(state, employee("III/d"), effects)
+    join.on_left(state, assessment(), effects)
+    sends = service._effect_sends(join, 0, effects)
+    assert not [s for s in sends if s.topic.startswith("simpul.in.")]
+    (letter,) = [s for s in sends if s.topic == "simpul.dlq.hr.performance.assessed"]
+    headers = dict(letter.headers)
+    assert headers["simpul_dlq_stage"] == b"join" and headers["simpul_dlq_code"] == b"join.output"
+    assert b"period" in headers["simpul_dlq_reason"] and letter.key == NIP.encode()
