@@ -162,7 +162,8 @@ def topology_check(
         raise typer.Exit(2) from None
     console.print(
         f"{topology.city}: {len(topology.agencies)} agencies, "
-        f"{len(topology.event_types)} event types, {len(topology.kelurahan)} kelurahan: OK"
+        f"{len(topology.event_types)} event types, {len(topology.joins)} joins, "
+        f"{len(topology.kelurahan)} kelurahan: OK"
     )
 
 
