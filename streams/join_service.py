@@ -74,7 +74,12 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
             self.service.forget({tp.partition for tp in revoked})
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        await self.service.restore({tp.partition for tp in assigned})
+        try:
+            await self.service.restore({tp.partition for tp in assigned})
+        except Exception as error:
+            # Joining against a partial state would give wrong answers: stop, to be restarted.
+            log.critical("join state restore failed; stopping", exc_info=True)
+            await self.service.crash(error)
 
 
 class JoinService(Service):
