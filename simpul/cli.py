@@ -162,7 +162,8 @@ def topology_check(
         raise typer.Exit(2) from None
     console.print(
         f"{topology.city}: {len(topology.agencies)} agencies, "
-        f"{len(topology.event_types)} event types, {len(topology.kelurahan)} kelurahan: OK"
+        f"{len(topology.event_types)} event types, {len(topology.joins)} joins, "
+        f"{len(topology.kelurahan)} kelurahan: OK"
     )
 
 
@@ -173,6 +174,15 @@ def worker() -> None:
 
     settings = _settings()
     run_worker(settings, _topology(settings))
+
+
+@app.command()
+def joins() -> None:
+    """Run the joins: derived events (docs/joins.md) from simpul.valid.*; /metrics, /health."""
+    from streams.join_service import run_joins
+
+    settings = _settings()
+    run_joins(settings, _topology(settings))
 
 
 @app.command()

@@ -25,8 +25,11 @@ from simpul.db import make_engine
 from simpul.registry import SchemaStore, register_all
 from simpul.settings import PROJECT_ROOT, Settings
 from simpul.topics import apply_topics
-from simpul.topology import load_topology
+from simpul.topology import Topology, load_topology
 from sinks.central_store import CentralStore
+
+#: The demo runs for seconds, so joins wait only briefly for their other side.
+DEMO_JOIN_WAIT_S = 5.0
 
 
 def scrape(port: int) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
@@ -100,6 +103,7 @@ def run_demo(console: Console, *, duration: float, rate: float) -> int:
     base = Settings()
     broker_port = base.broker_port if port_is_free(base.broker_port) else free_port()
     web_port = base.worker_web_port if port_is_free(base.worker_web_port) else free_port()
+    joins_port = base.joins_web_port if port_is_free(base.joins_web_port) else free_port()
     database_url = f"sqlite:///{workdir / 'simpul.db'}"
     env = {
         **os.environ,
@@ -107,6 +111,8 @@ def run_demo(console: Console, *, duration: float, rate: float) -> int:
         "SIMPUL_DATABASE_URL": database_url,
         "SIMPUL_WORKER_WEB_PORT": str(web_port),
         "SIMPUL_WORKER_ID": "simpul-demo",
+        "SIMPUL_JOINS_WEB_PORT": str(joins_port),
+        "SIMPUL_JOIN_WAIT_S": str(DEMO_JOIN_WAIT_S),
     }
     settings = Settings(
         kafka_bootstrap=env["SIMPUL_KAFKA_BOOTSTRAP"],
@@ -119,6 +125,7 @@ def run_demo(console: Console, *, duration: float, rate: float) -> int:
 
     broker = EmbeddedBroker(broker_port, workdir / "broker.log")
     worker: subprocess.Popen[bytes] | None = None
+    joins: subprocess.Popen[bytes] | None = None
     try:
         broker.start()
         console.print(f"✓ embedded broker (Tansu, in memory) on 127.0.0.1:{broker_port}")
@@ -139,6 +146,18 @@ def run_demo(console: Console, *, duration: float, rate: float) -> int:
         wait_http(web_port, "/health", 60)
         wait_assigned(web_port, 60)
         console.print(f"✓ worker running; metrics at http://127.0.0.1:{web_port}/metrics")
+        joins = subprocess.Popen(
+            [sys.executable, "-m", "simpul", "joins"],
+            env=env,
+            stdout=open(workdir / "joins.log", "wb"),  # noqa: SIM115
+            stderr=subprocess.STDOUT,
+        )
+        wait_http(joins_port, "/health", 60)
+        wait_assigned(joins_port, 60)
+        console.print(
+            f"✓ joins running ({len(topology.joins)} joins, waits {DEMO_JOIN_WAIT_S:g} s); "
+            f"metrics at http://127.0.0.1:{joins_port}/metrics"
+        )
 
         report = _simulate_with_progress(
             console, settings, rate, duration, CentralStore(make_engine(database_url))
@@ -148,9 +167,18 @@ def run_demo(console: Console, *, duration: float, rate: float) -> int:
             f"✓ simulated agencies sent {sent} messages in {report.seconds:.1f}s; "
             "waiting for the worker to drain"
         )
+        # Let the joins' waits run out, then stop them so no derived event arrives after the
+        # accounting below is read.
+        time.sleep(DEMO_JOIN_WAIT_S + 2)
+        join_samples = scrape(joins_port)
+        _stop(console, "joins", joins)
+        joins = None
+        _joins_summary(console, topology, join_samples)
         samples = _wait_drained(web_port, sent, timeout=120)
         return _summary(console, topology, samples, CentralStore(make_engine(database_url)), sent)
     finally:
+        if joins is not None:
+            _stop(console, "joins", joins)
         if worker is not None:
             worker.send_signal(signal.SIGTERM)
             try:
@@ -211,6 +239,42 @@ def _simulate_with_progress(
     return report
 
 
+def _stop(console: Console, name: str, process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(30)
+        console.print(f"✓ {name} stopped (exit {process.returncode})")
+    except subprocess.TimeoutExpired:
+        process.kill()
+        console.print(f"[yellow]{name} did not stop in 30s; killed[/yellow]")
+
+
+def _joins_summary(console: Console, topology: Topology, samples: dict) -> None:  # type: ignore[type-arg]
+    table = Table(
+        "join",
+        "output",
+        "derived",
+        "waited",
+        "expired",
+        title="Derived events (simpul joins)",
+        caption="expired: waits that ran out (dead-lettered, emitted or dropped per the join)",
+    )
+    for join in topology.joins:
+        expired = ", ".join(
+            f"{dict(labels)['outcome']} {value:.0f}"
+            for labels, value in samples.get("simpul_join_expired_total", {}).items()
+            if dict(labels).get("join") == join.name and value
+        )
+        table.add_row(
+            join.name,
+            join.output,
+            f"{total(samples, 'simpul_join_derived_total', join=join.name):.0f}",
+            f"{total(samples, 'simpul_join_waits_total', join=join.name):.0f}",
+            expired or "0",
+        )
+    console.print(table)
+
+
 def _wait_drained(port: int, sent: int, timeout: float) -> dict:  # type: ignore[type-arg]
     deadline = time.monotonic() + timeout
     samples = scrape(port)
@@ -263,7 +327,7 @@ def _summary(
             str(in_store),
             f"{dups:.0f}",
             f"{dead:.0f}",
-            str(store.state_count(et.entity)),
+            str(store.state_count(et.entity)) if et.entity else "-",
             style=None if balanced else "red",
         )
     table.add_section()

@@ -61,3 +61,30 @@ CONSUMER_LAG = Gauge(
     "Messages behind the partition's high watermark after the last batch.",
     ["topic", "partition"],
 )
+
+# --- joins ---
+JOIN_DERIVED = Counter(
+    "simpul_join_derived_total",
+    "Derived events a join published to simpul.in.<output type>.",
+    ["join"],
+)
+JOIN_WAITS = Counter(
+    "simpul_join_waits_total",
+    "Left events that had to wait because their right side had not arrived.",
+    ["join"],
+)
+JOIN_PENDING = Gauge(
+    "simpul_join_pending",
+    "Left events waiting for their right side now (on this process's partitions).",
+    ["join"],
+)
+JOIN_EXPIRED = Counter(
+    "simpul_join_expired_total",
+    "Left events whose wait ran out, by what the join did: dead_letter, emit or drop.",
+    ["join", "outcome"],
+)
+JOIN_RESTORED = Counter(
+    "simpul_join_restored_records_total",
+    "Changelog records read to rebuild join state after partitions were assigned.",
+    ["join"],
+)

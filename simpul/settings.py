@@ -78,6 +78,19 @@ class Settings(BaseSettings):
     deliver_web_port: int = Field(
         default=6067, ge=1, le=65535, description="Port of `simpul deliver` (/metrics, /health)"
     )
+    # --- joins ---
+    join_wait_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="How long a left event waits for its right side before the join's "
+        "on_timeout applies (a join's own wait_s overrides it)",
+    )
+    join_check_s: float = Field(
+        default=1.0, gt=0, description="How often waiting left events are checked for expiry"
+    )
+    joins_web_port: int = Field(
+        default=6068, ge=1, le=65535, description="Port of `simpul joins` (/metrics, /health)"
+    )
 
 
 @lru_cache(maxsize=1)

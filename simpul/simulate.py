@@ -196,6 +196,10 @@ class PaluData:
             a.kelurahan_code: a.code for a in self.topology.agencies if a.kelurahan_code
         }
         self._serial = 0
+        # Who has been published, so that the joins (docs/joins.md) find partners: most
+        # assessments are of employees already known, some deaths are of recipients.
+        self._known_employees: list[Employee] = []
+        self._recipients: list[Resident] = []
 
     def _name(self) -> str:
         first = self.rng.choice(FIRST_NAMES_M + FIRST_NAMES_F)
@@ -217,6 +221,7 @@ class PaluData:
         now = now.replace(microsecond=(now.microsecond // 1000) * 1000)
         if event_type == "hr.employee.updated":
             e = rng.choice(self.employees)
+            self._known_employees.append(e)
             return {
                 "nip": e.nip,
                 "name": e.name,
@@ -227,7 +232,9 @@ class PaluData:
                 "updated_at": now,
             }
         if event_type == "hr.performance.assessed":
-            e, boss = rng.choice(self.employees), rng.choice(self.employees)
+            known = self._known_employees and rng.random() < 0.9
+            e = rng.choice(self._known_employees if known else self.employees)
+            boss = rng.choice(self.employees)
             period = f"{now.year}-{now.month:02d}"
             return {
                 "assessment_id": f"EKIN-{period}-{e.nip[-6:]}-{self._next()}",
@@ -269,6 +276,7 @@ class PaluData:
             }
         if event_type == "social.recipient.updated":
             r = rng.choice(self.residents)
+            self._recipients.append(r)
             programs = sorted(rng.sample(["PKH", "BPNT", "PBI_JK", "ATENSI"], rng.randrange(0, 3)))
             return {
                 "nik": r.nik,
@@ -281,7 +289,8 @@ class PaluData:
                 "updated_at": now,
             }
         if event_type == "population.death.registered":
-            r = rng.choice(self.residents)
+            recipient = self._recipients and rng.random() < 0.3
+            r = rng.choice(self._recipients if recipient else self.residents)
             return {
                 "nik": r.nik,
                 "date_of_death": (now - dt.timedelta(days=rng.randrange(1, 30))).date(),

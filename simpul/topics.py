@@ -32,9 +32,20 @@ def apply_topics(topology: Topology, bootstrap: str) -> list[TopicChange]:
         missing = [(t, p) for t, p in topology.topics() if t not in existing]
         if missing:
             # A concurrent `topics apply` may have created some already: that is success too.
+            # Join state changelogs are compacted: the latest record per key is the state.
+            compacted = {join.state_topic() for join in topology.joins}
             with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(
-                    [NewTopic(t, p, topology.replication) for t, p in missing], timeout_ms=30_000
+                    [
+                        NewTopic(
+                            t,
+                            p,
+                            topology.replication,
+                            topic_configs={"cleanup.policy": "compact"} if t in compacted else {},
+                        )
+                        for t, p in missing
+                    ],
+                    timeout_ms=30_000,
                 )
             changes += [TopicChange(t, p, "created") for t, p in missing]
         for topic, partitions in topology.topics():

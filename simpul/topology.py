@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from simpul.identifiers import check_kelurahan_code
+from simpul.joins_model import Join, check_joins
 
 _AGENCY_CODE = r"^[a-z][a-z0-9-]{1,40}$"
 _TYPE_NAME = r"^[a-z]+(\.[a-z_]+)+$"
@@ -54,7 +55,9 @@ class EventType(BaseModel):
     name: Annotated[str, Field(pattern=_TYPE_NAME)]
     schema_file: Annotated[str, Field(alias="schema", min_length=6)]
     key: Annotated[str, Field(min_length=1)]
-    entity: Annotated[str, Field(pattern=r"^[a-z_]+$")]
+    #: The central store's current-state table; None: the type is kept in event_log only
+    #: (derived events, whose entity is the event itself).
+    entity: Annotated[str | None, Field(pattern=r"^[a-z_]+$")] = None
     partitions: Annotated[int, Field(ge=1, le=1024)] = 4
     producers: Annotated[list[str], Field(min_length=1)]
 
@@ -99,6 +102,7 @@ class Topology(BaseModel):
     agencies: Annotated[list[Agency], Field(min_length=1)]
     event_types: Annotated[list[EventType], Field(min_length=1)]
     kelurahan: list[Kelurahan] = []
+    joins: list[Join] = []
 
     @model_validator(mode="after")
     def _consistent(self) -> Topology:
@@ -119,6 +123,11 @@ class Topology(BaseModel):
                 raise ValueError(
                     f"kelurahan.{i}.code: {kel.code} is outside region {self.region_code}"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _joins_consistent(self) -> Topology:
+        check_joins(self)
         return self
 
     @cached_property
@@ -152,7 +161,18 @@ class Topology(BaseModel):
             (t.topic(kind), t.partitions)
             for t in self.event_types
             for kind in ("in", "valid", "dlq")
-        ]
+        ] + self.join_topics()
+
+    def join_topics(self) -> list[tuple[str, int]]:
+        """Each join's state changelog and, when the left side is re-keyed, its repartition
+        topic; both have the right side's partition count so all sides are co-partitioned."""
+        topics = []
+        for join in self.joins:
+            partitions = self.types_by_name[join.right.type].partitions
+            topics.append((join.state_topic(), partitions))
+            if join.needs_repartition(self.types_by_name[join.left.type]):
+                topics.append((join.repartition_topic(), partitions))
+        return topics
 
 
 def format_validation_error(error: ValidationError) -> str:

@@ -218,7 +218,7 @@ class StoredEvent:
 
     ce_id: str
     type: str
-    entity: str
+    entity: str | None  # None: event_log only (derived events)
     source: str
     key: str
     event_time: dt.datetime
@@ -276,7 +276,8 @@ class CentralStore:
                 )
             by_entity: dict[str, list[StoredEvent]] = {}
             for event in result.inserted:
-                by_entity.setdefault(event.entity, []).append(event)
+                if event.entity is not None:
+                    by_entity.setdefault(event.entity, []).append(event)
             for entity, group in by_entity.items():
                 if self.engine.dialect.name == "postgresql":
                     # The staged event_log rows already hold every payload: PostgreSQL derives

@@ -73,7 +73,7 @@ def plan_traffic(
     plan: list[Planned] = []
     valid_so_far: list[Planned] = []
     base = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
-    types = list(topology.types_by_name)
+    types = [t.name for t in topology.event_types if t.entity]  # not the derived types
     for i in range(count):
         when = base + dt.timedelta(milliseconds=i * 7)
         roll = rng.random()

@@ -28,7 +28,7 @@ def test_palu_topology_declares_the_agencies_and_all_46_kelurahan() -> None:
     assert any(code.startswith("kel-") for code in codes)
     assert len(topology.kelurahan) == 46
     assert all(k.code.startswith("7271") for k in topology.kelurahan)
-    assert len(topology.topics()) == 3 * len(topology.event_types) == 18
+    assert len(topology.topics()) == 3 * len(topology.event_types) + 4 == 31  # 4: joins
 
 
 def test_producer_patterns_authorize_kelurahan_offices_only() -> None:
