@@ -61,3 +61,9 @@ CONSUMER_LAG = Gauge(
     "Messages behind the partition's high watermark after the last batch.",
     ["topic", "partition"],
 )
+
+# --- schema registry ---
+REGISTRY_UNAVAILABLE = Counter(
+    "simpul_registry_unavailable_total",
+    "Batches retried because the schema registry did not answer and the id was not cached.",
+)
