@@ -38,9 +38,11 @@ class InvalidSchema(ValueError):
 def parse(text: str) -> avro.schema.Schema:
     """Parse Avro schema text, or raise `InvalidSchema` saying why."""
     try:
-        return avro.schema.parse(text)
+        json.loads(text)
     except json.JSONDecodeError as error:
         raise InvalidSchema(f"schema: not valid JSON ({error})") from None
+    try:
+        return avro.schema.parse(text)
     except (avro.errors.AvroException, TypeError, ValueError) as error:
         raise InvalidSchema(f"schema: not a valid Avro schema ({error})") from None
 
