@@ -23,6 +23,8 @@ import httpx
 from simpul.settings import Settings
 
 log = logging.getLogger("simpul.registry")
+# httpx logs every request at INFO; a worker resolving ids would flood its log with them.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 TOKEN_FILE = "registry-admin-token"
 
