@@ -149,8 +149,9 @@ def _whom(topology: Topology, event_type: EventType, problem: compatibility.Inco
             f"breaks {readers} once they upgrade: events already written (by {producers}), "
             "stored and replayed from dead letters no longer decode"
         )
+    old = f"version {problem.version}" if problem.version else "the committed schema"
     return (
-        f"breaks {readers} still on version {problem.version}: they cannot read what "
+        f"breaks {readers} still on {old}: they cannot read what "
         f"{producers} would write with this file"
     )
 
@@ -183,7 +184,9 @@ def check_schemas(
     settings: Settings, topology: Topology, *, use_registry: bool = True
 ) -> tuple[str, list[FileCheck]]:
     """Compare every .avsc with the registry's versions (or HEAD's file); (source, checks)."""
-    from simpul.registry_client import RegistryClient, RegistryUnavailable
+    import httpx
+
+    from simpul.registry_client import RegistryClient, RegistryRequestError, RegistryUnavailable
 
     client: RegistryClient | None = None
     source = "git HEAD (no registry answered), mode BACKWARD"
@@ -197,7 +200,8 @@ def check_schemas(
         try:
             client.request("GET", "/config")
             source = f"registry {settings.registry_url}"
-        except (RegistryUnavailable, Exception):
+        except (RegistryUnavailable, RegistryRequestError, httpx.HTTPError, ValueError):
+            # Nothing, or not a registry, answers there: fall back to git.
             client.close()
             client = None
     checks = []
@@ -232,10 +236,8 @@ def check_schemas(
                 result.problems.append(f"the committed/registered schema is invalid: {error}")
                 continue
             for problem in problems:
-                version = "HEAD" if problem.version == 0 else f"version {problem.version}"
                 result.problems.append(
-                    f"{problem.explain().replace('version 0', version)}; "
-                    f"{_whom(topology, event_type, problem).replace('version 0', 'HEAD')}"
+                    f"{problem.explain()}; {_whom(topology, event_type, problem)}"
                 )
     finally:
         if client is not None:

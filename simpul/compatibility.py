@@ -58,17 +58,18 @@ class Incompatibility:
     """
 
     direction: Literal["backward", "forward"]
-    version: int
+    version: int  # 0: not a registered version (the file as committed at HEAD)
     kind: str
     location: str
     field: str
     detail: str
 
     def explain(self) -> str:
+        old = f"version {self.version}" if self.version else "the committed (HEAD) schema"
         if self.direction == "backward":
-            who = f"the new schema cannot read data written with version {self.version}"
+            who = f"the new schema cannot read data written with {old}"
         else:
-            who = f"readers still on version {self.version} cannot read data written now"
+            who = f"readers still on {old} cannot read data written with the new one"
         detail = f" ({self.detail})" if self.detail and self.detail != self.field else ""
         return f"{self.field}: {_KIND_TEXT.get(self.kind, self.kind)}{detail}; {who}"
 
@@ -83,8 +84,8 @@ _KIND_TEXT = {
 }
 
 
-def _field_path(definition: Any, location: str, kind: str, detail: str) -> str:
-    """Turn ``/fields/3/type/symbols`` into ``status`` by walking the reader's JSON."""
+def _field_path(definition: Any, location: str) -> str:
+    """Turn ``/fields/3/type/fields/0`` into ``address.street`` by walking the reader's JSON."""
     names: list[str] = []
     node = definition
     parts = [p for p in location.split("/") if p]
@@ -104,11 +105,24 @@ def _field_path(definition: Any, location: str, kind: str, detail: str) -> str:
         elif part.isdigit() and isinstance(node, list):
             node = node[int(part)] if int(part) < len(node) else None
         i += 1
-    if kind == "reader_field_missing_default_value" and detail:
-        # The checker reports the missing field's name as the detail, not in the location.
-        names = [*names[:-1], detail] if names and names[-1] == detail else [*names, detail]
-        names = list(dict.fromkeys(names))
     return ".".join(names) or "(record)"
+
+
+def _kind(location: str, field: str, messages: set[str], kinds: set[str]) -> str:
+    # The checker merges messages, kinds and locations into unordered sets, so pair them
+    # back by what each location points at.
+    leaf = field.rsplit(".", 1)[-1]
+    if leaf in messages and "reader_field_missing_default_value" in kinds:
+        return "reader_field_missing_default_value"
+    for suffix, kind in (
+        ("/symbols", "missing_enum_symbols"),
+        ("/name", "name_mismatch"),
+        ("/size", "fixed_size_mismatch"),
+    ):
+        if location.endswith(suffix) and kind in kinds:
+            return kind
+    rest = kinds - {"reader_field_missing_default_value", "missing_enum_symbols"}
+    return sorted(rest)[0] if rest else sorted(kinds)[0] if kinds else "incompatible"
 
 
 def _check_pair(
@@ -119,18 +133,39 @@ def _check_pair(
     if result.compatibility is SchemaCompatibilityType.compatible:
         return []
     definition = json.loads(reader_text)
-    kinds = [k.value for k in result.incompatibilities] or ["incompatible"]
-    messages = sorted(result.messages) or [""]
+    kinds = {k.value for k in result.incompatibilities}
+    messages = set(result.messages)
     locations = sorted(result.locations - {"/"}) or ["/"]
     problems: list[Incompatibility] = []
-    for n, location in enumerate(locations):
-        kind = kinds[min(n, len(kinds) - 1)]
-        detail = messages[min(n, len(messages) - 1)]
-        field = _field_path(definition, location, kind, detail)
+    for location in locations:
+        field = _field_path(definition, location)
+        kind = _kind(location, field, messages, kinds)
+        leaf = field.rsplit(".", 1)[-1]
+        if kind == "reader_field_missing_default_value":
+            detail = ""
+        else:
+            # Messages that are field names belong to missing-default problems elsewhere.
+            other = sorted(m for m in messages if m not in _all_names(definition))
+            detail = "; ".join(other) if len(other) <= 2 else other[0]
+        if leaf == "(record)" and locations != ["/"]:
+            continue
         problem = Incompatibility(direction, version, kind, location, field, detail)
         if problem not in problems:
             problems.append(problem)
     return problems
+
+
+def _all_names(node: Any) -> set[str]:
+    names: set[str] = set()
+    if isinstance(node, dict):
+        if isinstance(node.get("name"), str):
+            names.add(node["name"])
+        for value in node.values():
+            names |= _all_names(value)
+    elif isinstance(node, list):
+        for value in node:
+            names |= _all_names(value)
+    return names
 
 
 def check(new_text: str, versions: list[tuple[int, str]], mode: str) -> list[Incompatibility]:

@@ -135,3 +135,17 @@ def test_invalid_schema_and_unknown_mode_are_refused_with_a_reason() -> None:
         check('{"type": "record", "name": "X", "fields": [{"name": "a"}]}', [], "BACKWARD")
     with pytest.raises(ValueError, match="compatibility: 'SIDEWAYS'"):
         check(json.dumps(V1), [], "SIDEWAYS")
+
+
+def test_several_problems_each_name_their_own_field() -> None:
+    def edit(schema: dict[str, Any]) -> None:
+        _fields(schema)[1]["name"] = "nik"
+        _fields(schema)[2]["type"] = "string"
+        _fields(schema).append({"name": "note", "type": "string"})
+
+    problems = check(changed(edit), [(1, json.dumps(V1))], "BACKWARD")
+    by_field = {p.field: p for p in problems}
+    assert set(by_field) == {"nik", "floor_count", "note"}
+    assert by_field["floor_count"].kind == "type_mismatch"
+    assert "string" in by_field["floor_count"].explain()
+    assert by_field["note"].kind == "reader_field_missing_default_value"
