@@ -177,7 +177,7 @@ class SchemaStore:
                     schemas_table.insert().values(
                         fingerprint=digest, schema=text, created_at=dt.datetime.now(dt.UTC)
                     )
-                ).inserted_primary_key[0]
+                ).inserted_primary_key[0]  # type: ignore[index]
             version = (
                 conn.scalar(select(func.max(sv.version)).where(sv.subject == subject)) or 0
             ) + 1

@@ -146,7 +146,9 @@ def _bearer_or_basic(request: Request) -> str | None:
 def create_app(settings: Settings, store: SchemaStore | None = None) -> FastAPI:
     """The registry app over the central store at ``settings.database_url``."""
     store = store or SchemaStore(make_engine(settings.database_url))
-    token = admin_token(settings, create=True)
+    token = admin_token(settings, create=True) or ""
+    if not token:
+        raise ValueError("registry_admin_token: the token file is empty; delete it to regenerate")
     app = FastAPI(
         title="Simpul schema registry",
         description="Confluent Schema Registry REST subset (Avro), backed by the central store",
