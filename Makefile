@@ -16,6 +16,7 @@ demo: $(STAMP)
 	$(BIN)/simpul demo
 
 test: $(STAMP)
+	$(BIN)/simpul schemas check
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)

@@ -34,6 +34,12 @@ app.add_typer(schemas_app, name="schemas")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(topology_app, name="topology")
 
+from simpul import cli_registry  # noqa: E402  (the sub-commands need `app` defined above)
+
+app.command()(cli_registry.registry)
+schemas_app.command("register")(cli_registry.schemas_register)
+schemas_app.command("check")(cli_registry.schemas_check)
+
 
 def _settings() -> Settings:
     from pydantic import ValidationError
@@ -131,23 +137,6 @@ def db_current() -> None:
     console.print(dbmigrate.current(_settings().database_url) or "(empty: run `simpul db upgrade`)")
 
 
-@schemas_app.command("register")
-def schemas_register() -> None:
-    """Register every event type's .avsc under the subject `simpul.in.<type>-value`."""
-    from simpul.db import make_engine
-    from simpul.registry import SchemaStore, register_all
-
-    settings = _settings()
-    topology = _topology(settings)
-    ids = register_all(
-        SchemaStore(make_engine(settings.database_url)), topology, settings.schemas_dir
-    )
-    table = Table("event type", "subject", "schema id")
-    for name, schema_id in ids.items():
-        table.add_row(name, topology.event_type(name).subject, str(schema_id))
-    console.print(table)
-
-
 @topology_app.command("check")
 def topology_check(
     path: Annotated[
@@ -223,16 +212,13 @@ def run_simulation(
     quiet: bool = False,
 ):  # type: ignore[no-untyped-def]
     from simpul.catalog import EventCatalog
-    from simpul.db import make_engine
     from simpul.publisher import PublisherPool
-    from simpul.registry import SchemaResolver, SchemaStore
+    from simpul.registry_client import make_resolver
     from simpul.simulate import PaluData
     from simpul.simulate import simulate as run
 
     topology = _topology(settings)
-    catalog = EventCatalog(
-        topology, SchemaResolver(SchemaStore(make_engine(settings.database_url)))
-    )
+    catalog = EventCatalog(topology, make_resolver(settings))
     data = PaluData(topology, seed=seed)
     with (
         PublisherPool(settings, catalog) as publishers,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -22,7 +23,7 @@ from rich.table import Table
 from simpul import dbmigrate
 from simpul.broker import EmbeddedBroker, free_port, port_is_free
 from simpul.db import make_engine
-from simpul.registry import SchemaStore, register_all
+from simpul.registry_client import RegistryClient
 from simpul.settings import PROJECT_ROOT, Settings
 from simpul.topics import apply_topics
 from simpul.topology import Topology, load_topology
@@ -81,7 +82,7 @@ def wait_http(port: int, path: str, timeout: float) -> None:
             return
         except OSError:
             time.sleep(0.2)
-    raise TimeoutError(f"worker did not answer on port {port} within {timeout:.0f}s")
+    raise TimeoutError(f"nothing answered on port {port}{path} within {timeout:.0f}s")
 
 
 def wait_assigned(port: int, timeout: float) -> None:
@@ -104,6 +105,9 @@ def run_demo(console: Console, *, duration: float, rate: float) -> int:
     broker_port = base.broker_port if port_is_free(base.broker_port) else free_port()
     web_port = base.worker_web_port if port_is_free(base.worker_web_port) else free_port()
     joins_port = base.joins_web_port if port_is_free(base.joins_web_port) else free_port()
+    registry_port = base.registry_port if port_is_free(base.registry_port) else free_port()
+    registry_url = f"http://127.0.0.1:{registry_port}"
+    token = secrets.token_urlsafe(24)  # this run's registry only
     database_url = f"sqlite:///{workdir / 'simpul.db'}"
     env = {
         **os.environ,
@@ -113,12 +117,18 @@ def run_demo(console: Console, *, duration: float, rate: float) -> int:
         "SIMPUL_WORKER_ID": "simpul-demo",
         "SIMPUL_JOINS_WEB_PORT": str(joins_port),
         "SIMPUL_JOIN_WAIT_S": str(DEMO_JOIN_WAIT_S),
+        "SIMPUL_REGISTRY_PORT": str(registry_port),
+        "SIMPUL_REGISTRY_URL": registry_url,
+        "SIMPUL_REGISTRY_ADMIN_TOKEN": token,
     }
     settings = Settings(
         kafka_bootstrap=env["SIMPUL_KAFKA_BOOTSTRAP"],
         database_url=database_url,
         worker_web_port=web_port,
         worker_id="simpul-demo",
+        registry_port=registry_port,
+        registry_url=registry_url,
+        registry_admin_token=token,
     )
     topology = load_topology(settings.topology_file)
     console.rule(f"[bold]Simpul demo[/bold] — {topology.city}")
@@ -126,15 +136,27 @@ def run_demo(console: Console, *, duration: float, rate: float) -> int:
     broker = EmbeddedBroker(broker_port, workdir / "broker.log")
     worker: subprocess.Popen[bytes] | None = None
     joins: subprocess.Popen[bytes] | None = None
+    registry: subprocess.Popen[bytes] | None = None
     try:
         broker.start()
         console.print(f"✓ embedded broker (Tansu, in memory) on 127.0.0.1:{broker_port}")
         created = apply_topics(topology, settings.kafka_bootstrap)
         console.print(f"✓ {len(created)} topics declared (in, valid, dlq per event type)")
         dbmigrate.upgrade(database_url)
-        ids = register_all(SchemaStore(make_engine(database_url)), topology, settings.schemas_dir)
+        console.print(f"✓ central store migrated ({workdir / 'simpul.db'})")
+        registry = subprocess.Popen(
+            [sys.executable, "-m", "simpul", "registry"],
+            env=env,
+            stdout=open(workdir / "registry.log", "wb"),  # noqa: SIM115
+            stderr=subprocess.STDOUT,
+        )
+        wait_http(registry_port, "/config", 60)
+        from simpul.cli_registry import register_http
+
+        with RegistryClient(registry_url, token=token) as client:
+            ids = register_http(client, topology, settings.schemas_dir)
         console.print(
-            f"✓ central store migrated ({workdir / 'simpul.db'}); {len(ids)} schemas registered"
+            f"✓ schema registry on {registry_url}; {len(ids)} schemas registered through it"
         )
         log = open(workdir / "worker.log", "wb")  # noqa: SIM115
         worker = subprocess.Popen(
@@ -187,6 +209,13 @@ def run_demo(console: Console, *, duration: float, rate: float) -> int:
             except subprocess.TimeoutExpired:
                 worker.kill()
                 console.print("[yellow]worker did not stop in 30s; killed[/yellow]")
+        if registry is not None:
+            registry.terminate()
+            try:
+                registry.wait(10)
+            except subprocess.TimeoutExpired:
+                registry.kill()
+            console.print("✓ schema registry stopped")
         broker.stop()
         console.print("✓ broker stopped")
 
@@ -218,13 +247,11 @@ def _simulate_with_progress(
 
         from simpul.catalog import EventCatalog
         from simpul.publisher import PublisherPool
-        from simpul.registry import SchemaResolver
+        from simpul.registry_client import make_resolver
         from simpul.simulate import PaluData, simulate
 
         topology = load_topology(settings.topology_file)
-        catalog = EventCatalog(
-            topology, SchemaResolver(SchemaStore(make_engine(settings.database_url)))
-        )
+        catalog = EventCatalog(topology, make_resolver(settings))
         with PublisherPool(settings, catalog) as publishers:
             report = simulate(
                 publishers,

@@ -88,3 +88,8 @@ JOIN_RESTORED = Counter(
     "Changelog records read to rebuild join state after partitions were assigned.",
     ["join"],
 )
+# --- schema registry ---
+REGISTRY_UNAVAILABLE = Counter(
+    "simpul_registry_unavailable_total",
+    "Batches retried because the schema registry did not answer and the id was not cached.",
+)

@@ -17,10 +17,9 @@ from kafka import KafkaProducer
 from kafka.producer.future import FutureRecordMetadata
 
 from simpul.catalog import EventCatalog
-from simpul.db import make_engine
 from simpul.envelope import Envelope, Headers
 from simpul.errors import PayloadError
-from simpul.registry import SchemaResolver, SchemaStore
+from simpul.registry_client import make_resolver
 from simpul.settings import Settings, get_settings
 from simpul.topology import Topology, load_topology
 
@@ -40,8 +39,7 @@ class Publisher:
         self.settings = settings or get_settings()
         if catalog is None:
             topology = topology or load_topology(self.settings.topology_file)
-            store = SchemaStore(make_engine(self.settings.database_url))
-            catalog = EventCatalog(topology, SchemaResolver(store))
+            catalog = EventCatalog(topology, make_resolver(self.settings))
         self.catalog = catalog
         self.agency = catalog.topology.agency(agency)
         config: dict[str, Any] = {

@@ -91,6 +91,26 @@ class Settings(BaseSettings):
     joins_web_port: int = Field(
         default=6068, ge=1, le=65535, description="Port of `simpul joins` (/metrics, /health)"
     )
+    # --- schema registry ---
+    registry_admin_token: str = Field(
+        default="",
+        description="Bearer token for registry writes; empty: generated once into "
+        "data_dir/registry-admin-token (mode 0600)",
+    )
+    registry_read_auth: bool = Field(
+        default=False, description="Require the admin token for registry reads too"
+    )
+    registry_cache_ttl_s: float = Field(
+        default=5.0, gt=0, description="How long clients trust a cached latest version"
+    )
+    registry_timeout_s: float = Field(
+        default=5.0, gt=0, description="HTTP timeout of one registry request"
+    )
+    registry_retry_s: float = Field(
+        default=3.0,
+        ge=0,
+        description="How long a client retries an unreachable registry before using its cache",
+    )
 
 
 @lru_cache(maxsize=1)

@@ -30,6 +30,7 @@ from mode import Service
 from simpul import metrics
 from simpul.catalog import EventCatalog
 from simpul.errors import InvalidMessage
+from simpul.registry_client import RegistryUnavailable
 from simpul.settings import Settings
 from simpul.topology import EventType, Topology
 from sinks.central_store import TRANSIENT_ERRORS, CentralStore, StoredEvent, WriteResult
@@ -381,6 +382,13 @@ class IngestService(Service):
                     self.health.store_error,
                     delay,
                 )
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, self.settings.store_retry_max_s)
+                continue
+            except RegistryUnavailable as error:
+                # Only ids never seen before need the registry; known ones come from the cache.
+                metrics.REGISTRY_UNAVAILABLE.inc()
+                log.warning("%s; retrying the batch in %.1fs", error, delay)
                 await asyncio.sleep(delay * random.uniform(0.8, 1.2))
                 delay = min(delay * 2, self.settings.store_retry_max_s)
                 continue

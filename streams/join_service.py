@@ -463,8 +463,7 @@ def create_joins_app(settings: Settings, topology: Topology) -> Any:
     from faust.app.base import BootStrategy
     from prometheus_client import CONTENT_TYPE_LATEST, disable_created_metrics, generate_latest
 
-    from simpul.db import make_engine
-    from simpul.registry import SchemaResolver, SchemaStore
+    from simpul.registry_client import make_resolver
     from streams import transport
     from streams.worker import broker_urls
 
@@ -481,9 +480,7 @@ def create_joins_app(settings: Settings, topology: Topology) -> Any:
         datadir=str(settings.data_dir / f"faust-{settings.worker_id}-joins"),
     )
     app.boot_strategy = BootStrategy(app, enable_kafka=False)
-    catalog = EventCatalog(
-        topology, SchemaResolver(SchemaStore(make_engine(settings.database_url)))
-    )
+    catalog = EventCatalog(topology, make_resolver(settings))
     holder: dict[str, JoinService] = {}
 
     class Joins(JoinService):

@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, disable_created_metrics, gene
 from simpul import metrics
 from simpul.catalog import EventCatalog
 from simpul.db import make_engine
-from simpul.registry import SchemaResolver, SchemaStore
+from simpul.registry_client import make_resolver
 from simpul.settings import Settings
 from simpul.topology import Topology
 from sinks.central_store import CentralStore
@@ -35,6 +35,7 @@ def create_app(settings: Settings, topology: Topology) -> faust.App:
     """Build the worker's Faust app and its ingest service for the topology's event types."""
     transport.register()
     disable_created_metrics()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
     app = faust.App(
         settings.worker_id,
         broker=broker_urls(settings.kafka_bootstrap),
@@ -54,7 +55,7 @@ def create_app(settings: Settings, topology: Topology) -> faust.App:
         datadir=str(settings.data_dir / f"faust-{settings.worker_id}"),
     )
     engine = make_engine(settings.database_url)
-    catalog = EventCatalog(topology, SchemaResolver(SchemaStore(engine)))
+    catalog = EventCatalog(topology, make_resolver(settings))
     store = CentralStore(engine)
     health = Health()
     metrics.STORE_UP.set(1)

@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,8 @@ from simpul import dbmigrate
 from simpul.broker import EmbeddedBroker, free_port
 from simpul.catalog import EventCatalog
 from simpul.db import make_engine
-from simpul.registry import SchemaResolver, SchemaStore, register_all
+from simpul.registry import SchemaResolver, SchemaStore
+from simpul.registry_client import RegistryClient
 from simpul.settings import PROJECT_ROOT, Settings
 from simpul.topics import apply_topics
 from simpul.topology import Topology, load_topology
@@ -117,6 +119,33 @@ class Stack:
     env: dict[str, str]
     workdir: Path
     worker: subprocess.Popen[bytes] | None = None
+    registry: subprocess.Popen[bytes] | None = None
+
+    def start_registry(self) -> subprocess.Popen[bytes]:
+        """Start `simpul registry` on the stack's registry port and wait until it answers."""
+        log = open(self.workdir / "registry.log", "ab")  # noqa: SIM115
+        self.registry = subprocess.Popen(
+            [sys.executable, "-m", "simpul", "registry"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        # A stack dropped without teardown (a failed test) must not leave its registry behind.
+        weakref.finalize(self, _terminate, self.registry)
+        wait_until(lambda: _http_ok(self.settings.registry_port, "/config"), 60, "registry up")
+        return self.registry
+
+    def stop_registry(self, sig: int = signal.SIGTERM) -> int:
+        assert self.registry is not None
+        self.registry.send_signal(sig)
+        code = self.registry.wait(60)
+        self.registry = None
+        return code
+
+    def registry_client(self, **kwargs: Any) -> RegistryClient:
+        return RegistryClient(
+            self.settings.registry_url, token=self.settings.registry_admin_token, **kwargs
+        )
 
     @property
     def store(self) -> CentralStore:
@@ -168,6 +197,15 @@ class Stack:
         return (self.workdir / "worker.log").read_text(errors="replace")
 
 
+def _terminate(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
 def _http_ok(port: int, path: str) -> bool:
     try:
         urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1).close()
@@ -191,6 +229,8 @@ def make_stack(
     broker: EmbeddedBroker, database_url: str, workdir: Path, topology_file: Path = TOPOLOGY_FILE
 ) -> Stack:
     web_port = free_port()
+    registry_port = free_port()
+    token = uuid.uuid4().hex
     env = {
         **os.environ,
         "SIMPUL_KAFKA_BOOTSTRAP": broker.bootstrap,
@@ -201,6 +241,9 @@ def make_stack(
         "SIMPUL_BATCH_SECONDS": "0.05",
         "SIMPUL_SESSION_TIMEOUT_S": "3",
         "SIMPUL_REBALANCE_TIMEOUT_S": "3",
+        "SIMPUL_REGISTRY_PORT": str(registry_port),
+        "SIMPUL_REGISTRY_URL": f"http://127.0.0.1:{registry_port}",
+        "SIMPUL_REGISTRY_ADMIN_TOKEN": token,
     }
     settings = Settings(
         kafka_bootstrap=broker.bootstrap,
@@ -208,12 +251,20 @@ def make_stack(
         worker_web_port=web_port,
         worker_id=env["SIMPUL_WORKER_ID"],
         topology_file=topology_file,
+        registry_port=registry_port,
+        registry_url=env["SIMPUL_REGISTRY_URL"],
+        registry_admin_token=token,
     )
     topology = load_topology(topology_file)
     apply_topics(topology, broker.bootstrap)
     dbmigrate.upgrade(database_url)
-    register_all(SchemaStore(make_engine(database_url)), topology, SCHEMAS_DIR)
-    return Stack(settings, topology, env, workdir)
+    stack = Stack(settings, topology, env, workdir)
+    stack.start_registry()
+    with stack.registry_client() as client:
+        for event_type in topology.event_types:
+            text = (SCHEMAS_DIR / event_type.schema_file).read_text(encoding="utf-8")
+            client.register(event_type.subject, text)
+    return stack
 
 
 @pytest.fixture(scope="module")
@@ -226,3 +277,5 @@ def pg_stack(
     yield stack
     if stack.worker is not None:
         stack.stop_worker()
+    if stack.registry is not None:
+        stack.stop_registry()
