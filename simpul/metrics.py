@@ -61,3 +61,20 @@ CONSUMER_LAG = Gauge(
     "Messages behind the partition's high watermark after the last batch.",
     ["topic", "partition"],
 )
+
+# --- operations ---
+AGENCY_LAST_EVENT = Gauge(
+    "simpul_agency_last_event_timestamp_seconds",
+    "Unix time the agency's newest event reached the central store (from the scorecard).",
+    ["agency"],
+)
+AGENCY_CADENCE = Gauge(
+    "simpul_agency_cadence_seconds",
+    "How often the agency is expected to publish, declared in the topology.",
+    ["agency"],
+)
+AGENCY_CONNECTED = Gauge(
+    "simpul_agency_connected",
+    "1 if the agency published within its cadence, else 0 (agencies expected to publish).",
+    ["agency"],
+)

@@ -79,6 +79,13 @@ class Settings(BaseSettings):
         default=6067, ge=1, le=65535, description="Port of `simpul deliver` (/metrics, /health)"
     )
 
+    # --- operations ---
+    status_refresh_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="How often the worker refreshes the scorecard gauges from the store",
+    )
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
