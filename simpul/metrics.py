@@ -32,7 +32,7 @@ EVENTS_STORED = Counter(
     ["type"],
 )
 STORE_BATCH_SIZE = Histogram(
-    "simpul_store_batch_size",
+    "simpul_store_batch_events",
     "Events per central store write.",
     buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000),
 )
