@@ -43,7 +43,7 @@ def status(
         table.add_row(
             f"{a.name}\n[dim]{a.code}[/dim]",
             f"[{colour}]{STATUS_LABELS[a.status]}[/{colour}]",
-            a.cadence,
+            a.cadence if a.publishes else "-",
             age(a.last_event_at, card.generated_at),
             str(a.events_24h),
             f"{a.dead_letters_24h} ({percent(a.dead_letter_rate)})",

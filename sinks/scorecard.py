@@ -284,7 +284,7 @@ def render_html(card: Scorecard) -> str:
             f'<tr class="{e(a.status)}" data-agency="{e(a.code)}">'
             f"<td><b>{e(a.name)}</b><br><small>{e(a.code)}</small></td>"
             f'<td class="status">{e(STATUS_LABELS[a.status])}</td>'
-            f"<td>{e(a.cadence)}</td>"
+            f"<td>{e(a.cadence if a.publishes else '-')}</td>"
             f"<td>{e(last)}<br><small>{e(age(a.last_event_at, card.generated_at))}</small></td>"
             f'<td class="num">{a.events_24h}</td>'
             f'<td class="num">{a.dead_letters_24h} ({e(percent(a.dead_letter_rate))})</td>'

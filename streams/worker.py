@@ -39,6 +39,7 @@ def create_app(settings: Settings, topology: Topology) -> faust.App:
     """Build the worker's Faust app and its ingest service for the topology's event types."""
     transport.register()
     disable_created_metrics()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     app = faust.App(
         settings.worker_id,
         broker=broker_urls(settings.kafka_bootstrap),
