@@ -99,18 +99,32 @@ def create_app(settings: Settings, topology: Topology) -> faust.App:
     async def health_page(web: Any, request: Any) -> Any:
         return web.json(health.as_dict(), status=200 if health.store_up else 503)
 
+    async def scorecard_or_error() -> Any:
+        try:
+            card = await asyncio.to_thread(build_scorecard, engine, topology)
+        except SQLAlchemyError as error:
+            return str(getattr(error, "orig", error)).splitlines()[0]
+        export_gauges(card)
+        return card
+
     @app.page("/status")
     async def status_page(web: Any, request: Any) -> Any:
-        card = await asyncio.to_thread(build_scorecard, engine, topology)
-        export_gauges(card)
+        """The scorecard: JSON by default, the HTML page for a browser (Accept: text/html)."""
+        card = await scorecard_or_error()
         accept = request.headers.get("Accept", "")
-        if "text/html" in accept and "application/json" not in accept.split(",")[0]:
-            return web.html(render_html(card))
-        return web.json(card.as_dict())
+        wants_html = "text/html" in accept and "application/json" not in accept.split(",")[0]
+        if isinstance(card, str):
+            error = f"central store unavailable: {card}"
+            if wants_html:
+                return web.text(error, status=503)
+            return web.json({"error": error}, status=503)
+        return web.html(render_html(card)) if wants_html else web.json(card.as_dict())
 
     @app.page("/status.html")
     async def status_html_page(web: Any, request: Any) -> Any:
-        card = await asyncio.to_thread(build_scorecard, engine, topology)
+        card = await scorecard_or_error()
+        if isinstance(card, str):
+            return web.text(f"central store unavailable: {card}", status=503)
         return web.html(render_html(card))
 
     return app
