@@ -18,7 +18,7 @@ import json
 import re
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -234,17 +234,8 @@ def _write(
         "timezone": TIMEZONE,
         "source": f"Simpul central store, event type {dataset.event_type}",
         "variables": [
-            {k: v for k, v in vars_.items() if v is not None}
-            for vars_ in (
-                {
-                    "name": v.name,
-                    "title": v.title,
-                    "type": v.type,
-                    "unit": v.unit,
-                    "description": v.description,
-                }
-                for v in dataset.variables
-            )
+            {k: v for k, v in asdict(variable).items() if v is not None}
+            for variable in dataset.variables
         ],
         "rows": len(dataset.rows),
         "disclosure_control": (
