@@ -52,11 +52,14 @@ def test_compose_stack_has_kafka_postgres_and_workers_with_real_settings() -> No
         assert set(env) <= known, f"{name}: unknown settings {set(env) - known}"
         assert env["SIMPUL_DATABASE_URL"].startswith("postgresql")
     for name, service in services.items():
-        assert "healthcheck" in service or name == "setup", f"{name} has no healthcheck"
+        assert "healthcheck" in service or name in {"setup", "migrate"}, (
+            f"{name} has no healthcheck"
+        )
     assert "container_name" not in services["worker"]  # would prevent --scale worker=N
 
 
-SIMPUL_SERVICES = ("setup", "worker", "registry", "ingress", "connect", "deliverer")
+SIMPUL_SERVICES = ("migrate", "setup", "worker", "registry", "ingress", "connect", "deliverer")
+ONE_SHOT = ("migrate", "setup")
 
 
 def test_compose_file_matches_the_compose_specification_schema() -> None:
@@ -84,14 +87,17 @@ def test_full_stack_services_with_healthchecks_and_scalable_workers() -> None:
     for name in SIMPUL_SERVICES:
         env = services[name]["environment"]
         assert set(env) <= known, f"{name}: unknown settings {set(env) - known}"
-        if name != "setup":
-            assert "healthcheck" in services[name], name
-            assert services[name]["depends_on"]["setup"]["condition"] == (
-                "service_completed_successfully"
-            )
+        if name in ONE_SHOT:
+            continue
+        assert "healthcheck" in services[name], name
+        wants = "migrate" if name == "registry" else "setup"
+        assert services[name]["depends_on"][wants]["condition"] == (
+            "service_completed_successfully"
+        )
     for name in ("worker", "deliverer"):  # scaled: no fixed name, no host port
         assert "container_name" not in services[name] and "ports" not in services[name]
-    setup = " ".join(services["setup"]["entrypoint"])
+    assert services["setup"]["depends_on"]["registry"]["condition"] == "service_healthy"
+    setup = " ".join(services["migrate"]["entrypoint"] + services["setup"]["entrypoint"])
     for step in ("db upgrade", "topics apply", "schemas register"):
         assert step in setup
     prometheus = " ".join(services["prometheus"]["volumes"])
