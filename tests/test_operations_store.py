@@ -289,3 +289,47 @@ def test_cli_status_and_export(loaded: Loaded, tmp_path: Path) -> None:
 
 def test_dead_letters_table_keys_on_the_message_position() -> None:
     assert [c.name for c in dead_letters.primary_key.columns] == ["topic", "partition", "offset"]
+
+
+def test_scorecard_lists_connectors_and_subscriptions_when_the_topology_has_them(
+    loaded: Loaded,
+) -> None:
+    """Issues 6 and 7 add these sections; read by duck typing, before and after they merge."""
+    from types import SimpleNamespace
+
+    from sinks.scorecard import connectors_by_agency, subscriptions_by_agency
+
+    extended = SimpleNamespace(
+        connectors=[
+            SimpleNamespace(name="simpeg-outbox", kind="outbox", agency="bkpsdm"),
+            {"name": "surat-ujuna", "connector.class": "file", "agency": "kel-ujuna"},
+            SimpleNamespace(name="silent-db", kind="polling", agency="dukcapil"),
+        ],
+        subscriptions=[
+            SimpleNamespace(name="bkd-tpp", agency="bkd", event_types=["hr.allowance.basis"]),
+        ],
+    )
+    assert connectors_by_agency(extended) == {  # type: ignore[arg-type]
+        "bkpsdm": ["simpeg-outbox (outbox)"],
+        "kel-ujuna": ["surat-ujuna (file)"],
+        "dukcapil": ["silent-db (polling)"],
+    }
+    assert subscriptions_by_agency(extended) == {"bkd": ["bkd-tpp"]}  # type: ignore[arg-type]
+    assert connectors_by_agency(loaded.topology) == {}  # no section on this branch: no error
+
+    class WithSections(SimpleNamespace):
+        pass
+
+    topology = loaded.topology
+    merged = WithSections(
+        **{name: getattr(topology, name) for name in type(topology).model_fields},
+        agencies_by_code=topology.agencies_by_code,
+        connectors=extended.connectors,
+        subscriptions=extended.subscriptions,
+    )
+    card = build_scorecard(loaded.engine, merged)  # type: ignore[arg-type]
+    by_code = {a.code: a for a in card.agencies}
+    assert by_code["bkpsdm"].connectors == ["simpeg-outbox (outbox)"]
+    assert by_code["bkd"].subscriptions == ["bkd-tpp"]
+    page = render_html(card)
+    assert "simpeg-outbox (outbox)" in page and "bkd-tpp" in page
