@@ -323,6 +323,12 @@ def demo(
     raise typer.Exit(run_demo(console, duration=duration, rate=rate))
 
 
+from simpul.cli_operations import export, status  # noqa: E402
+
+app.command()(status)
+app.command()(export)
+
+
 def main() -> None:
     try:
         app()

@@ -379,7 +379,7 @@ def _summary(
 
     p50 = histogram_quantile(samples, "simpul_publish_to_store_latency_seconds", 0.5)
     p99 = histogram_quantile(samples, "simpul_publish_to_store_latency_seconds", 0.99)
-    batches = total(samples, "simpul_store_batch_size_count")
+    batches = total(samples, "simpul_store_batch_events_count")
     if p50 is not None and p99 is not None:
         console.print(
             f"publish→stored latency p50 ≈ {p50 * 1000:.0f} ms, p99 ≈ {p99 * 1000:.0f} ms "

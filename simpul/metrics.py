@@ -32,7 +32,7 @@ EVENTS_STORED = Counter(
     ["type"],
 )
 STORE_BATCH_SIZE = Histogram(
-    "simpul_store_batch_size",
+    "simpul_store_batch_events",
     "Events per central store write.",
     buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000),
 )
@@ -89,7 +89,28 @@ JOIN_RESTORED = Counter(
     ["join"],
 )
 # --- schema registry ---
+REGISTRY_REQUESTS = Counter(
+    "simpul_registry_requests_total",
+    "Requests the schema registry answered, by method and HTTP status.",
+    ["method", "status"],
+)
 REGISTRY_UNAVAILABLE = Counter(
     "simpul_registry_unavailable_total",
     "Batches retried because the schema registry did not answer and the id was not cached.",
+)
+# --- operations ---
+AGENCY_LAST_EVENT = Gauge(
+    "simpul_agency_last_event_timestamp_seconds",
+    "Unix time the agency's newest event reached the central store (from the scorecard).",
+    ["agency"],
+)
+AGENCY_CADENCE = Gauge(
+    "simpul_agency_cadence_seconds",
+    "How often the agency is expected to publish, declared in the topology.",
+    ["agency"],
+)
+AGENCY_CONNECTED = Gauge(
+    "simpul_agency_connected",
+    "1 if the agency published within its cadence, else 0 (agencies expected to publish).",
+    ["agency"],
 )

@@ -17,9 +17,10 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from simpul import compatibility
+from simpul import compatibility, metrics
 from simpul.codec import normalize
 from simpul.db import make_engine
 from simpul.registry import (
@@ -197,6 +198,17 @@ def create_app(settings: Settings, store: SchemaStore | None = None) -> FastAPI:
     @app.get("/", dependencies=[Read])
     def root() -> dict[str, Any]:
         return {}
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next: Any) -> Response:
+        response: Response = await call_next(request)
+        metrics.REGISTRY_REQUESTS.labels(request.method, str(response.status_code)).inc()
+        return response
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus_metrics() -> Response:
+        """Prometheus scrape of this process (open: it holds no schema content)."""
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/schemas/types", dependencies=[Read])
     def schema_types() -> list[str]:

@@ -112,6 +112,13 @@ class Settings(BaseSettings):
         description="How long a client retries an unreachable registry before using its cache",
     )
 
+    # --- operations ---
+    status_refresh_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="How often the worker refreshes the scorecard gauges from the store",
+    )
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

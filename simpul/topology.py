@@ -24,6 +24,21 @@ _TYPE_NAME = r"^[a-z]+(\.[a-z_]+)+$"
 
 TopicKind = str  # "in" | "valid" | "dlq"
 
+_CADENCE = re.compile(r"^([1-9][0-9]{0,4})(m|h|d|w)$")
+_CADENCE_UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+#: An agency without a declared cadence is expected to publish at least daily.
+DEFAULT_CADENCE = "1d"
+
+
+def cadence_seconds(cadence: str) -> int:
+    """``"30m"``, ``"1h"``, ``"1d"``, ``"30d"`` (a monthly export), ``"1w"`` -> seconds."""
+    match = _CADENCE.fullmatch(cadence)
+    if not match:
+        raise ValueError(
+            f"cadence {cadence!r}: expected a number and a unit m, h, d or w, e.g. 1h, 1d, 30d"
+        )
+    return int(match.group(1)) * _CADENCE_UNITS[match.group(2)]
+
 
 class TopologyError(ValueError):
     """The topology file is missing, unreadable or invalid; the message lists each field."""
@@ -35,6 +50,21 @@ class Agency(BaseModel):
     code: Annotated[str, Field(pattern=_AGENCY_CODE)]
     name: Annotated[str, Field(min_length=3)]
     kelurahan_code: str | None = None
+    #: How often the agency is expected to publish; silent longer = not connected.
+    cadence: str = DEFAULT_CADENCE
+    #: Simpul's own producer identity (derived events), not an agency system: it is left
+    #: out of the scorecard's "N of M agencies connected".
+    system: bool = False
+
+    @field_validator("cadence")
+    @classmethod
+    def _valid_cadence(cls, value: str) -> str:
+        cadence_seconds(value)
+        return value
+
+    @property
+    def cadence_seconds(self) -> int:
+        return cadence_seconds(self.cadence)
 
     @field_validator("kelurahan_code")
     @classmethod

@@ -35,6 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError, ProgrammingError
 
 from simpul.db import dumps, metadata
+from sinks.dead_letter_log import dead_letters  # noqa: F401  (a store table too)
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ event_log = Table(
     Column("stored_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Index("ix_event_log_type_event_time", "type", "event_time"),
     Index("ix_event_log_key", "key"),
+    Index("ix_event_log_source_stored_at", "source", "stored_at"),  # operations scorecard
 )
 
 

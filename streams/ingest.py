@@ -29,11 +29,13 @@ from mode import Service
 
 from simpul import metrics
 from simpul.catalog import EventCatalog
+from simpul.envelope import header
 from simpul.errors import InvalidMessage
 from simpul.registry_client import RegistryUnavailable
 from simpul.settings import Settings
 from simpul.topology import EventType, Topology
 from sinks.central_store import TRANSIENT_ERRORS, CentralStore, StoredEvent, WriteResult
+from sinks.dead_letter_log import DeadLetterLog, DeadLetterRow
 from streams.pipeline import (
     Accepted,
     BatchOutcome,
@@ -120,6 +122,7 @@ class IngestService(Service):
         self.catalog = catalog
         self.store = store
         self.health = health
+        self.dead_letter_log = DeadLetterLog(store.engine)
         self.types_by_topic: dict[str, EventType] = {t.topic("in"): t for t in topology.event_types}
         self.dedup: dict[str, DedupWindow] = {
             topic: DedupWindow(settings.dedup_window) for topic in self.types_by_topic
@@ -226,6 +229,7 @@ class IngestService(Service):
         ]
         now = dt.datetime.now(dt.UTC)
         outgoing: list[Outgoing] = []
+        letters: list[DeadLetterRow] = []
         for event_type, _, outcome in outcomes:
             valid_topic = event_type.topic("valid")
             outgoing += [
@@ -235,13 +239,17 @@ class IngestService(Service):
                 for a in outcome.accepted
             ]
             outgoing += [self._dead_letter(event_type, r, now) for r in outcome.rejected]
+            letters += [_letter_row(event_type, r, now) for r in outcome.rejected]
         # The store write runs in a thread while the broker takes the forwarded messages.
         sent = asyncio.ensure_future(self._send_all(outgoing))
         result = await self._write(stored)
-        rejects = self._store_rejects(outcomes, result, now)
+        rejects = self._store_rejects(outcomes, result, now, letters)
         await sent
         if rejects:
             await self._send_all(rejects)
+        if letters:
+            # One statement per batch, and only for batches that had dead letters.
+            await self._retrying(self.dead_letter_log.record, letters)
         await self._commit(batch)
         for event_type, records, outcome in outcomes:
             self._observe(event_type, records, outcome, result)
@@ -252,6 +260,7 @@ class IngestService(Service):
         outcomes: Sequence[tuple[EventType, list[RawRecord], BatchOutcome]],
         result: WriteResult,
         now: dt.datetime,
+        rows: list[DeadLetterRow],
     ) -> list[Outgoing]:
         if not result.rejected:
             return []
@@ -261,6 +270,7 @@ class IngestService(Service):
             event_type, record = where[event.ce_id]
             rejected = Rejected(record, InvalidMessage("store", "store.row", reason))
             letters.append(self._dead_letter(event_type, rejected, now))
+            rows.append(_letter_row(event_type, rejected, now))
         return letters
 
     def _dead_letter(self, event_type: EventType, rejected: Rejected, now: dt.datetime) -> Outgoing:
@@ -437,3 +447,19 @@ class IngestService(Service):
                 metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(
                     max(0, highwater - messages[-1].offset - 1)
                 )
+
+
+def _letter_row(event_type: EventType, rejected: Rejected, now: dt.datetime) -> DeadLetterRow:
+    record, error = rejected.record, rejected.error
+    return DeadLetterRow(
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        type=event_type.name,
+        agency=rejected.agency,
+        stage=error.stage,
+        code=error.code[:128],
+        reason=error.reason[:2000],
+        ce_id=(header(record.headers, "ce_id") or None),
+        dead_lettered_at=now,
+    )

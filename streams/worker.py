@@ -7,12 +7,15 @@ stop), its web server, and the home for table-backed agents such as joins.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 import faust
 from faust.app.base import BootStrategy
+from mode import Service
 from prometheus_client import CONTENT_TYPE_LATEST, disable_created_metrics, generate_latest
+from sqlalchemy.exc import SQLAlchemyError
 
 from simpul import metrics
 from simpul.catalog import EventCatalog
@@ -21,6 +24,7 @@ from simpul.registry_client import make_resolver
 from simpul.settings import Settings
 from simpul.topology import Topology
 from sinks.central_store import CentralStore
+from sinks.scorecard import build_scorecard, export_gauges, render_html
 from streams import transport
 from streams.ingest import Health, IngestService
 
@@ -65,6 +69,23 @@ def create_app(settings: Settings, topology: Topology) -> faust.App:
             super().__init__(settings, topology, catalog, store, health, **kwargs)
 
     app.service(Ingest)
+
+    class ScorecardGauges(Service):
+        """Refreshes the per-agency freshness gauges from the store (every worker does;
+        the dashboard and alerts take the max over workers)."""
+
+        @Service.task
+        async def _refresh(self) -> None:
+            while not self.should_stop:
+                try:
+                    card = await asyncio.to_thread(build_scorecard, engine, topology)
+                except SQLAlchemyError as error:  # the store may be down; /health says so
+                    log.warning("scorecard refresh failed: %s", error)
+                else:
+                    export_gauges(card)
+                await self.sleep(settings.status_refresh_s)
+
+    app.service(ScorecardGauges)
     if not app.agents and not app.tables:
         # Faust's own consumer would subscribe to nothing (aiokafka refuses that); it starts
         # once table-backed agents (joins) are declared.
@@ -77,6 +98,34 @@ def create_app(settings: Settings, topology: Topology) -> faust.App:
     @app.page("/health")
     async def health_page(web: Any, request: Any) -> Any:
         return web.json(health.as_dict(), status=200 if health.store_up else 503)
+
+    async def scorecard_or_error() -> Any:
+        try:
+            card = await asyncio.to_thread(build_scorecard, engine, topology)
+        except SQLAlchemyError as error:
+            return str(getattr(error, "orig", error)).splitlines()[0]
+        export_gauges(card)
+        return card
+
+    @app.page("/status")
+    async def status_page(web: Any, request: Any) -> Any:
+        """The scorecard: JSON by default, the HTML page for a browser (Accept: text/html)."""
+        card = await scorecard_or_error()
+        accept = request.headers.get("Accept", "")
+        wants_html = "text/html" in accept and "application/json" not in accept.split(",")[0]
+        if isinstance(card, str):
+            error = f"central store unavailable: {card}"
+            if wants_html:
+                return web.text(error, status=503)
+            return web.json({"error": error}, status=503)
+        return web.html(render_html(card)) if wants_html else web.json(card.as_dict())
+
+    @app.page("/status.html")
+    async def status_html_page(web: Any, request: Any) -> Any:
+        card = await scorecard_or_error()
+        if isinstance(card, str):
+            return web.text(f"central store unavailable: {card}", status=503)
+        return web.html(render_html(card))
 
     return app
 

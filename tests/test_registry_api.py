@@ -324,3 +324,11 @@ def test_store_refuses_incompatible_schema_under_the_configured_mode(store_url: 
         store.register_checked(s, breaking)
     store.delete_config(s)
     assert store.register_checked(s, breaking)[1] == 2
+
+
+def test_metrics_are_served_for_prometheus_without_the_token(registry: Registry) -> None:
+    with registry.client() as anonymous:
+        scrape = anonymous.get("/metrics")
+    assert scrape.status_code == 200
+    assert scrape.headers["content-type"].startswith("text/plain")
+    assert 'simpul_registry_requests_total{method="GET",status="200"}' in scrape.text

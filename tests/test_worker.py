@@ -281,7 +281,7 @@ def test_metrics_and_health_are_served(pg_stack: Stack) -> None:
         "simpul_events_received_total",
         "simpul_events_valid_total",
         "simpul_events_dead_lettered_total",
-        "simpul_store_batch_size_bucket",
+        "simpul_store_batch_events_bucket",
         "simpul_store_batch_duration_seconds_bucket",
         "simpul_publish_to_store_latency_seconds_bucket",
         "simpul_consumer_lag_messages",
