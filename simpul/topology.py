@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from simpul.connectors_model import ConnectorSpec, check_connectors
 from simpul.identifiers import check_kelurahan_code
 
 _AGENCY_CODE = r"^[a-z][a-z0-9-]{1,40}$"
@@ -99,6 +100,7 @@ class Topology(BaseModel):
     agencies: Annotated[list[Agency], Field(min_length=1)]
     event_types: Annotated[list[EventType], Field(min_length=1)]
     kelurahan: list[Kelurahan] = []
+    connectors: list[ConnectorSpec] = []
 
     @model_validator(mode="after")
     def _consistent(self) -> Topology:
@@ -119,6 +121,8 @@ class Topology(BaseModel):
                 raise ValueError(
                     f"kelurahan.{i}.code: {kel.code} is outside region {self.region_code}"
                 )
+        if problems := check_connectors(self, self.connectors, "connectors"):
+            raise ValueError("; ".join(problems))
         return self
 
     @cached_property
