@@ -361,8 +361,7 @@ def _invalid(problems: list[tuple[list[Any], str]]) -> JSONResponse:
 
 def serve(settings: Settings, topology: Any) -> None:
     """Run the ingress on ``settings.ingress_port`` until SIGINT/SIGTERM."""
-    import uvicorn
-
+    from connectors.serving import run
     from simpul.db import make_engine
     from simpul.registry import SchemaResolver, SchemaStore
 
@@ -370,4 +369,4 @@ def serve(settings: Settings, topology: Any) -> None:
     catalog = EventCatalog(topology, SchemaResolver(SchemaStore(engine)))
     with PublisherPool(settings, catalog) as publishers:
         app = create_app(settings, catalog, ApiKeyStore(engine), publishers)
-        uvicorn.run(app, host="0.0.0.0", port=settings.ingress_port, log_level="warning")
+        run(app, settings.ingress_port)

@@ -368,6 +368,8 @@ def create_app(runtime: ConnectRuntime) -> FastAPI:
     @app.post(
         "/connectors/{name}/restart",
         status_code=204,
+        response_class=Response,
+        response_model=None,
         summary="Restart the task from its durable position (clears FAILED)",
     )
     def restart(name: str) -> Any:
@@ -404,14 +406,11 @@ def build_runtime(settings: Settings, topology: Topology) -> ConnectRuntime:
 
 def serve(settings: Settings, topology: Topology) -> None:
     """Run every connector and the REST API until SIGINT/SIGTERM; then stop them cleanly."""
-    import uvicorn
+    from connectors.serving import run
 
     runtime = build_runtime(settings, topology)
     runtime.start()
-    config = uvicorn.Config(
-        create_app(runtime), host="0.0.0.0", port=settings.connect_port, log_level="warning"
-    )
     try:
-        uvicorn.Server(config).run()
+        run(create_app(runtime), settings.connect_port)
     finally:
         runtime.stop()
