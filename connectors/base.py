@@ -149,12 +149,14 @@ def resolve_kind(spec: ConnectorSpec, where: str) -> tuple[type[SourceConnector]
     return cls, options
 
 
-def resolve_all(specs: Sequence[ConnectorSpec]) -> list[tuple[type[SourceConnector], BaseModel]]:
+def resolve_all(
+    specs: Sequence[ConnectorSpec], where: Sequence[str] | None = None
+) -> list[tuple[type[SourceConnector], BaseModel]]:
     """Resolve every connector, collecting every problem before raising."""
     resolved, problems = [], []
     for i, spec in enumerate(specs):
         try:
-            resolved.append(resolve_kind(spec, f"connectors.{i} ({spec.name})"))
+            resolved.append(resolve_kind(spec, where[i] if where else f"connectors.{i}"))
         except ConnectorConfigError as error:
             problems.append(str(error))
     if problems:

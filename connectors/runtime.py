@@ -38,7 +38,7 @@ from connectors.base import (
 from connectors.mapping import map_payload
 from simpul import metrics
 from simpul.catalog import EventCatalog
-from simpul.connectors_model import ConnectorSpec, all_connectors
+from simpul.connectors_model import ConnectorSpec, located_connectors
 from simpul.db import make_engine
 from simpul.envelope import format_time
 from simpul.publisher import PublisherPool
@@ -397,8 +397,9 @@ def create_app(runtime: ConnectRuntime) -> FastAPI:
 
 def build_runtime(settings: Settings, topology: Topology) -> ConnectRuntime:
     """Every declared connector, resolved and validated; raises `ConnectorConfigError`."""
-    specs = all_connectors(topology, settings.connectors_dir)
-    resolved = resolve_all(specs)
+    located = located_connectors(topology, settings.connectors_dir)
+    specs = [spec for spec, _ in located]
+    resolved = resolve_all(specs, [where for _, where in located])
     engine = make_engine(settings.database_url)
     catalog = EventCatalog(topology, SchemaResolver(SchemaStore(engine)))
     return ConnectRuntime(specs, resolved, ConnectorContext(settings, engine), catalog)

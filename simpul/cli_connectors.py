@@ -45,13 +45,14 @@ def _topology(settings: Settings):  # type: ignore[no-untyped-def]
 def declared_connectors(settings: Settings, topology: Any) -> list[Any]:
     """Every declared connector, kinds resolved and options checked; exits 2 naming the field."""
     from connectors.base import resolve_all
-    from simpul.connectors_model import ConnectorConfigError, all_connectors
+    from simpul.connectors_model import ConnectorConfigError, located_connectors
 
     try:
-        specs = all_connectors(topology, settings.connectors_dir)
-        resolve_all(specs)
+        located = located_connectors(topology, settings.connectors_dir)
+        specs = [spec for spec, _ in located]
+        resolve_all(specs, [where for _, where in located])
     except ConnectorConfigError as error:
-        err.print(f"[red]{error}[/red]", markup=False)
+        err.print(str(error), markup=False, highlight=False, soft_wrap=True, style="red")
         raise typer.Exit(2) from None
     return specs
 
@@ -71,7 +72,7 @@ def connect() -> None:
     try:
         serve(settings, topology)
     except ConnectorConfigError as error:
-        err.print(str(error), markup=False)
+        err.print(str(error), markup=False, highlight=False, soft_wrap=True, style="red")
         raise typer.Exit(2) from None
 
 

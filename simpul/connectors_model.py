@@ -133,24 +133,24 @@ def load_connector_files(directory: Path) -> list[tuple[str, list[ConnectorSpec]
 
 def all_connectors(topology: Topology, directory: Path) -> list[ConnectorSpec]:
     """The topology's connectors plus those in ``directory``, checked together."""
+    return [spec for spec, _ in located_connectors(topology, directory)]
+
+
+def located_connectors(topology: Topology, directory: Path) -> list[tuple[ConnectorSpec, str]]:
+    """Every connector with where it is declared (``connectors.2`` or ``<file>: connectors.0``),
+    so later errors (a kind's options) name the place to fix."""
     specs = list(topology.connectors)
-    origins = [("topology", i) for i in range(len(specs))]
+    located = [(spec, f"connectors.{i}") for i, spec in enumerate(specs)]
     for origin, file_specs in load_connector_files(directory):
         specs.extend(file_specs)
-        origins.extend((origin, i) for i in range(len(file_specs)))
+        located.extend((spec, f"{origin}: connectors.{i}") for i, spec in enumerate(file_specs))
     problems = []
     for line in check_connectors(topology, specs, "connectors"):
         # Re-address the line to the file and index the connector came from.
         head, _, rest = line.partition(": ")
         index = int(head.split(".")[1])
-        origin, local = origins[index]
         field_path = ".".join(head.split(".")[2:])
-        where = f"connectors.{local}.{field_path}"
-        problems.append(
-            f"{where}: {rest}" if origin == "topology" else f"{origin}: {where}: {rest}"
-        )
+        problems.append(f"{located[index][1]}.{field_path}: {rest}")
     if problems:
-        raise ConnectorConfigError(
-            "connector declarations are invalid:\n  " + "\n  ".join(problems)
-        )
-    return specs
+        raise ConnectorConfigError(_invalid(problems))
+    return located

@@ -284,6 +284,7 @@ class LetterFiles:
         import csv
 
         self.files += 1
+        self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"register-{self.files:03d}{suffix}"
         partial = path.with_name("." + path.name)  # written aside, then renamed: atomic
         with partial.open("w", newline="", encoding="utf-8") as handle:
