@@ -36,7 +36,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from connectors.mapping import map_payload
+from connectors.mapping import map_payload, missing_fields
 from connectors.state import ApiKeyStore
 from simpul import metrics
 from simpul.catalog import EventCatalog
@@ -309,7 +309,8 @@ def create_app(
             unknown = sorted(set(data) - declared)
             payload = map_payload(data, {}, schema.definition)
             found = [f"{name}: not a field of {etype.name}" for name in unknown]
-            found += catalog.payload_problems(etype, schema, payload)
+            found += missing_fields(schema.definition, payload, {})
+            found = found or catalog.payload_problems(etype, schema, payload)
             if not found and (scope := catalog.scope_problem(agency_model, payload)):
                 found = [scope]
             for text in found:

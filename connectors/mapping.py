@@ -125,3 +125,17 @@ def _array(value: Any, items: Any) -> Any:
     if isinstance(value, list | tuple):
         return [coerce(v, items) for v in value]
     return value
+
+
+def missing_fields(
+    definition: Mapping[str, Any], payload: Mapping[str, Any], mapping: Mapping[str, str]
+) -> list[str]:
+    """Required fields (no default) absent from the payload, naming the source column."""
+    problems = []
+    for item in definition["fields"]:
+        name = item["name"]
+        if name not in payload and "default" not in item:
+            source = mapping.get(name, name)
+            where = f" (source column {source!r})" if source != name else ""
+            problems.append(f"{name}: missing{where}")
+    return problems

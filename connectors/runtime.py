@@ -35,7 +35,7 @@ from connectors.base import (
     record_ce_id,
     resolve_all,
 )
-from connectors.mapping import map_payload
+from connectors.mapping import map_payload, missing_fields
 from simpul import metrics
 from simpul.catalog import EventCatalog
 from simpul.connectors_model import ConnectorSpec, located_connectors
@@ -177,7 +177,8 @@ class ConnectorTask:
                 checked.append((record, None, record.problem))
                 continue
             payload = map_payload(record.data, self.spec.field_mapping, schema.definition)
-            problems = self.catalog.payload_problems(etype, schema, payload)
+            problems = missing_fields(schema.definition, payload, self.spec.field_mapping)
+            problems = problems or self.catalog.payload_problems(etype, schema, payload)
             if not problems and (scope := self.catalog.scope_problem(agency, payload)):
                 problems = [scope]
             checked.append((record, payload, "; ".join(problems) if problems else None))

@@ -391,3 +391,78 @@ def tail_case(path: Path, stack: Any) -> Case:
             dead_lettered_by(bootstrap, "simpul.dlq.social.recipient.updated", name)
         ),
     )
+
+
+# -- HTTP source --------------------------------------------------------------------------------
+PTSP_COLUMNS = {"permit_number": "no_izin", "business_name": "nama_usaha", "applicant_nik": "nik"}
+
+
+def http_case(stack: Any) -> Case:
+    """DPMPTSP's PHP permit system POSTs its rows (its own column names) and retries until it
+    gets an answer, as a well-behaved client does when the connector is down."""
+    import threading
+    import uuid
+
+    import httpx
+
+    from connectors.state import ApiKeyStore
+    from simpul.broker import free_port
+
+    name = f"contract-http-{next(_serial)}"
+    port = free_port()
+    key = ApiKeyStore(make_engine(stack.settings.database_url)).create("dpmptsp")[1]
+    source = OutboxSource("sqlite://", stack.topology)  # only for its permit payloads
+
+    def row(payload: dict[str, Any]) -> dict[str, Any]:
+        data = json.loads(dumps(payload))
+        for field_name, column in PTSP_COLUMNS.items():
+            data[column] = data.pop(field_name)
+        return data
+
+    def send(rows: list[dict[str, Any]]) -> None:
+        headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": str(uuid.uuid4())}
+
+        def retry() -> None:
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline:
+                try:
+                    response = httpx.post(
+                        f"http://127.0.0.1:{port}/records", json=rows, headers=headers, timeout=30
+                    )
+                    if response.status_code == 202:
+                        return
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.2)
+
+        threading.Thread(target=retry, daemon=True).start()
+
+    def add(count: int) -> list[str]:
+        payloads = [source.payload() for _ in range(count)]
+        send([row(p) for p in payloads])
+        return [p["permit_number"] for p in payloads]
+
+    def add_bad() -> None:
+        payload = source.payload()
+        payload["nib"] = "12"
+        send([row(payload)])
+
+    declaration = {
+        "name": name,
+        "connector.class": "http",
+        "event.type": "permit.issued",
+        "agency": "dpmptsp",
+        "listen.host": "127.0.0.1",
+        "listen.port": port,
+        "field.mapping": PTSP_COLUMNS,
+        "errors.tolerance": "all",
+    }
+    return Case(
+        name,
+        "permit.issued",
+        declaration,
+        add,
+        add_bad,
+        lambda bootstrap: bool(dead_lettered_by(bootstrap, "simpul.dlq.permit.issued", name)),
+        [source.engine.dispose],
+    )

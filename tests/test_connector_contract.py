@@ -20,6 +20,7 @@ from tests.connector_cases import (
     Case,
     database_case,
     file_case,
+    http_case,
     install_example_package,
     start_runtime,
     stored_keys,
@@ -28,7 +29,14 @@ from tests.connector_cases import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-CASES = ["outbox-sqlite", "polling-postgresql", "polling-sqlite", "file-csv", "tail-plugin"]
+CASES = [
+    "outbox-sqlite",
+    "polling-postgresql",
+    "polling-sqlite",
+    "file-csv",
+    "http",
+    "tail-plugin",
+]
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +57,8 @@ def case(
     if request.param == "tail-plugin":
         request.getfixturevalue("example_plugin")
         made = tail_case(workdir / "recipients.jsonl", pg_stack)
+    elif request.param == "http":
+        made = http_case(pg_stack)
     elif request.param == "file-csv":
         made = file_case(workdir / "drop", pg_stack)
     else:
