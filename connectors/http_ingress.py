@@ -265,7 +265,7 @@ def create_app(
                 )
             response = await _validate_and_send(*args)
             if response.status_code in (202, 422):
-                remembered.put(cache_key, response.status_code, json.loads(response.body))
+                remembered.put(cache_key, response.status_code, json.loads(bytes(response.body)))
             return response, agency
 
     async def _validate_and_send(

@@ -193,8 +193,8 @@ class ConnectorTask:
             return outcome
 
         publisher = self.publishers(self.spec.agency)
-        futures = []
-        for record, payload, problem in checked:
+        futures: list[Any] = []
+        for record, mapped, problem in checked:
             if problem is not None:
                 rejected = Rejected(record, problem)
                 if not tolerate:
@@ -205,11 +205,11 @@ class ConnectorTask:
                 if not self.kind.writes_rejects:
                     futures.append(self._dead_letter(publisher, record, problem))
             else:
-                assert payload is not None
+                assert mapped is not None
                 futures.append(
                     publisher.publish(
                         etype.name,
-                        payload,
+                        mapped,
                         id=record_ce_id(name, record.identity),
                         time=record.time,
                         validate=False,

@@ -172,8 +172,9 @@ class ApiKeyStore:
                     label=label,
                     created_at=_now(),
                 )
-            ).inserted_primary_key[0]
-        return self.get(int(key_id)), plain
+            ).inserted_primary_key
+        assert key_id is not None
+        return self.get(int(key_id[0])), plain
 
     def get(self, key_id: int) -> ApiKey:
         with self.engine.connect() as conn:
