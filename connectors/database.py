@@ -198,6 +198,7 @@ class OutboxConnector(_DatabaseSource):
                 data = json.loads(raw)
             except json.JSONDecodeError as error:
                 problem = f"payload: not JSON ({error.msg} at {error.pos})"
+                data = {"payload": raw if isinstance(raw, str) else raw.decode(errors="replace")}
         elif isinstance(raw, Mapping):
             data = raw
         else:

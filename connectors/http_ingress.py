@@ -187,7 +187,8 @@ def create_app(
             status = response.status_code
             return response
         finally:
-            metrics.INGRESS_REQUESTS.labels(event_type, agency, str(status)).inc()
+            known = event_type if event_type in topology.types_by_name else "(unknown)"
+            metrics.INGRESS_REQUESTS.labels(known, agency, str(status)).inc()
 
     async def _publish(event_type: str, request: Request) -> tuple[Response, str]:
         key = request.headers.get("x-api-key") or ""

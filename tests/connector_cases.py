@@ -122,7 +122,7 @@ class PegawaiSource:
         self.engine = make_engine(url)
         self.table = _pegawai(MetaData())
         self.table.metadata.create_all(self.engine)
-        self.data = PaluData(topology, seed=next(_serial) * 97, employees_count=400)
+        self.data = PaluData(topology, seed=next(_serial) * 97, employees_count=1000)
         self.next_employee = 0
 
     def row(self, **override: Any) -> dict[str, Any]:

@@ -106,7 +106,7 @@ def simpeg(pg_stack: Stack) -> Iterator[tuple[PegawaiSource, PegawaiSource, str]
     strict.table = _pegawai(MetaData())
     strict.table.name = "pegawai_strict"
     strict.table.metadata.create_all(strict.engine)
-    strict.next_employee = 200  # other NIPs than `main`
+    strict.next_employee = 900  # other NIPs than `main`
     yield main, strict, url
     main.engine.dispose()
     strict.engine.dispose()
@@ -135,17 +135,19 @@ def test_sigkill_mid_stream_resumes_without_losing_or_duplicating_a_row(
     pg_stack: Stack, simpeg: Any, connect: Connect
 ) -> None:
     main, _, _ = simpeg
-    nips = main.add(150)
+    nips = main.add(600)
     connect.start()
     offsets = OffsetStore(make_engine(pg_stack.settings.database_url))
     wait_until(lambda: offsets.load("simpeg-pegawai"), 60, "a first position stored")
     connect.stop(signal.SIGKILL)  # mid-stream: some batches published, maybe not committed
+    killed_at = offsets.load("simpeg-pegawai")["incrementing"]
+    assert killed_at < 600, "the connector finished before the kill: nothing was tested"
     nips += main.add(50)  # rows written while the connector is dead
     connect.start()
     wait_until(
         lambda: stored_keys(pg_stack, "hr.employee.updated", nips) == set(nips),
         90,
-        "all 200 rows stored",
+        "all 650 rows stored",
     )
     from sqlalchemy import text
 
@@ -153,7 +155,7 @@ def test_sigkill_mid_stream_resumes_without_losing_or_duplicating_a_row(
         stored = conn.execute(
             text("select count(*) from event_log where key = any(:nips)"), {"nips": nips}
         ).scalar()
-    assert stored == 200  # one event per row: a replayed batch carried the same ce_ids
+    assert stored == 650  # one event per row: a replayed batch carried the same ce_ids
 
 
 def test_rest_api_and_cli_list_pause_resume_restart(
