@@ -15,6 +15,7 @@ import json
 import logging
 import socket
 import threading
+import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -84,6 +85,7 @@ class ConnectorTask:
         self.publishers = publishers
         self.state = State.UNASSIGNED
         self.trace: str | None = None
+        self.retries = 0
         self.counters = Counters()
         self.connector: SourceConnector | None = None
         self._stop = threading.Event()
@@ -128,6 +130,24 @@ class ConnectorTask:
         metrics.CONNECTOR_RUNNING.labels(self.spec.name).set(1 if state == State.RUNNING else 0)
 
     def _run(self) -> None:
+        """Run until stopped. A failure that is not a bad record (source database down, broker
+        unreachable) is retried with back-off (1 s doubling to 60 s) for
+        ``errors.retry.timeout`` ms (-1: forever); the task shows FAILED meanwhile."""
+        delay, first_failure = 1.0, None
+        while not self._stop.is_set():
+            failure = self._run_once()
+            if failure is None or isinstance(failure, RecordFailed):
+                return
+            first_failure = first_failure or time.monotonic()
+            limit = self.spec.errors_retry_timeout_ms
+            if limit == 0 or (limit > 0 and (time.monotonic() - first_failure) * 1000 > limit):
+                return
+            self.retries += 1
+            if self._stop.wait(delay):
+                return
+            delay = min(delay * 2, 60.0)
+
+    def _run_once(self) -> Exception | None:
         try:
             self.connector = self.kind(self.spec, self.options, self.context)
             self.connector.start()
@@ -147,6 +167,7 @@ class ConnectorTask:
                 if outcome.failed is not None and not self.kind.atomic_batches:
                     raise RecordFailed(outcome.failed)
             self._set_state(State.UNASSIGNED)
+            return None
         except Exception as error:
             self.trace = (
                 f"{error.rejected.record.ref}: {error.rejected.reason}"
@@ -155,6 +176,7 @@ class ConnectorTask:
             )
             log.error("connector %s failed: %s", self.spec.name, self.trace)
             self._set_state(State.FAILED)
+            return error
         finally:
             if self.connector is not None:
                 try:
@@ -268,6 +290,7 @@ class ConnectorTask:
                 "records_read": self.counters.read,
                 "records_published": self.counters.published,
                 "records_failed": self.counters.failed,
+                "retries": self.retries,
                 "last_success": (
                     format_time(self.counters.last_success) if self.counters.last_success else None
                 ),

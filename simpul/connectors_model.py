@@ -35,6 +35,7 @@ class ConnectorSpec(BaseModel):
     agency: Annotated[str, Field(min_length=2)]
     field_mapping: Annotated[dict[str, str], Field(alias="field.mapping")] = {}
     errors_tolerance: Annotated[Literal["none", "all"], Field(alias="errors.tolerance")] = "none"
+    errors_retry_timeout_ms: Annotated[int, Field(alias="errors.retry.timeout", ge=-1)] = -1
     dlq_topic: Annotated[
         str | None, Field(alias="errors.deadletterqueue.topic.name", pattern=r"^[A-Za-z0-9._-]+$")
     ] = None
