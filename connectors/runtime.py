@@ -429,8 +429,9 @@ def build_runtime(settings: Settings, topology: Topology) -> ConnectRuntime:
     return ConnectRuntime(specs, resolved, ConnectorContext(settings, engine), catalog)
 
 
-def serve(settings: Settings, topology: Topology) -> None:
-    """Run every connector and the REST API until SIGINT/SIGTERM; then stop them cleanly."""
+def serve(settings: Settings, topology: Topology) -> list[dict[str, Any]]:
+    """Run every connector and the REST API until SIGINT/SIGTERM; then stop them cleanly and
+    return their final status."""
     from connectors.serving import run
 
     runtime = build_runtime(settings, topology)
@@ -439,3 +440,4 @@ def serve(settings: Settings, topology: Topology) -> None:
         run(create_app(runtime), settings.connect_port)
     finally:
         runtime.stop()
+    return [task.status(runtime.worker_id) for task in runtime.tasks.values()]

@@ -70,10 +70,21 @@ def connect() -> None:
         "/connectors[/bold]"
     )
     try:
-        serve(settings, topology)
+        statuses = serve(settings, topology)
     except ConnectorConfigError as error:
         err.print(str(error), markup=False, highlight=False, soft_wrap=True, style="red")
         raise typer.Exit(2) from None
+    table = Table("connector", "state", "read", "published", "failed", title="stopped")
+    for status in statuses:
+        counts = status["metrics"]
+        table.add_row(
+            status["name"],
+            status["tasks"][0]["state"],
+            str(counts["records_read"]),
+            str(counts["records_published"]),
+            str(counts["records_failed"]),
+        )
+    console.print(table)
 
 
 def _base(url: str | None) -> str:
