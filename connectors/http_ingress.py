@@ -200,6 +200,8 @@ def create_app(
         agency = await asyncio.to_thread(keys.agency_for, key)
         if agency is None:
             return _problem(401, "unknown or revoked API key"), "-"
+        if agency not in topology.agencies_by_code:
+            return _problem(403, f"agency {agency} is no longer declared in the topology"), "-"
         if wait := limiter.take(key):
             return (
                 JSONResponse(

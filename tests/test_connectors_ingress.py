@@ -211,3 +211,40 @@ def test_cli_creates_a_key_shown_once_and_revokes_it(ingress: Ingress, tmp_path:
         [sys.executable, "-m", "simpul", "ingress", "keys", "revoke", key[:12]], env=env, check=True
     )
     assert ingress.post(key, ingress.permit()).status_code == 401
+
+
+def test_simpul_ingress_process_serves_and_stops_on_sigterm(
+    ingress: Ingress, tmp_path: Path
+) -> None:
+    import signal
+
+    from tests.conftest import wait_until
+
+    port = free_port()
+    env = {
+        **ingress.stack.env,
+        "SIMPUL_INGRESS_PORT": str(port),
+    }
+    log = open(tmp_path / "ingress.log", "wb")  # noqa: SIM115
+    process = subprocess.Popen(
+        [sys.executable, "-m", "simpul", "ingress"], env=env, stdout=log, stderr=log
+    )
+    try:
+
+        def up() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(up, 60, "simpul ingress up")
+        response = httpx.post(
+            f"http://127.0.0.1:{port}/v1/events/permit.issued",
+            json=ingress.permit(),
+            headers={"Authorization": f"Bearer {ingress.key('dpmptsp')}"},
+        )
+        assert response.status_code == 202, response.text
+        assert len(_published(ingress.stack, set(response.json()["ids"]))) == 1
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0, (tmp_path / "ingress.log").read_text()
