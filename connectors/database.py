@@ -100,7 +100,12 @@ class _DatabaseSource(SourceConnector):
 
     def start(self) -> None:
         self.offsets = OffsetStore(self.context.store_engine)
-        self.engine: Engine = make_engine(self.options.connection_url)
+        try:
+            self.engine: Engine = make_engine(self.options.connection_url)
+        except ModuleNotFoundError as error:
+            raise ValueError(
+                f"connection.url: its database driver is not installed: pip install {error.name}"
+            ) from None
         try:
             self.table = Table(
                 self.table_name,
