@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from simpul import cli_connectors
 from simpul.settings import Settings, get_settings
 from simpul.topology import Topology, TopologyError, load_topology
 
@@ -33,6 +34,9 @@ app.add_typer(db_app, name="db")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(topology_app, name="topology")
+app.add_typer(cli_connectors.connectors_app, name="connectors")
+app.add_typer(cli_connectors.ingress_app, name="ingress")
+app.command()(cli_connectors.connect)
 
 from simpul import cli_registry  # noqa: E402  (the sub-commands need `app` defined above)
 
@@ -149,10 +153,11 @@ def topology_check(
     except TopologyError as error:
         err.print(f"[red]{error}[/red]")
         raise typer.Exit(2) from None
+    connectors = cli_connectors.declared_connectors(_settings(), topology)
     console.print(
         f"{topology.city}: {len(topology.agencies)} agencies, "
         f"{len(topology.event_types)} event types, {len(topology.joins)} joins, "
-        f"{len(topology.kelurahan)} kelurahan: OK"
+        f"{len(topology.kelurahan)} kelurahan, {len(connectors)} connectors: OK"
     )
 
 

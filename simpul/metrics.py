@@ -114,3 +114,39 @@ AGENCY_CONNECTED = Gauge(
     "1 if the agency published within its cadence, else 0 (agencies expected to publish).",
     ["agency"],
 )
+# --- connectors ---
+CONNECTOR_RECORDS_READ = Counter(
+    "simpul_connector_records_read_total",
+    "Records a connector read from its source (rows, lines, objects), before any check.",
+    ["connector"],
+)
+CONNECTOR_RECORDS_PUBLISHED = Counter(
+    "simpul_connector_records_published_total",
+    "Records a connector published to simpul.in.<type> and the broker acknowledged.",
+    ["connector"],
+)
+CONNECTOR_RECORDS_FAILED = Counter(
+    "simpul_connector_records_failed_total",
+    "Records a connector could not publish: rejected by a check, dead-lettered or failed.",
+    ["connector"],
+)
+CONNECTOR_LAST_SUCCESS = Gauge(
+    "simpul_connector_last_success_timestamp_seconds",
+    "Unix time of the connector's last batch acknowledged by the broker.",
+    ["connector"],
+)
+CONNECTOR_RUNNING = Gauge(
+    "simpul_connector_running",
+    "1 while the connector's task is RUNNING, 0 when paused, failed or stopped.",
+    ["connector"],
+)
+INGRESS_REQUESTS = Counter(
+    "simpul_ingress_requests_total",
+    "Requests to the HTTP ingress by event type, agency and HTTP status.",
+    ["type", "agency", "status"],
+)
+INGRESS_EVENTS_PUBLISHED = Counter(
+    "simpul_ingress_events_published_total",
+    "Events the HTTP ingress published and the broker acknowledged.",
+    ["type", "agency"],
+)

@@ -118,6 +118,34 @@ class Settings(BaseSettings):
         gt=0,
         description="How often the worker refreshes the scorecard gauges from the store",
     )
+    # --- connectors ---
+    connectors_dir: Path = Field(
+        default=PROJECT_ROOT / "topology" / "connectors",
+        description="Extra connector declarations, one or more per connectors/*.yaml file",
+    )
+    ingress_max_body_bytes: int = Field(
+        default=1_048_576, ge=1024, description="Largest request body `simpul ingress` accepts"
+    )
+    ingress_max_batch: int = Field(
+        default=500, ge=1, description="Most events in one `POST /v1/events/{type}` batch"
+    )
+    ingress_rate_per_s: float = Field(
+        default=50.0, gt=0, description="Requests per second allowed per API key (token bucket)"
+    )
+    ingress_rate_burst: int = Field(
+        default=100, ge=1, description="Requests an API key may send at once before 429"
+    )
+    ingress_idempotency_s: float = Field(
+        default=86_400.0,
+        gt=0,
+        description="How long the ingress remembers a ce_id/Idempotency-Key and its response",
+    )
+    ingress_ack_timeout_s: float = Field(
+        default=30.0, gt=0, description="Longest wait for the broker's ack before answering 503"
+    )
+    connect_poll_interval_s: float = Field(
+        default=1.0, gt=0, description="Default pause between polls of a database or directory"
+    )
 
 
 @lru_cache(maxsize=1)

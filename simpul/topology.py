@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from simpul.connectors_model import ConnectorSpec, check_connectors
 from simpul.identifiers import check_kelurahan_code
 from simpul.joins_model import Join, check_joins
 
@@ -133,6 +134,7 @@ class Topology(BaseModel):
     event_types: Annotated[list[EventType], Field(min_length=1)]
     kelurahan: list[Kelurahan] = []
     joins: list[Join] = []
+    connectors: list[ConnectorSpec] = []
 
     @model_validator(mode="after")
     def _consistent(self) -> Topology:
@@ -153,6 +155,8 @@ class Topology(BaseModel):
                 raise ValueError(
                     f"kelurahan.{i}.code: {kel.code} is outside region {self.region_code}"
                 )
+        if problems := check_connectors(self, self.connectors, "connectors"):
+            raise ValueError("; ".join(problems))
         return self
 
     @model_validator(mode="after")

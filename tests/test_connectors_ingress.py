@@ -1,0 +1,250 @@
+"""The HTTP ingress against a real broker, a real store and a real HTTP server (uvicorn)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from connectors.http_ingress import create_app
+from connectors.state import ApiKeyStore
+from simpul.broker import EmbeddedBroker, free_port
+from simpul.db import make_engine
+from simpul.envelope import header
+from simpul.publisher import PublisherPool
+from simpul.simulate import PaluData
+from tests.conftest import Stack, make_stack
+from tests.helpers import read_topic
+
+pytestmark = pytest.mark.integration
+
+PERMITS = "simpul.in.permit.issued"
+
+
+class Ingress:
+    def __init__(self, stack: Stack, url: str) -> None:
+        self.stack = stack
+        self.url = url
+        self.keys = ApiKeyStore(make_engine(stack.settings.database_url))
+        self.data = PaluData(stack.topology, seed=3, residents_count=200)
+
+    def key(self, agency: str) -> str:
+        return self.keys.create(agency, label="test")[1]
+
+    def permit(self, **override: Any) -> dict[str, Any]:
+        payload = self.data.payload("permit.issued", dt.datetime.now(dt.UTC))
+        payload["permit_number"] = f"HTTP-{uuid.uuid4().hex[:8]}"
+        payload["issued_at"] = payload["issued_at"].isoformat()  # JSON as a PHP system sends it
+        if payload["valid_until"] is not None:
+            payload["valid_until"] = payload["valid_until"].isoformat()
+        return {**payload, **override}
+
+    def post(self, key: str | None, body: Any, **headers: str) -> httpx.Response:
+        if key is not None:
+            headers["Authorization"] = f"Bearer {key}"
+        return httpx.post(f"{self.url}/v1/events/permit.issued", json=body, headers=headers)
+
+
+@pytest.fixture(scope="module")
+def ingress(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ingress]:
+    workdir = tmp_path_factory.mktemp("ingress")
+    stack = make_stack(broker, f"sqlite:///{workdir / 'store.db'}", workdir)
+    settings = stack.settings.model_copy(
+        update={"ingress_max_body_bytes": 8192, "ingress_rate_per_s": 1.0, "ingress_rate_burst": 6}
+    )
+    catalog = stack.catalog()
+    publishers = PublisherPool(settings, catalog)
+    app = create_app(settings, catalog, ApiKeyStore(make_engine(settings.database_url)), publishers)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    from tests.conftest import wait_until
+
+    wait_until(lambda: server.started, 30, "ingress up")
+    yield Ingress(stack, f"http://127.0.0.1:{port}")
+    server.should_exit = True
+    thread.join(10)
+    publishers.close()
+
+
+def _published(stack: Stack, ce_ids: set[str]) -> list[Any]:
+    return [
+        m
+        for m in read_topic(stack.settings.kafka_bootstrap, PERMITS, idle_ms=1500)
+        if header(m.headers, "ce_id") in ce_ids
+    ]
+
+
+def test_valid_event_is_acknowledged_with_source_from_the_key(ingress: Ingress) -> None:
+    response = ingress.post(ingress.key("dpmptsp"), ingress.permit())
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["source"] == "/agency/dpmptsp" and len(body["ids"]) == 1
+    [message] = _published(ingress.stack, set(body["ids"]))  # on the topic once 202 came back
+    assert header(message.headers, "ce_source") == "/agency/dpmptsp"
+    assert header(message.headers, "ce_type") == "permit.issued"
+
+
+def test_batch_with_a_bad_event_is_refused_whole_naming_the_field_path(ingress: Ingress) -> None:
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    events = [
+        {"specversion": "1.0", "id": ids[0], "data": ingress.permit()},
+        {"specversion": "1.0", "id": ids[1], "data": ingress.permit(nib="12345")},
+        {"specversion": "1.0", "id": ids[2], "data": ingress.permit(surprise=1)},
+    ]
+    response = httpx.post(
+        f"{ingress.url}/v1/events/permit.issued",
+        content=httpx.Request("POST", "/", json=events).content,
+        headers={
+            "Authorization": f"Bearer {ingress.key('dpmptsp')}",
+            "Content-Type": "application/cloudevents-batch+json",
+        },
+    )
+    assert response.status_code == 422, response.text
+    fields = {item["field"]: item["msg"] for item in response.json()["detail"]}
+    assert "body.1.data.nib" in fields and "13" in fields["body.1.data.nib"]
+    assert "body.2.data.surprise" in fields
+    assert _published(ingress.stack, set(ids)) == []  # all or nothing
+
+
+def test_batch_of_plain_json_events_is_published(ingress: Ingress) -> None:
+    response = ingress.post(ingress.key("dpmptsp"), [ingress.permit() for _ in range(3)])
+    assert response.status_code == 202, response.text
+    assert len(_published(ingress.stack, set(response.json()["ids"]))) == 3
+
+
+def test_missing_unknown_or_revoked_key_is_401(ingress: Ingress) -> None:
+    assert ingress.post(None, ingress.permit()).status_code == 401
+    assert ingress.post("spk_not-a-key", ingress.permit()).status_code == 401
+    key = ingress.key("dpmptsp")
+    assert ingress.keys.revoke(key[:12]) == 1
+    assert ingress.post(key, ingress.permit()).status_code == 401
+
+
+def test_agency_cannot_publish_a_type_it_does_not_produce_or_claim_another_source(
+    ingress: Ingress,
+) -> None:
+    response = ingress.post(ingress.key("dinsos"), ingress.permit())
+    assert response.status_code == 403 and "dinsos" in response.json()["detail"]
+    event = {"specversion": "1.0", "source": "/agency/dinsos", "data": ingress.permit()}
+    response = httpx.post(
+        f"{ingress.url}/v1/events/permit.issued",
+        content=httpx.Request("POST", "/", json=event).content,
+        headers={
+            "Authorization": f"Bearer {ingress.key('dpmptsp')}",
+            "Content-Type": "application/cloudevents+json",
+        },
+    )
+    assert response.status_code == 403, response.text
+
+
+def test_same_idempotency_key_gets_same_response_and_one_publish(ingress: Ingress) -> None:
+    key, permit, idem = ingress.key("dpmptsp"), ingress.permit(), str(uuid.uuid4())
+    first = ingress.post(key, permit, **{"Idempotency-Key": idem})
+    again = ingress.post(key, permit, **{"Idempotency-Key": idem})
+    assert first.status_code == again.status_code == 202
+    assert first.json() == again.json()
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    assert len(_published(ingress.stack, set(first.json()["ids"]))) == 1
+    # The client's own ce_id works the same way.
+    ce_id = str(uuid.uuid4())
+    assert ingress.post(key, ingress.permit(), **{"ce-id": ce_id}).json()["ids"] == [ce_id]
+    assert ingress.post(key, ingress.permit(), **{"ce-id": ce_id}).status_code == 202
+    assert len(_published(ingress.stack, {ce_id})) == 1
+
+
+def test_too_large_not_json_and_too_many_requests(ingress: Ingress) -> None:
+    key = ingress.key("dpmptsp")
+    big = ingress.permit(business_name="x" * 9000)
+    assert ingress.post(key, big).status_code == 413
+    response = httpx.post(
+        f"{ingress.url}/v1/events/permit.issued",
+        content=b"nib=123",
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "text/plain"},
+    )
+    assert response.status_code == 415
+    statuses = [ingress.post(key, {"x": 1}).status_code for _ in range(8)]
+    assert 429 in statuses
+    limited = ingress.post(key, {"x": 1})
+    assert limited.status_code == 429 and int(limited.headers["Retry-After"]) >= 1
+
+
+def test_openapi_is_served(ingress: Ingress) -> None:
+    spec = httpx.get(f"{ingress.url}/openapi.json").json()
+    operation = spec["paths"]["/v1/events/{event_type}"]["post"]
+    assert {"202", "401", "403", "413", "415", "422", "429"} <= set(operation["responses"])
+    assert "application/json" in operation["requestBody"]["content"]
+
+
+def test_cli_creates_a_key_shown_once_and_revokes_it(ingress: Ingress, tmp_path: Path) -> None:
+    env = {**os.environ, "SIMPUL_DATABASE_URL": ingress.stack.settings.database_url}
+    created = subprocess.run(
+        [sys.executable, "-m", "simpul", "ingress", "keys", "create", "dpmptsp"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    key = created.stdout.strip()
+    assert key.startswith("spk_")
+    assert ingress.post(key, ingress.permit()).status_code == 202
+    listed = subprocess.run(
+        [sys.executable, "-m", "simpul", "ingress", "keys", "list", "--agency", "dpmptsp"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert key[:12] in listed.stdout and key not in listed.stdout  # never shown again
+    subprocess.run(
+        [sys.executable, "-m", "simpul", "ingress", "keys", "revoke", key[:12]], env=env, check=True
+    )
+    assert ingress.post(key, ingress.permit()).status_code == 401
+
+
+def test_simpul_ingress_process_serves_and_stops_on_sigterm(
+    ingress: Ingress, tmp_path: Path
+) -> None:
+    import signal
+
+    from tests.conftest import wait_until
+
+    port = free_port()
+    env = {
+        **ingress.stack.env,
+        "SIMPUL_INGRESS_PORT": str(port),
+    }
+    log = open(tmp_path / "ingress.log", "wb")  # noqa: SIM115
+    process = subprocess.Popen(
+        [sys.executable, "-m", "simpul", "ingress"], env=env, stdout=log, stderr=log
+    )
+    try:
+
+        def up() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(up, 60, "simpul ingress up")
+        response = httpx.post(
+            f"http://127.0.0.1:{port}/v1/events/permit.issued",
+            json=ingress.permit(),
+            headers={"Authorization": f"Bearer {ingress.key('dpmptsp')}"},
+        )
+        assert response.status_code == 202, response.text
+        assert len(_published(ingress.stack, set(response.json()["ids"]))) == 1
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0, (tmp_path / "ingress.log").read_text()
