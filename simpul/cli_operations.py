@@ -23,7 +23,9 @@ def status(
     settings = _settings()
     topology = _topology(settings)
     try:
-        card = build_scorecard(make_engine(settings.database_url), topology)
+        card = build_scorecard(
+            make_engine(settings.database_url), topology, connectors_dir=settings.connectors_dir
+        )
     except SQLAlchemyError as error:
         reason = str(getattr(error, "orig", error)).splitlines()[0]
         err.print(f"[red]cannot read the central store ({reason}); run `simpul db upgrade`?[/red]")

@@ -20,10 +20,12 @@ import fnmatch
 import html
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, and_, func, select
 
+from simpul.connectors_model import ConnectorConfigError, ConnectorSpec, located_connectors
 from simpul.topology import Agency, Topology
 from sinks.central_store import event_log
 from sinks.dead_letter_log import dead_letters
@@ -117,16 +119,23 @@ def _agency_code(value: Any) -> str | None:
     return text.removeprefix("/agency/")
 
 
-def connectors_by_agency(topology: Topology) -> dict[str, list[str]]:
-    """Connector names per agency; the ``connectors`` section may not exist (issue 6)."""
+def connectors_by_agency(connectors: Iterable[ConnectorSpec]) -> dict[str, list[str]]:
+    """Connector names and kinds per agency, e.g. ``{"bkpsdm": ["simpeg-pegawai (polling)"]}``."""
     found: dict[str, list[str]] = {}
-    for connector in getattr(topology, "connectors", None) or []:
-        code = _agency_code(_attr(connector, "agency", "source_agency", "producer", "source"))
-        name = _attr(connector, "name") or "?"
-        kind = _attr(connector, "connector_class", "kind", "connector.class")
-        if code:
-            found.setdefault(code, []).append(f"{name} ({kind})" if kind else str(name))
+    for connector in connectors:
+        found.setdefault(connector.agency, []).append(f"{connector.name} ({connector.kind})")
     return found
+
+
+def declared_connectors(topology: Topology, directory: Path | None) -> list[ConnectorSpec]:
+    """The topology's connectors plus those in ``directory``'s files; an invalid file is left
+    out here (``simpul topology check`` and ``simpul connect`` report it by name)."""
+    if directory is None:
+        return list(topology.connectors)
+    try:
+        return [spec for spec, _ in located_connectors(topology, directory)]
+    except ConnectorConfigError:
+        return list(topology.connectors)
 
 
 def subscriptions_by_agency(topology: Topology) -> dict[str, list[str]]:
@@ -212,10 +221,17 @@ def _as_datetime(value: Any) -> dt.datetime | None:
 
 
 def build_scorecard(
-    engine: Engine, topology: Topology, now: dt.datetime | None = None
+    engine: Engine,
+    topology: Topology,
+    now: dt.datetime | None = None,
+    connectors_dir: Path | None = None,
 ) -> Scorecard:
+    """Per agency: connected or not, freshness, volumes, failures, connectors, subscriptions.
+
+    ``connectors_dir`` adds the connectors declared in files beside the topology.
+    """
     now = _utc(now) or dt.datetime.now(dt.UTC)
-    connectors = connectors_by_agency(topology)
+    connectors = connectors_by_agency(declared_connectors(topology, connectors_dir))
     subscriptions = subscriptions_by_agency(topology)
     agencies = [a for a in topology.agencies if not a.system]
     facts = _facts(engine, [a.code for a in agencies], now - WINDOW)

@@ -78,7 +78,9 @@ def create_app(settings: Settings, topology: Topology) -> faust.App:
         async def _refresh(self) -> None:
             while not self.should_stop:
                 try:
-                    card = await asyncio.to_thread(build_scorecard, engine, topology)
+                    card = await asyncio.to_thread(
+                        build_scorecard, engine, topology, None, settings.connectors_dir
+                    )
                 except SQLAlchemyError as error:  # the store may be down; /health says so
                     log.warning("scorecard refresh failed: %s", error)
                 else:
@@ -101,7 +103,9 @@ def create_app(settings: Settings, topology: Topology) -> faust.App:
 
     async def scorecard_or_error() -> Any:
         try:
-            card = await asyncio.to_thread(build_scorecard, engine, topology)
+            card = await asyncio.to_thread(
+                build_scorecard, engine, topology, None, settings.connectors_dir
+            )
         except SQLAlchemyError as error:
             return str(getattr(error, "orig", error)).splitlines()[0]
         export_gauges(card)

@@ -15,13 +15,14 @@ import pytest
 from sqlalchemy import text, update
 
 from simpul import dbmigrate
+from simpul.connectors_model import ConnectorSpec
 from simpul.db import make_engine
 from simpul.simulate import PaluData
 from simpul.topology import Topology, TopologyError, parse_topology
 from sinks.central_store import CentralStore, StoredEvent, event_log
 from sinks.dead_letter_log import DeadLetterLog, DeadLetterRow, dead_letters
 from sinks.open_data import ExportError, export_open_data, parse_period
-from sinks.scorecard import build_scorecard, render_html
+from sinks.scorecard import build_scorecard, connectors_by_agency, render_html
 from tests.conftest import create_pg_database, drop_pg_database
 
 pytestmark = pytest.mark.integration
@@ -291,45 +292,47 @@ def test_dead_letters_table_keys_on_the_message_position() -> None:
     assert [c.name for c in dead_letters.primary_key.columns] == ["topic", "partition", "offset"]
 
 
-def test_scorecard_lists_connectors_and_subscriptions_when_the_topology_has_them(
-    loaded: Loaded,
+def test_scorecard_lists_connectors_from_topology_and_files_and_subscriptions(
+    loaded: Loaded, tmp_path: Path
 ) -> None:
-    """Issues 6 and 7 add these sections; read by duck typing, before and after they merge."""
     from types import SimpleNamespace
 
-    from sinks.scorecard import connectors_by_agency, subscriptions_by_agency
+    from sinks.scorecard import subscriptions_by_agency
 
-    extended = SimpleNamespace(
-        connectors=[
-            SimpleNamespace(name="simpeg-outbox", kind="outbox", agency="bkpsdm"),
-            {"name": "surat-ujuna", "connector.class": "file", "agency": "kel-ujuna"},
-            SimpleNamespace(name="silent-db", kind="polling", agency="dukcapil"),
-        ],
-        subscriptions=[
-            SimpleNamespace(name="bkd-tpp", agency="bkd", event_types=["hr.allowance.basis"]),
-        ],
+    topology = loaded.topology.model_copy(
+        update={
+            "connectors": [
+                ConnectorSpec.model_validate(
+                    {
+                        "name": "simpeg-outbox",
+                        "connector.class": "outbox",
+                        "event.type": "hr.employee.updated",
+                        "agency": "bkpsdm",
+                    }
+                )
+            ]
+        }
     )
-    assert connectors_by_agency(extended) == {  # type: ignore[arg-type]
-        "bkpsdm": ["simpeg-outbox (outbox)"],
-        "kel-ujuna": ["surat-ujuna (file)"],
-        "dukcapil": ["silent-db (polling)"],
-    }
-    assert subscriptions_by_agency(extended) == {"bkd": ["bkd-tpp"]}  # type: ignore[arg-type]
-    assert connectors_by_agency(loaded.topology) == {}  # no section on this branch: no error
-
-    class WithSections(SimpleNamespace):
-        pass
-
-    topology = loaded.topology
-    merged = WithSections(
-        **{name: getattr(topology, name) for name in type(topology).model_fields},
-        agencies_by_code=topology.agencies_by_code,
-        connectors=extended.connectors,
-        subscriptions=extended.subscriptions,
+    (tmp_path / "kelurahan.yaml").write_text(
+        "connectors:\n"
+        "  - {name: surat-ujuna, connector.class: file, event.type: kelurahan.document.issued,\n"
+        "     agency: kel-ujuna, directory: /tmp/drop}\n"
     )
-    card = build_scorecard(loaded.engine, merged)  # type: ignore[arg-type]
+    assert connectors_by_agency(topology.connectors) == {"bkpsdm": ["simpeg-outbox (outbox)"]}
+    card = build_scorecard(loaded.engine, topology, connectors_dir=tmp_path)
     by_code = {a.code: a for a in card.agencies}
     assert by_code["bkpsdm"].connectors == ["simpeg-outbox (outbox)"]
-    assert by_code["bkd"].subscriptions == ["bkd-tpp"]
+    assert by_code["kel-ujuna"].connectors == ["surat-ujuna (file)"]
+    assert "simpul" not in by_code  # the system agency is not an agency system
+    # An invalid connectors file does not take the scorecard down.
+    (tmp_path / "broken.yaml").write_text("connectors: [{name: x}]\n")
+    card = build_scorecard(loaded.engine, topology, connectors_dir=tmp_path)
+    assert {a.code: a for a in card.agencies}["bkpsdm"].connectors == ["simpeg-outbox (outbox)"]
     page = render_html(card)
-    assert "simpeg-outbox (outbox)" in page and "bkd-tpp" in page
+    assert "simpeg-outbox (outbox)" in page
+    subscriptions = SimpleNamespace(
+        subscriptions=[
+            SimpleNamespace(name="bkd-tpp", agency="bkd", event_types=["hr.allowance.basis"])
+        ]
+    )
+    assert subscriptions_by_agency(subscriptions) == {"bkd": ["bkd-tpp"]}  # type: ignore[arg-type]
