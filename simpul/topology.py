@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from simpul.identifiers import check_kelurahan_code
+from simpul.subscriptions import Subscription, check_subscriptions
 
 _AGENCY_CODE = r"^[a-z][a-z0-9-]{1,40}$"
 _TYPE_NAME = r"^[a-z]+(\.[a-z_]+)+$"
@@ -99,6 +100,7 @@ class Topology(BaseModel):
     agencies: Annotated[list[Agency], Field(min_length=1)]
     event_types: Annotated[list[EventType], Field(min_length=1)]
     kelurahan: list[Kelurahan] = []
+    subscriptions: list[Subscription] = []
 
     @model_validator(mode="after")
     def _consistent(self) -> Topology:
@@ -119,6 +121,7 @@ class Topology(BaseModel):
                 raise ValueError(
                     f"kelurahan.{i}.code: {kel.code} is outside region {self.region_code}"
                 )
+        check_subscriptions(self)
         return self
 
     @cached_property
