@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from simpul.cli_audit import audit_app
 from simpul.settings import Settings, get_settings
 from simpul.topology import Topology, TopologyError, load_topology
 
@@ -33,6 +34,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(topology_app, name="topology")
+app.add_typer(audit_app, name="audit")
 
 
 def _settings() -> Settings:
