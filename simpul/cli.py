@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from simpul.cli_audit import audit_app
+from simpul.cli_deliver import deliver
 from simpul.settings import Settings, get_settings
 from simpul.topology import Topology, TopologyError, load_topology
 
@@ -35,6 +36,7 @@ app.add_typer(schemas_app, name="schemas")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(topology_app, name="topology")
 app.add_typer(audit_app, name="audit")
+app.command()(deliver)
 
 
 def _settings() -> Settings:

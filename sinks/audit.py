@@ -15,6 +15,7 @@ zero times.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import hmac
@@ -64,6 +65,7 @@ delivery_audit = Table(
     Column("row_hash", String(64), nullable=False),
     UniqueConstraint("chain_id", "seq"),
     Index("ix_delivery_audit_subject_hash", "subject_hash"),
+    Index("ix_delivery_audit_ce_id", "ce_id"),
 )
 
 delivery_audit_chains = Table(
@@ -91,6 +93,7 @@ class AuditEntry:
     outcome: str  # "delivered" | "dead_lettered"
     subject: str | None = None  # raw NIK/NIP; only its HMAC is stored
     detail: str | None = None
+    subject_hash: str | None = None  # already hashed (copied from the inbox row)
 
 
 def subject_hash(key: str, identifier: str) -> str:
@@ -161,9 +164,8 @@ class AuditLog:
                     "channel": entry.channel,
                     "outcome": entry.outcome,
                     "detail": entry.detail,
-                    "subject_hash": (
-                        subject_hash(self.key, entry.subject) if entry.subject else None
-                    ),
+                    "subject_hash": entry.subject_hash
+                    or (subject_hash(self.key, entry.subject) if entry.subject else None),
                     "recorded_at": now,
                 }
                 row["prev_hash"] = last
@@ -189,6 +191,31 @@ class AuditLog:
                 conn.execute(delivery_audit.insert(), rows)
             # Only advance once the rows are in: a failed write is retried with the same links.
             self.seq, self.last_hash = seq, last
+
+
+def inbox_subjects(engine: Engine, entries: Sequence[AuditEntry]) -> list[AuditEntry]:
+    """Fill in each entry's subject hash from the fan-out's inbox row of the same event and
+    subscription: the webhook deliverer sees only the projected (maybe masked) record, and
+    sending the hash along in a header would let a subscriber link masked events."""
+    wanted = {e.ce_id for e in entries if e.subject is None and e.subject_hash is None}
+    if not wanted:
+        return list(entries)
+    a = delivery_audit.c
+    with engine.connect() as conn:
+        found = {
+            (r.ce_id, r.subscription): r.subject_hash
+            for r in conn.execute(
+                select(a.ce_id, a.subscription, a.subject_hash).where(
+                    a.ce_id.in_(sorted(wanted)), a.channel == "inbox"
+                )
+            )
+        }
+    return [
+        dataclasses.replace(e, subject_hash=found.get((e.ce_id, e.subscription)))
+        if e.ce_id in wanted
+        else e
+        for e in entries
+    ]
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,9 +19,12 @@ from simpul.catalog import EventCatalog
 from simpul.db import make_engine
 from simpul.registry import SchemaResolver, SchemaStore
 from simpul.settings import Settings
+from simpul.subscriptions import SubscriptionPlan
 from simpul.topology import Topology
+from sinks.audit import AuditLog
 from sinks.central_store import CentralStore
 from streams import transport
+from streams.fanout import FanoutService
 from streams.ingest import Health, IngestService
 
 log = logging.getLogger("simpul.worker")
@@ -64,6 +67,8 @@ def create_app(settings: Settings, topology: Topology) -> faust.App:
             super().__init__(settings, topology, catalog, store, health, **kwargs)
 
     app.service(Ingest)
+    if settings.fanout_enabled and topology.subscriptions:
+        app.service(fanout_service(settings, topology, engine))
     if not app.agents and not app.tables:
         # Faust's own consumer would subscribe to nothing (aiokafka refuses that); it starts
         # once table-backed agents (joins) are declared.
@@ -78,6 +83,20 @@ def create_app(settings: Settings, topology: Topology) -> faust.App:
         return web.json(health.as_dict(), status=200 if health.store_up else 503)
 
     return app
+
+
+def fanout_service(settings: Settings, topology: Topology, engine: Any) -> type[FanoutService]:
+    """The fan-out to simpul.out.<agency>, checked against the schemas before it starts."""
+    plan = SubscriptionPlan.build(topology, settings.schemas_dir)
+    store = SchemaStore(engine)
+    resolver = SchemaResolver(store)
+    audit = AuditLog(engine, settings.audit_key, f"{settings.worker_id}.fanout")
+
+    class Fanout(FanoutService):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(settings, topology, plan, store, resolver, audit, **kwargs)
+
+    return Fanout
 
 
 def run_worker(settings: Settings, topology: Topology) -> None:

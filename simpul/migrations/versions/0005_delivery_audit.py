@@ -41,6 +41,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_delivery_audit_subject_hash", "delivery_audit", ["subject_hash"], unique=False
     )
+    op.create_index("ix_delivery_audit_ce_id", "delivery_audit", ["ce_id"], unique=False)
     op.create_table(
         "delivery_audit_chains",
         sa.Column("chain_id", sa.String(length=80), nullable=False),
@@ -54,5 +55,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("delivery_audit_chains")
+    op.drop_index("ix_delivery_audit_ce_id", table_name="delivery_audit")
     op.drop_index("ix_delivery_audit_subject_hash", table_name="delivery_audit")
     op.drop_table("delivery_audit")
