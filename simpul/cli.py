@@ -164,19 +164,34 @@ def topology_check(
     except TopologyError as error:
         err.print(f"[red]{error}[/red]")
         raise typer.Exit(2) from None
+    from simpul.subscriptions import SubscriptionError, SubscriptionPlan
+
+    try:
+        SubscriptionPlan.build(topology, _settings().schemas_dir)
+    except SubscriptionError as error:
+        err.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from None
     console.print(
         f"{topology.city}: {len(topology.agencies)} agencies, "
-        f"{len(topology.event_types)} event types, {len(topology.kelurahan)} kelurahan: OK"
+        f"{len(topology.event_types)} event types, {len(topology.kelurahan)} kelurahan, "
+        f"{len(topology.subscriptions)} subscriptions: OK"
     )
 
 
 @app.command()
 def worker() -> None:
     """Run the stream worker: validate, dedup, store, forward; /metrics on the web port."""
+    from simpul.subscriptions import SubscriptionError, SubscriptionPlan
     from streams.worker import run_worker
 
     settings = _settings()
-    run_worker(settings, _topology(settings))
+    topology = _topology(settings)
+    try:
+        SubscriptionPlan.build(topology, settings.schemas_dir)
+    except SubscriptionError as error:
+        err.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from None
+    run_worker(settings, topology)
 
 
 @app.command()

@@ -24,6 +24,7 @@ import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -32,6 +33,7 @@ from sqlalchemy import (
     Engine,
     Index,
     Integer,
+    Row,
     String,
     Table,
     Text,
@@ -294,7 +296,7 @@ def verify(engine: Engine, batch: int = 10_000) -> VerifyReport:
     return VerifyReport(len(chains), rows_seen, problems)
 
 
-def _rows(engine: Engine, chain_id: str, batch: int) -> Iterator[object]:
+def _rows(engine: Engine, chain_id: str, batch: int) -> Iterator[Row[Any]]:
     """Keyset pagination: millions of rows without holding them or a server-side cursor."""
     a = delivery_audit.c
     after = 0
