@@ -336,7 +336,9 @@ class WebhookDeliverer:
         endpoint.pending -= 1
         metrics.WEBHOOK_PENDING.labels(endpoint.agency).set(endpoint.pending)
         if endpoint.paused and endpoint.pending < self.settings.deliver_max_pending // 2:
-            self.consumer.resume(*endpoint.paused)
+            # A rebalance may have taken a paused partition away (and cleared its pause).
+            held = self.consumer.assignment()
+            self.consumer.resume(*(tp for tp in endpoint.paused if tp in held))
             endpoint.paused.clear()
 
     async def _attempts(self, job: Job) -> tuple[str, str | None]:
@@ -363,7 +365,8 @@ class WebhookDeliverer:
                         },
                     )
                 except httpx.TimeoutException:
-                    status, label, reason = None, "timeout", f"timed out after attempt {attempt}"
+                    status, label = None, "timeout"
+                    reason = f"timed out ({self.settings.deliver_timeout_s:g}s)"
                 except httpx.TransportError as error:
                     status, label = None, "connect"
                     reason = f"{type(error).__name__}: {error}"
@@ -420,7 +423,16 @@ class WebhookDeliverer:
                 delay = min(delay * 2, 30)
 
     async def checkpoint(self) -> None:
-        """Write the audit rows of finished messages, then commit what is finished."""
+        """Write the audit rows of finished messages, then commit what is finished.
+
+        The offsets are taken in the same event-loop turn as the audit entries, so a message
+        finishing while the rows are written is neither committed nor left unaudited.
+        """
+        offsets = {}
+        for tp, state in self.partitions.items():
+            at = state.committable()
+            if at is not None:
+                offsets[tp] = OffsetAndMetadata(at, "")
         entries, self.finished = self.finished, []
         if entries:
             try:
@@ -430,11 +442,6 @@ class WebhookDeliverer:
                 log.warning("audit log unavailable; offsets wait", exc_info=True)
                 return
             metrics.AUDIT_ROWS.labels("webhook").inc(len(entries))
-        offsets = {}
-        for tp, state in self.partitions.items():
-            at = state.committable()
-            if at is not None:
-                offsets[tp] = OffsetAndMetadata(at, "")
         if not offsets:
             return
         try:

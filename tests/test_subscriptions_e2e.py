@@ -110,7 +110,7 @@ class Endpoints:
         if path == "/kominfo" and seen == 0:
             return 200, {}, 3.0  # answers after the client's 1 s timeout
         if path == "/mamboro":
-            return 500, {}, 0  # never recovers: dead letter
+            return 500, {}, 0.8  # slow and never recovers: dead letter
         return 200, {}, 0
 
     def on(self, path: str) -> list[Hit]:
@@ -426,6 +426,48 @@ def test_signature_verifies_with_the_documented_snippets(endpoints: Endpoints) -
         assert result.returncode == 0, result.stderr
 
 
+def _start_deliverer(stack: Stack, port: int) -> subprocess.Popen[bytes]:
+    env = {**stack.env, **SECRETS, "SIMPUL_DELIVER_WEB_PORT": str(port)}
+    log = open(stack.workdir / "deliver-2.log", "ab")  # noqa: SIM115
+    return subprocess.Popen(
+        [sys.executable, "-m", "simpul", "deliver"], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+
+
+def _health(port: int) -> dict[str, Any]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+            return json.loads(response.read())
+    except OSError:
+        return {}
+
+
+def test_restarted_deliverer_resumes_after_the_finished_messages(
+    stack: Stack, endpoints: Endpoints, published: Published
+) -> None:
+    before = len(endpoints.hits)
+    port = free_port()
+    process = _start_deliverer(stack, port)
+    try:
+        wait_until(lambda: _health(port).get("assigned_partitions", 0) > 0, 60, "deliverer up")
+        time.sleep(2)
+        assert len(endpoints.hits) == before  # every finished message's offset was committed
+        data = PaluData(stack.topology, seed=100)
+        payload = {
+            **data.payload("kelurahan.document.issued", dt.datetime.now(dt.UTC)),
+            "kelurahan_code": "7271021002",
+            "document_type": "SKTM",
+        }
+        with Publisher("kel-ujuna", settings=stack.settings, catalog=stack.catalog()) as pub:
+            pub.publish("kelurahan.document.issued", payload, id="e2e-after-restart").get(30)
+        hits = wait_until(lambda: endpoints.on("/dinsos")[1:], 60, "the new SKTM delivered")
+        assert json.loads(hits[0].body)["id"] == "e2e-after-restart"
+        assert len(endpoints.hits) == before + 1
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+
+
 def test_audit_chain_of_worker_and_deliverer_verifies(stack: Stack) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "simpul", "audit", "verify"],
@@ -435,4 +477,5 @@ def test_audit_chain_of_worker_and_deliverer_verifies(stack: Stack) -> None:
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert "12 rows in 2 chain(s) verified" in result.stdout
+    # 7 inbox rows from the worker; 6 + 1 webhook rows from two deliverer runs.
+    assert "14 rows in 3 chain(s) verified" in result.stdout
