@@ -176,6 +176,15 @@ class FanoutService(Service):
             heartbeat_interval_ms=int(min(1.0, self.settings.session_timeout_s / 3) * 1000),
         )
         await self.producer.start()
+        for topic in sorted({route.subscription.topic for route in self.plan.routes}):
+            # Topics are declared, never auto-created: a missing inbox is a setup error.
+            try:
+                found = await asyncio.wait_for(self.producer.partitions_for(topic), 15)
+            except (TimeoutError, KafkaError):
+                found = None
+            if not found:
+                raise RuntimeError(f"{topic}: inbox topic is missing; run `simpul topics apply`")
+            self._partitions[topic] = sorted(found)
         self.consumer.subscribe(sorted(self._routes), listener=_Rebalance(self))
         await self.consumer.start()
         log.info("fan-out: %d routes over %d topics", len(self.plan.routes), len(self._routes))
