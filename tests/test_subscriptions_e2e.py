@@ -46,6 +46,7 @@ SECRETS = {
     "SIMPUL_WEBHOOK_SECRET_UJUNA": "ujuna-secret",
     "SIMPUL_WEBHOOK_SECRET_MAMBORO": "mamboro-secret",
     "SIMPUL_WEBHOOK_SECRET_KOMINFO": "kominfo-secret",
+    "SIMPUL_WEBHOOK_SECRET_DEATHS": "deaths-secret",
 }
 HOOKS = {  # subscription -> (path, secret variable)
     "dinsos-sktm": ("/dinsos", "SIMPUL_WEBHOOK_SECRET_DINSOS"),
@@ -53,6 +54,7 @@ HOOKS = {  # subscription -> (path, secret variable)
     "kel-ujuna-permits": ("/ujuna", "SIMPUL_WEBHOOK_SECRET_UJUNA"),
     "kel-mamboro-documents": ("/mamboro", "SIMPUL_WEBHOOK_SECRET_MAMBORO"),
     "kominfo-permit-statistics": ("/kominfo", "SIMPUL_WEBHOOK_SECRET_KOMINFO"),
+    "dinsos-deaths": ("/gone", "SIMPUL_WEBHOOK_SECRET_DEATHS"),
 }
 
 
@@ -63,6 +65,13 @@ class Hit:
     headers: dict[str, str]
     body: bytes
     status: int
+
+
+class _Server(ThreadingHTTPServer):
+    # The default listen backlog (5) drops connections when the deliverer opens one per
+    # endpoint at once; a dropped SYN is retried after 1 s and would look like a timeout.
+    request_queue_size = 128
+    daemon_threads = True
 
 
 class Endpoints:
@@ -97,7 +106,7 @@ class Endpoints:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.server = _Server(("127.0.0.1", self.port), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
@@ -108,9 +117,11 @@ class Endpoints:
         if path == "/ujuna" and seen == 0:
             return 429, {"Retry-After": "2"}, 0
         if path == "/kominfo" and seen == 0:
-            return 200, {}, 3.0  # answers after the client's 1 s timeout
+            return 200, {}, 4.0  # answers after the client's 1.5 s timeout
+        if path == "/gone":
+            return 410, {}, 0  # a permanent refusal: dead letter at once, no retry
         if path == "/mamboro":
-            return 500, {}, 0.8  # slow and never recovers: dead letter
+            return 500, {}, 0.3  # slow and never recovers: dead letter
         return 200, {}, 0
 
     def on(self, path: str) -> list[Hit]:
@@ -162,6 +173,7 @@ class Published:
     employee: dict[str, Any]
     permit_ujuna: dict[str, Any]
     permit_talise: dict[str, Any]
+    death: dict[str, Any]
     ids: dict[str, str]
 
 
@@ -185,6 +197,7 @@ def published(stack: Stack) -> Published:
         employee=data.payload("hr.employee.updated", now),
         permit_ujuna=permit("7271021002"),
         permit_talise=permit("7271081003"),
+        death=data.payload("population.death.registered", now),
         ids={},
     )
     sends = [
@@ -194,6 +207,7 @@ def published(stack: Stack) -> Published:
         ("employee", "bkpsdm", "hr.employee.updated"),
         ("permit_ujuna", "dpmptsp", "permit.issued"),
         ("permit_talise", "dpmptsp", "permit.issued"),
+        ("death", "dukcapil", "population.death.registered"),
     ]
     for name, agency, type_name in sends:
         with Publisher(agency, settings=stack.settings, catalog=catalog) as publisher:
@@ -228,9 +242,16 @@ def read_topic(stack: Stack, topic: str, at_least: int) -> list[Any]:
 
 
 def test_each_inbox_gets_exactly_its_projection_masked(stack: Stack, published: Published) -> None:
-    dinsos = read_topic(stack, "simpul.out.dinsos", 1)
-    assert len(dinsos) == 1  # the DOMISILI letter and the move are not for Dinsos
-    message, record, headers = dinsos[0]
+    dinsos = read_topic(stack, "simpul.out.dinsos", 2)
+    by_subscription = {h["simpul_subscription"]: (m, r, h) for m, r, h in dinsos}
+    assert len(dinsos) == 2  # the DOMISILI letter and the move are not for Dinsos
+    _, death, _ = by_subscription["dinsos-deaths"]
+    assert death == {
+        "nik": published.death["nik"],  # unmasked: stopping assistance needs the NIK
+        "date_of_death": published.death["date_of_death"],
+        "kelurahan_code": published.death["kelurahan_code"],
+    }
+    message, record, headers = by_subscription["dinsos-sktm"]
     assert set(record) == {
         "document_number",
         "document_type",
@@ -277,7 +298,7 @@ def test_inbox_deliveries_are_audited_by_subject(stack: Stack, published: Publis
             rows = conn.execute(
                 select(delivery_audit).where(delivery_audit.c.channel == "inbox")
             ).all()
-        return rows if len(rows) >= 6 else None
+        return rows if len(rows) >= 7 else None
 
     rows = wait_until(inbox_rows, 60, "inbox audit rows")
     assert sorted((r.subscription, r.ce_id) for r in rows) == sorted(
@@ -288,6 +309,7 @@ def test_inbox_deliveries_are_audited_by_subject(stack: Stack, published: Publis
             ("kel-ujuna-permits", published.ids["permit_ujuna"]),
             ("kominfo-permit-statistics", published.ids["permit_ujuna"]),
             ("kominfo-permit-statistics", published.ids["permit_talise"]),
+            ("dinsos-deaths", published.ids["death"]),
         ]
     )
     receipts = receipts_for(engine, AUDIT_KEY, published.sktm["resident_nik"])
@@ -313,7 +335,7 @@ def deliverer(
         "SIMPUL_DELIVER_WEB_PORT": str(port),
         "SIMPUL_DELIVER_MAX_ATTEMPTS": "4",
         "SIMPUL_DELIVER_RETRY_BASE_S": "0.4",
-        "SIMPUL_DELIVER_TIMEOUT_S": "1",
+        "SIMPUL_DELIVER_TIMEOUT_S": "1.5",
     }
     log = open(stack.workdir / "deliver.log", "ab")  # noqa: SIM115
     process = subprocess.Popen(
@@ -358,6 +380,11 @@ def test_webhooks_retry_honour_retry_after_and_dead_letter(
         h.headers["Simpul-Attempt"] == str(i + 1) for i, h in enumerate(endpoints.on("/bkd"))
     )
 
+    gone = read_topic(stack, "simpul.dlq.out.dinsos", 1)
+    assert [h["ce_id"] for _, _, h in gone] == [published.ids["death"]]
+    assert gone[0][2]["simpul_dlq_reason"] == "HTTP 410: refused by the endpoint (not retried)"
+    assert [h.status for h in endpoints.on("/gone")] == [410]
+
     letters = read_topic(stack, "simpul.dlq.out.kel-mamboro", 1)
     assert len(letters) == 1
     assert letters[0][2]["ce_id"] == published.ids["pindah"]
@@ -372,13 +399,14 @@ def test_webhooks_retry_honour_retry_after_and_dead_letter(
             rows = conn.execute(
                 select(delivery_audit).where(delivery_audit.c.channel == "webhook")
             ).all()
-        return rows if len(rows) >= 6 else None
+        return rows if len(rows) >= 7 else None
 
     rows = wait_until(webhook_rows, 60, "webhook audit rows")
     outcomes = sorted((r.subscription, r.outcome) for r in rows)
     assert ("kel-mamboro-documents", "dead_lettered") in outcomes
     assert outcomes.count(("kominfo-permit-statistics", "delivered")) == 2
-    assert len(rows) == 6
+    assert ("dinsos-deaths", "dead_lettered") in outcomes
+    assert len(rows) == 7
     receipts = receipts_for(engine, AUDIT_KEY, nik)
     assert sorted((r.channel, r.outcome) for r in receipts) == [
         ("inbox", "delivered"),
@@ -395,7 +423,7 @@ def test_webhooks_retry_honour_retry_after_and_dead_letter(
     assert 'simpul_webhook_retries_total{agency="kel-ujuna",reason="429"} 1.0' in scrape
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
         health = json.loads(response.read())
-    assert health["dead_lettered"] == 1 and health["delivered"] == 5
+    assert health["dead_lettered"] == 2 and health["delivered"] == 5
 
     process.send_signal(signal.SIGTERM)
     assert process.wait(60) == 0
@@ -477,5 +505,5 @@ def test_audit_chain_of_worker_and_deliverer_verifies(stack: Stack) -> None:
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    # 7 inbox rows from the worker; 6 + 1 webhook rows from two deliverer runs.
-    assert "14 rows in 3 chain(s) verified" in result.stdout
+    # 8 inbox rows from the worker; 7 + 1 webhook rows from two deliverer runs.
+    assert "16 rows in 3 chain(s) verified" in result.stdout
