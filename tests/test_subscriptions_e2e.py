@@ -298,7 +298,7 @@ def test_inbox_deliveries_are_audited_by_subject(stack: Stack, published: Publis
             rows = conn.execute(
                 select(delivery_audit).where(delivery_audit.c.channel == "inbox")
             ).all()
-        return rows if len(rows) >= 7 else None
+        return list(rows) if len(rows) >= 7 else None
 
     rows = wait_until(inbox_rows, 60, "inbox audit rows")
     assert sorted((r.subscription, r.ce_id) for r in rows) == sorted(
@@ -399,7 +399,7 @@ def test_webhooks_retry_honour_retry_after_and_dead_letter(
             rows = conn.execute(
                 select(delivery_audit).where(delivery_audit.c.channel == "webhook")
             ).all()
-        return rows if len(rows) >= 7 else None
+        return list(rows) if len(rows) >= 7 else None
 
     rows = wait_until(webhook_rows, 60, "webhook audit rows")
     outcomes = sorted((r.subscription, r.outcome) for r in rows)
