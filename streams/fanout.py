@@ -150,10 +150,13 @@ class FanoutService(Service):
         self._partitions: dict[str, list[int]] = {}
         self._partitioner = DefaultPartitioner()
         self._stopping = False
+        self._opened = False
         self.consumer: AIOKafkaConsumer
         self.producer: AIOKafkaProducer
 
-    async def on_start(self) -> None:
+    async def _open(self) -> None:
+        """Register the derived schemas and connect; runs in the service's task, so that the
+        worker's ingest path does not wait for it at start."""
         encoders = await asyncio.to_thread(register_out_schemas, self.store, self.plan)
         for i, route in enumerate(self.plan.routes):
             topic = self.topology.event_type(route.event_type).topic("valid")
@@ -187,6 +190,7 @@ class FanoutService(Service):
             self._partitions[topic] = sorted(found)
         self.consumer.subscribe(sorted(self._routes), listener=_Rebalance(self))
         await self.consumer.start()
+        self._opened = True
         log.info("fan-out: %d routes over %d topics", len(self.plan.routes), len(self._routes))
 
     async def on_stop(self) -> None:
@@ -197,11 +201,18 @@ class FanoutService(Service):
             log.warning("fan-out batch still in flight; stopping without it")
         else:
             self.batch_lock.release()
-        await self.consumer.stop()
-        await self.producer.stop()
+        if self._opened:
+            await self.consumer.stop()
+            await self.producer.stop()
 
     @Service.task
     async def _consume(self) -> None:
+        try:
+            await self._open()
+        except Exception as error:
+            log.critical("fan-out cannot start: %s", error)
+            await self.crash(error)
+            return
         timeout_ms = int(self.settings.batch_seconds * 1000)
         while not self._stopping and not self.should_stop:
             batch = await self.consumer.getmany(

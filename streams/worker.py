@@ -66,9 +66,11 @@ def create_app(settings: Settings, topology: Topology) -> faust.App:
         def __init__(self, **kwargs: Any) -> None:
             super().__init__(settings, topology, catalog, store, health, **kwargs)
 
-    app.service(Ingest)
     if settings.fanout_enabled and topology.subscriptions:
+        # Registered before ingest because mode stops services in reverse order: on SIGTERM
+        # the ingest path stops (and commits) first, without waiting for a fan-out batch.
         app.service(fanout_service(settings, topology, engine))
+    app.service(Ingest)
     if not app.agents and not app.tables:
         # Faust's own consumer would subscribe to nothing (aiokafka refuses that); it starts
         # once table-backed agents (joins) are declared.
