@@ -46,6 +46,7 @@ from simpul.settings import Settings
 from simpul.subscriptions import Subscription, inbox_topic, webhook_dlq_topic
 from simpul.topology import Topology
 from sinks.audit import AuditEntry, AuditLog, inbox_subjects
+from sinks.central_store import TRANSIENT_ERRORS
 
 log = logging.getLogger("simpul.deliver")
 
@@ -224,6 +225,7 @@ class WebhookDeliverer:
         self.delivered = 0
         self.dead_lettered = 0
         self.stopping = asyncio.Event()
+        self.failed = False
         self.consumer: AIOKafkaConsumer
         self.producer: AIOKafkaProducer
         self.client: httpx.AsyncClient
@@ -305,7 +307,15 @@ class WebhookDeliverer:
         )
         task = asyncio.ensure_future(self._deliver(job))
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            # A bug, not a delivery failure: stop (exit 1) rather than hold the offset forever.
+            log.critical("delivery task failed; stopping", exc_info=error)
+            self.failed = True
+            self.stopping.set()
 
     async def _deliver(self, job: Job) -> None:
         outcome, detail = await self._attempts(job)
@@ -343,7 +353,7 @@ class WebhookDeliverer:
 
     async def _attempts(self, job: Job) -> tuple[str, str | None]:
         try:
-            body = self._body(job)
+            body = await self._body(job)
         except InvalidMessage as error:
             return "dead_lettered", f"undecodable: {error.reason}"
         agency = job.subscription.agency
@@ -392,10 +402,18 @@ class WebhookDeliverer:
             await asyncio.sleep(min(wait, self.settings.deliver_retry_max_s))
         return "dead_lettered", f"{reason} after {self.settings.deliver_max_attempts} attempts"
 
-    def _body(self, job: Job) -> bytes:
+    async def _body(self, job: Job) -> bytes:
         schema_id, body = unframe(job.value)
-        record = self.resolver.by_id(schema_id).decode_body(body)
-        return to_cloudevent(job.headers, job.key, record)
+        delay = 0.5
+        while True:  # the schema lookup reads the central store: wait out an outage
+            try:
+                schema = await asyncio.to_thread(self.resolver.by_id, schema_id)
+                break
+            except TRANSIENT_ERRORS as error:
+                log.warning("schema store unavailable (%s); retrying in %.1fs", error, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30)
+        return to_cloudevent(job.headers, job.key, schema.decode_body(body))
 
     async def _dead_letter(self, job: Job, reason: str | None) -> None:
         topic = webhook_dlq_topic(job.subscription.agency)
@@ -512,3 +530,5 @@ async def serve(settings: Settings, topology: Topology) -> None:
         log.info(
             "stopped: %d delivered, %d dead-lettered", deliverer.delivered, deliverer.dead_lettered
         )
+    if deliverer.failed:
+        raise SystemExit(1)
