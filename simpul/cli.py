@@ -12,6 +12,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from simpul import cli_connectors
+from simpul.cli_audit import audit_app
+from simpul.cli_deliver import deliver
 from simpul.settings import Settings, get_settings
 from simpul.topology import Topology, TopologyError, load_topology
 
@@ -43,6 +45,8 @@ from simpul import cli_registry  # noqa: E402  (the sub-commands need `app` defi
 app.command()(cli_registry.registry)
 schemas_app.command("register")(cli_registry.schemas_register)
 schemas_app.command("check")(cli_registry.schemas_check)
+app.add_typer(audit_app, name="audit")
+app.command()(deliver)
 
 
 def _settings() -> Settings:
@@ -153,21 +157,36 @@ def topology_check(
     except TopologyError as error:
         err.print(f"[red]{error}[/red]")
         raise typer.Exit(2) from None
+    from simpul.subscriptions import SubscriptionError, SubscriptionPlan
+
+    try:
+        SubscriptionPlan.build(topology, _settings().schemas_dir)
+    except SubscriptionError as error:
+        err.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from None
     connectors = cli_connectors.declared_connectors(_settings(), topology)
     console.print(
         f"{topology.city}: {len(topology.agencies)} agencies, "
         f"{len(topology.event_types)} event types, {len(topology.joins)} joins, "
-        f"{len(topology.kelurahan)} kelurahan, {len(connectors)} connectors: OK"
+        f"{len(topology.kelurahan)} kelurahan, {len(connectors)} connectors, "
+        f"{len(topology.subscriptions)} subscriptions: OK"
     )
 
 
 @app.command()
 def worker() -> None:
     """Run the stream worker: validate, dedup, store, forward; /metrics on the web port."""
+    from simpul.subscriptions import SubscriptionError, SubscriptionPlan
     from streams.worker import run_worker
 
     settings = _settings()
-    run_worker(settings, _topology(settings))
+    topology = _topology(settings)
+    try:
+        SubscriptionPlan.build(topology, settings.schemas_dir)
+    except SubscriptionError as error:
+        err.print(f"[red]{error}[/red]")
+        raise typer.Exit(2) from None
+    run_worker(settings, topology)
 
 
 @app.command()

@@ -150,3 +150,38 @@ INGRESS_EVENTS_PUBLISHED = Counter(
     "Events the HTTP ingress published and the broker acknowledged.",
     ["type", "agency"],
 )
+# --- subscriptions, webhook delivery, audit ---
+_WEBHOOK_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+FANOUT_EVENTS = Counter(
+    "simpul_fanout_events_total",
+    "Events a subscription considered: sent to simpul.out.<agency>, or filtered out.",
+    ["subscription", "type", "outcome"],
+)
+DELIVERIES = Counter(
+    "simpul_deliveries_total",
+    "Events delivered to an agency, by channel (inbox, webhook) and outcome "
+    "(delivered, dead_lettered).",
+    ["agency", "channel", "outcome"],
+)
+WEBHOOK_LATENCY = Histogram(
+    "simpul_webhook_request_duration_seconds",
+    "Duration of one webhook POST, any response.",
+    ["agency"],
+    buckets=_WEBHOOK_BUCKETS,
+)
+WEBHOOK_RETRIES = Counter(
+    "simpul_webhook_retries_total",
+    "Webhook attempts that will be retried, by reason (status code, timeout, connect).",
+    ["agency", "reason"],
+)
+WEBHOOK_PENDING = Gauge(
+    "simpul_webhook_pending_messages",
+    "Messages consumed but not yet delivered or dead-lettered, per endpoint agency.",
+    ["agency"],
+)
+AUDIT_ROWS = Counter(
+    "simpul_audit_rows_total",
+    "Rows appended to the delivery audit log.",
+    ["channel"],
+)

@@ -146,6 +146,35 @@ class Settings(BaseSettings):
     connect_poll_interval_s: float = Field(
         default=1.0, gt=0, description="Default pause between polls of a database or directory"
     )
+    # --- subscriptions, webhook delivery, audit ---
+    fanout_enabled: bool = Field(
+        default=True,
+        description="Run the fan-out to simpul.out.<agency> inside the worker (when the "
+        "topology has subscriptions)",
+    )
+    audit_key: str = Field(
+        default="simpul-dev-audit-key-change-me",
+        min_length=16,
+        description="Secret key of the HMAC that hashes NIK/NIP in the delivery audit log",
+    )
+    deliver_max_attempts: int = Field(
+        default=8, ge=1, le=100, description="Webhook attempts before the dead letter"
+    )
+    deliver_retry_base_s: float = Field(
+        default=1.0, gt=0, description="First webhook back-off; doubles per attempt (full jitter)"
+    )
+    deliver_retry_max_s: float = Field(
+        default=300.0, gt=0, description="Longest webhook back-off, also caps Retry-After"
+    )
+    deliver_timeout_s: float = Field(default=10.0, gt=0, description="Webhook request timeout")
+    deliver_concurrency: int = Field(
+        default=8, ge=1, le=256, description="Requests in flight per webhook endpoint"
+    )
+    deliver_max_pending: int = Field(
+        default=1000,
+        ge=1,
+        description="Undelivered messages per endpoint before its partitions are paused",
+    )
 
 
 @lru_cache(maxsize=1)

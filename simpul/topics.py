@@ -9,6 +9,7 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewPartitions, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
+from simpul.subscriptions import subscription_topics
 from simpul.topology import Topology
 
 
@@ -29,7 +30,8 @@ def apply_topics(topology: Topology, bootstrap: str) -> list[TopicChange]:
     try:
         existing = _partition_counts(admin)
         changes: list[TopicChange] = []
-        missing = [(t, p) for t, p in topology.topics() if t not in existing]
+        declared = topology.topics() + subscription_topics(topology)
+        missing = [(t, p) for t, p in declared if t not in existing]
         if missing:
             # A concurrent `topics apply` may have created some already: that is success too.
             # Join state changelogs are compacted: the latest record per key is the state.
@@ -48,7 +50,7 @@ def apply_topics(topology: Topology, bootstrap: str) -> list[TopicChange]:
                     timeout_ms=30_000,
                 )
             changes += [TopicChange(t, p, "created") for t, p in missing]
-        for topic, partitions in topology.topics():
+        for topic, partitions in declared:
             have = existing.get(topic)
             if have is None:
                 continue

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from simpul.connectors_model import ConnectorSpec, check_connectors
 from simpul.identifiers import check_kelurahan_code
 from simpul.joins_model import Join, check_joins
+from simpul.subscriptions import Subscription, check_subscriptions
 
 _AGENCY_CODE = r"^[a-z][a-z0-9-]{1,40}$"
 _TYPE_NAME = r"^[a-z]+(\.[a-z_]+)+$"
@@ -135,6 +136,7 @@ class Topology(BaseModel):
     kelurahan: list[Kelurahan] = []
     joins: list[Join] = []
     connectors: list[ConnectorSpec] = []
+    subscriptions: list[Subscription] = []
 
     @model_validator(mode="after")
     def _consistent(self) -> Topology:
@@ -162,6 +164,11 @@ class Topology(BaseModel):
     @model_validator(mode="after")
     def _joins_consistent(self) -> Topology:
         check_joins(self)
+        return self
+
+    @model_validator(mode="after")
+    def _subscriptions_consistent(self) -> Topology:
+        check_subscriptions(self)
         return self
 
     @cached_property

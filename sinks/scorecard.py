@@ -26,6 +26,7 @@ from typing import Any
 from sqlalchemy import Engine, and_, func, select
 
 from simpul.connectors_model import ConnectorConfigError, ConnectorSpec, located_connectors
+from simpul.subscriptions import Subscription
 from simpul.topology import Agency, Topology
 from sinks.central_store import event_log
 from sinks.dead_letter_log import dead_letters
@@ -104,21 +105,6 @@ class Scorecard:
         }
 
 
-def _attr(item: Any, *names: str) -> Any:
-    for name in names:
-        value = item.get(name) if isinstance(item, dict) else getattr(item, name, None)
-        if value is not None:
-            return value
-    return None
-
-
-def _agency_code(value: Any) -> str | None:
-    if value is None:
-        return None
-    text = str(value)
-    return text.removeprefix("/agency/")
-
-
 def connectors_by_agency(connectors: Iterable[ConnectorSpec]) -> dict[str, list[str]]:
     """Connector names and kinds per agency, e.g. ``{"bkpsdm": ["simpeg-pegawai (polling)"]}``."""
     found: dict[str, list[str]] = {}
@@ -138,17 +124,11 @@ def declared_connectors(topology: Topology, directory: Path | None) -> list[Conn
         return list(topology.connectors)
 
 
-def subscriptions_by_agency(topology: Topology) -> dict[str, list[str]]:
-    """Subscriptions per subscriber agency; the section may not exist (issue 7)."""
+def subscriptions_by_agency(subscriptions: Iterable[Subscription]) -> dict[str, list[str]]:
+    """Subscription names per subscriber agency, e.g. ``{"bkd": ["bkd-tpp"]}``."""
     found: dict[str, list[str]] = {}
-    for subscription in getattr(topology, "subscriptions", None) or []:
-        code = _agency_code(_attr(subscription, "subscriber", "agency"))
-        types = _attr(subscription, "event_types", "types") or []
-        if isinstance(types, str):
-            types = [types]
-        label = _attr(subscription, "name") or ", ".join(str(t) for t in types) or "?"
-        if code:
-            found.setdefault(code, []).append(str(label))
+    for subscription in subscriptions:
+        found.setdefault(subscription.agency, []).append(subscription.name)
     return found
 
 
@@ -232,7 +212,7 @@ def build_scorecard(
     """
     now = _utc(now) or dt.datetime.now(dt.UTC)
     connectors = connectors_by_agency(declared_connectors(topology, connectors_dir))
-    subscriptions = subscriptions_by_agency(topology)
+    subscriptions = subscriptions_by_agency(topology.subscriptions)
     agencies = [a for a in topology.agencies if not a.system]
     facts = _facts(engine, [a.code for a in agencies], now - WINDOW)
     statuses = []

@@ -20,12 +20,16 @@ from sqlalchemy.exc import SQLAlchemyError
 from simpul import metrics
 from simpul.catalog import EventCatalog
 from simpul.db import make_engine
+from simpul.registry import SchemaStore
 from simpul.registry_client import make_resolver
 from simpul.settings import Settings
+from simpul.subscriptions import SubscriptionPlan
 from simpul.topology import Topology
+from sinks.audit import AuditLog
 from sinks.central_store import CentralStore
 from sinks.scorecard import build_scorecard, export_gauges, render_html
 from streams import transport
+from streams.fanout import FanoutService
 from streams.ingest import Health, IngestService
 
 log = logging.getLogger("simpul.worker")
@@ -68,6 +72,10 @@ def create_app(settings: Settings, topology: Topology) -> faust.App:
         def __init__(self, **kwargs: Any) -> None:
             super().__init__(settings, topology, catalog, store, health, **kwargs)
 
+    if settings.fanout_enabled and topology.subscriptions:
+        # Registered before ingest because mode stops services in reverse order: on SIGTERM
+        # the ingest path stops (and commits) first, without waiting for a fan-out batch.
+        app.service(fanout_service(settings, topology, engine))
     app.service(Ingest)
 
     class ScorecardGauges(Service):
@@ -132,6 +140,20 @@ def create_app(settings: Settings, topology: Topology) -> faust.App:
         return web.html(render_html(card))
 
     return app
+
+
+def fanout_service(settings: Settings, topology: Topology, engine: Any) -> type[FanoutService]:
+    """The fan-out to simpul.out.<agency>, checked against the schemas before it starts."""
+    plan = SubscriptionPlan.build(topology, settings.schemas_dir)
+    store = SchemaStore(engine)  # derived schemas are registered in the store directly
+    resolver = make_resolver(settings)
+    audit = AuditLog(engine, settings.audit_key, f"{settings.worker_id}.fanout")
+
+    class Fanout(FanoutService):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(settings, topology, plan, store, resolver, audit, **kwargs)
+
+    return Fanout
 
 
 def run_worker(settings: Settings, topology: Topology) -> None:

@@ -41,6 +41,22 @@ def test_all_expected_commands_exist() -> None:
         ("dlq", "list"),
         ("dlq", "replay"),
         ("topology", "check"),
+        ("schemas", "check"),
+        ("registry",),
+        ("joins",),
+        ("connect",),
+        ("connectors", "list"),
+        ("connectors", "status"),
+        ("connectors", "pause"),
+        ("connectors", "resume"),
+        ("connectors", "restart"),
+        ("ingress",),
+        ("ingress", "keys", "create"),
+        ("deliver",),
+        ("audit", "verify"),
+        ("audit", "subject"),
+        ("status",),
+        ("export",),
     }
     assert expected <= set(COMMANDS)
 

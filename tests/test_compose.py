@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from simpul.settings import Settings
+from simpul.settings import PROJECT_ROOT, Settings
+from simpul.topology import load_topology
 
 pytestmark = pytest.mark.unit
 
@@ -84,9 +85,13 @@ def test_full_stack_services_with_healthchecks_and_scalable_workers() -> None:
     services = yaml.safe_load(COMPOSE.read_text())["services"]
     assert set(SIMPUL_SERVICES) | {"kafka", "postgres", "prometheus", "grafana"} <= set(services)
     known = {f"SIMPUL_{name.upper()}" for name in Settings.model_fields}
+    topology = load_topology(PROJECT_ROOT / "topology" / "palu.yaml")
+    secrets = {s.webhook.secret_env for s in topology.subscriptions if s.webhook}
+    assert secrets <= set(services["deliverer"]["environment"]), "a webhook secret is missing"
     for name in SIMPUL_SERVICES:
         env = services[name]["environment"]
-        assert set(env) <= known, f"{name}: unknown settings {set(env) - known}"
+        extra = {"SIMPUL_WEBHOOK_SECRET_DINSOS"} if name == "deliverer" else set()
+        assert set(env) <= known | extra, f"{name}: unknown settings {set(env) - known}"
         if name in ONE_SHOT:
             continue
         assert "healthcheck" in services[name], name

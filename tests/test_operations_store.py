@@ -295,8 +295,6 @@ def test_dead_letters_table_keys_on_the_message_position() -> None:
 def test_scorecard_lists_connectors_from_topology_and_files_and_subscriptions(
     loaded: Loaded, tmp_path: Path
 ) -> None:
-    from types import SimpleNamespace
-
     from sinks.scorecard import subscriptions_by_agency
 
     topology = loaded.topology.model_copy(
@@ -330,9 +328,8 @@ def test_scorecard_lists_connectors_from_topology_and_files_and_subscriptions(
     assert {a.code: a for a in card.agencies}["bkpsdm"].connectors == ["simpeg-outbox (outbox)"]
     page = render_html(card)
     assert "simpeg-outbox (outbox)" in page
-    subscriptions = SimpleNamespace(
-        subscriptions=[
-            SimpleNamespace(name="bkd-tpp", agency="bkd", event_types=["hr.allowance.basis"])
-        ]
-    )
-    assert subscriptions_by_agency(subscriptions) == {"bkd": ["bkd-tpp"]}  # type: ignore[arg-type]
+    by_subscriber = subscriptions_by_agency(loaded.topology.subscriptions)
+    assert by_subscriber and all(code in loaded.topology.agencies_by_code for code in by_subscriber)
+    for subscription in loaded.topology.subscriptions:
+        assert subscription.name in by_code[subscription.agency].subscriptions
+        assert subscription.name in page

@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 
 import simpul.registry  # noqa: F401  (registers the schema tables on the metadata)
+import sinks.audit  # (registers the delivery audit tables on the metadata)
 import sinks.central_store  # noqa: F401  (registers the store tables on the metadata)
 from simpul.db import metadata
 

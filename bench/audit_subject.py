@@ -1,0 +1,142 @@
+"""`simpul audit subject` at scale: millions of audit rows in PostgreSQL, with and without the
+subject index, in the same run (the ratio is the figure; absolute times move with the load).
+
+    .venv/bin/python bench/audit_subject.py [--rows 2000000] [--people 300000]
+
+Creates a throw-away database next to SIMPUL_TEST_PG_URL's, migrates it, fills
+``delivery_audit`` by COPY (realistic shape: a few deliveries per person, Palu agencies),
+times ``receipts_for`` for random people with the index, drops the index, times again, and
+drops the database. Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import random
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+
+from sqlalchemy import create_engine, text
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from simpul import dbmigrate  # noqa: E402
+from simpul.db import make_engine  # noqa: E402
+from sinks.audit import receipts_for, subject_hash  # noqa: E402
+
+ADMIN_URL = os.environ.get(
+    "SIMPUL_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+KEY = "bench-audit-key-0123456789"
+ROUTES = [
+    ("dinsos", "dinsos-sktm", "kelurahan.document.issued", "Check poverty letters (SKTM)"),
+    ("dinsos", "dinsos-deaths", "population.death.registered", "Stop social assistance"),
+    ("kel-ujuna", "kel-ujuna-permits", "permit.issued", "Local business register"),
+    ("kominfo", "kominfo-permit-statistics", "permit.issued", "Satu Data statistics"),
+    ("kel-mamboro", "kel-mamboro-documents", "kelurahan.document.issued", "Resident register"),
+]
+
+
+def nik(i: int) -> str:
+    return f"727101{(i % 28) + 1:02d}0{(i % 9) + 1}9{(i // 100_000) % 10}{i % 10_000:04d}"
+
+
+def fill(url: str, rows: int, people: int) -> None:
+    import psycopg
+
+    rng = random.Random(7271)
+    hashes = [subject_hash(KEY, nik(i)) for i in range(people)]
+    start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    columns = (
+        "chain_id, seq, ce_id, event_type, agency, subscription, purpose, fields, channel, "
+        "outcome, detail, subject_hash, recorded_at, prev_hash, row_hash"
+    )
+    fields = json.dumps(["document_number", "resident_nik", "issued_at"])
+    with (
+        psycopg.connect(url.replace("postgresql+psycopg", "postgresql")) as conn,
+        conn.cursor() as cur,
+        cur.copy(f"COPY delivery_audit ({columns}) FROM STDIN") as copy,
+    ):
+        for seq in range(1, rows + 1):
+            agency, sub, etype, purpose = ROUTES[seq % len(ROUTES)]
+            copy.write_row(
+                (
+                    "bench-chain",
+                    seq,
+                    str(uuid.UUID(int=rng.getrandbits(128))),
+                    etype,
+                    agency,
+                    sub,
+                    purpose,
+                    fields,
+                    "inbox" if seq % 3 else "webhook",
+                    "delivered",
+                    None,
+                    hashes[rng.randrange(people)],
+                    start + dt.timedelta(seconds=seq * 7),
+                    "0" * 64,
+                    "0" * 64,
+                )
+            )
+
+
+def timed(engine: object, people: int, repeat: int, rng: random.Random) -> list[float]:
+    times = []
+    for _ in range(repeat):
+        person = nik(rng.randrange(people))
+        began = time.perf_counter()
+        receipts_for(engine, KEY, person)  # type: ignore[arg-type]
+        times.append(time.perf_counter() - began)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=2_000_000)
+    parser.add_argument("--people", type=int, default=300_000)
+    args = parser.parse_args()
+    name = f"simpul_bench_audit_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        dbmigrate.upgrade(url)
+        began = time.perf_counter()
+        fill(url, args.rows, args.people)
+        engine = make_engine(url)
+        with engine.begin() as conn:
+            conn.execute(text("ANALYZE delivery_audit"))
+        print(f"filled {args.rows:,} rows by COPY in {time.perf_counter() - began:.1f}s")
+        rng = random.Random(1)
+        timed(engine, args.people, 5, rng)  # warm the cache and the pool
+        indexed = timed(engine, args.people, 200, rng)
+        with engine.begin() as conn:
+            conn.execute(text("DROP INDEX ix_delivery_audit_subject_hash"))
+            conn.execute(text("ANALYZE delivery_audit"))
+        timed(engine, args.people, 1, rng)
+        scanned = timed(engine, args.people, 10, rng)
+        engine.dispose()
+        p50_i, p50_s = statistics.median(indexed), statistics.median(scanned)
+        print(
+            f"audit subject over {args.rows:,} rows ({args.people:,} people):\n"
+            f"  with the subject_hash index : p50 {p50_i * 1000:.2f} ms, "
+            f"max {max(indexed) * 1000:.2f} ms ({len(indexed)} lookups)\n"
+            f"  without it (sequential scan): p50 {p50_s * 1000:.1f} ms ({len(scanned)} lookups)\n"
+            f"  ratio: the index answers {p50_s / p50_i:,.0f}× faster"
+        )
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""`simpul audit`: verify the delivery audit chain; answer "who received my data"."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+audit_app = typer.Typer(
+    help="Delivery audit log: who received which personal data, when and why.",
+    no_args_is_help=True,
+)
+console = Console()
+err = Console(stderr=True)
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Walk every writer's hash chain; exit 1 naming each changed or deleted row."""
+    from simpul.cli import _settings
+    from simpul.db import make_engine
+    from sinks.audit import verify
+
+    started = time.perf_counter()
+    report = verify(make_engine(_settings().database_url))
+    took = time.perf_counter() - started
+    if report.problems:
+        for problem in report.problems:
+            err.print(f"[red]TAMPERED[/red] {problem}")
+        err.print(
+            f"[red]{len(report.problems)} problem(s)[/red] in {report.chains} chain(s), "
+            f"{report.rows} rows ({took:.1f}s)"
+        )
+        raise typer.Exit(1)
+    console.print(
+        f"[green]OK[/green]: {report.rows} rows in {report.chains} chain(s) verified ({took:.1f}s)"
+    )
+
+
+@audit_app.command("subject")
+def audit_subject(
+    identifier: Annotated[str, typer.Argument(help="The person's NIK (16 digits) or NIP (18)")],
+    limit: Annotated[int, typer.Option(help="Show at most this many deliveries")] = 200,
+) -> None:
+    """Who received this person's data, when and for what purpose (newest first)."""
+    from simpul.cli import _settings
+    from simpul.db import make_engine
+    from simpul.identifiers import check_nik, check_nip
+    from sinks.audit import receipts_for
+
+    reason = check_nip(identifier) if len(identifier) == 18 else check_nik(identifier)
+    if reason:
+        err.print(f"[red]identifier: {reason}[/red]")
+        raise typer.Exit(2)
+    settings = _settings()
+    started = time.perf_counter()
+    receipts = receipts_for(
+        make_engine(settings.database_url), settings.audit_key, identifier, limit
+    )
+    took = time.perf_counter() - started
+    masked = identifier[:4] + "•" * (len(identifier) - 8) + identifier[-4:]
+    table = Table(title=f"{len(receipts)} deliveries of data about {masked} ({took * 1000:.0f} ms)")
+    for column in ("when (UTC)", "agency", "subscription", "purpose", "event", "fields", "via"):
+        table.add_column(column, overflow="fold")
+    for r in receipts:
+        table.add_row(
+            r.recorded_at.strftime("%Y-%m-%d %H:%M:%S"),
+            r.agency,
+            r.subscription,
+            r.purpose,
+            f"{r.event_type}\n{r.ce_id}",
+            ", ".join(r.fields),
+            f"{r.channel}: {r.outcome}",
+        )
+    console.print(table)

@@ -1,0 +1,363 @@
+"""The delivery audit log: one hash-chained row per event and recipient, in the central store.
+
+Each writer (a fan-out service, a webhook deliverer) appends to a chain of its own
+(``chain_id``), so several workers never contend for one "last row". A row's hash covers its
+content and the previous row's hash; the chain's head (last sequence number and hash) is kept
+in ``delivery_audit_chains`` in the same transaction, so a changed row, a deleted row and a
+deleted tail are all found by `verify`. NIK/NIP are stored only as a keyed HMAC
+(``subject_hash``): the table holds no raw identifiers, yet `simpul audit subject <NIK>` finds
+a person's rows through the index.
+
+Delivery guarantee: rows are written before the offsets of the messages they describe are
+committed, so a crash may record a re-delivered message twice (it was delivered twice), never
+zero times.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import hmac
+import json
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Engine,
+    Index,
+    Integer,
+    Row,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    select,
+    update,
+)
+
+from simpul.db import metadata
+
+GENESIS = "0" * 64
+
+delivery_audit = Table(
+    "delivery_audit",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("chain_id", String(80), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("ce_id", String(255), nullable=False),
+    Column("event_type", String(128), nullable=False),
+    Column("agency", String(64), nullable=False),
+    Column("subscription", String(64), nullable=False),
+    Column("purpose", Text, nullable=False),
+    Column("fields", Text, nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("outcome", String(32), nullable=False),
+    Column("detail", Text, nullable=True),
+    Column("subject_hash", String(64), nullable=True),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("row_hash", String(64), nullable=False),
+    UniqueConstraint("chain_id", "seq"),
+    Index("ix_delivery_audit_subject_hash", "subject_hash"),
+    Index("ix_delivery_audit_ce_id", "ce_id"),
+)
+
+delivery_audit_chains = Table(
+    "delivery_audit_chains",
+    metadata,
+    Column("chain_id", String(80), primary_key=True),
+    Column("writer", String(128), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("last_seq", BigInteger, nullable=False),
+    Column("last_hash", String(64), nullable=False),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """What one recipient got of one event, and what became of it."""
+
+    ce_id: str
+    event_type: str
+    agency: str
+    subscription: str
+    purpose: str
+    fields: Sequence[str]
+    channel: str  # "inbox" | "webhook"
+    outcome: str  # "delivered" | "dead_lettered"
+    subject: str | None = None  # raw NIK/NIP; only its HMAC is stored
+    detail: str | None = None
+    subject_hash: str | None = None  # already hashed (copied from the inbox row)
+
+
+def subject_hash(key: str, identifier: str) -> str:
+    return hmac.new(key.encode(), identifier.strip().encode(), hashlib.sha256).hexdigest()
+
+
+def _utc_naive(value: dt.datetime) -> dt.datetime:
+    # SQLite returns naive datetimes, PostgreSQL aware ones: hash one form.
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.UTC).replace(tzinfo=None)
+    return value
+
+
+def row_hash(prev_hash: str, row: dict[str, object]) -> str:
+    recorded = _utc_naive(row["recorded_at"])  # type: ignore[arg-type]
+    content = json.dumps(
+        [
+            row["chain_id"],
+            row["seq"],
+            row["ce_id"],
+            row["event_type"],
+            row["agency"],
+            row["subscription"],
+            row["purpose"],
+            row["fields"],
+            row["channel"],
+            row["outcome"],
+            row["detail"],
+            row["subject_hash"],
+            recorded.isoformat(timespec="microseconds"),
+        ],
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(f"{prev_hash}\n{content}".encode()).hexdigest()
+
+
+class AuditLog:
+    """One writer's chain. `record` is blocking (run it in a thread) and thread-safe."""
+
+    def __init__(self, engine: Engine, key: str, writer: str) -> None:
+        self.engine = engine
+        self.key = key
+        self.writer = writer
+        self.chain_id = f"{writer[:60]}-{uuid.uuid4().hex[:12]}"
+        self.seq = 0
+        self.last_hash = GENESIS
+        self._lock = threading.Lock()
+
+    def record(self, entries: Sequence[AuditEntry]) -> None:
+        if not entries:
+            return
+        with self._lock:
+            now = dt.datetime.now(dt.UTC)
+            seq, last = self.seq, self.last_hash
+            rows = []
+            for entry in entries:
+                seq += 1
+                row: dict[str, object] = {
+                    "chain_id": self.chain_id,
+                    "seq": seq,
+                    "ce_id": entry.ce_id,
+                    "event_type": entry.event_type,
+                    "agency": entry.agency,
+                    "subscription": entry.subscription,
+                    "purpose": entry.purpose,
+                    "fields": json.dumps(list(entry.fields), separators=(",", ":")),
+                    "channel": entry.channel,
+                    "outcome": entry.outcome,
+                    "detail": entry.detail,
+                    "subject_hash": entry.subject_hash
+                    or (subject_hash(self.key, entry.subject) if entry.subject else None),
+                    "recorded_at": now,
+                }
+                row["prev_hash"] = last
+                row["row_hash"] = last = row_hash(last, row)
+                rows.append(row)
+            with self.engine.begin() as conn:
+                if self.seq == 0:
+                    conn.execute(
+                        delivery_audit_chains.insert().values(
+                            chain_id=self.chain_id,
+                            writer=self.writer,
+                            started_at=now,
+                            last_seq=seq,
+                            last_hash=last,
+                        )
+                    )
+                else:
+                    conn.execute(
+                        update(delivery_audit_chains)
+                        .where(delivery_audit_chains.c.chain_id == self.chain_id)
+                        .values(last_seq=seq, last_hash=last)
+                    )
+                conn.execute(delivery_audit.insert(), rows)
+            # Only advance once the rows are in: a failed write is retried with the same links.
+            self.seq, self.last_hash = seq, last
+
+
+def inbox_subjects(engine: Engine, entries: Sequence[AuditEntry]) -> list[AuditEntry]:
+    """Fill in each entry's subject hash from the fan-out's inbox row of the same event and
+    subscription: the webhook deliverer sees only the projected (maybe masked) record, and
+    sending the hash along in a header would let a subscriber link masked events."""
+    wanted = {e.ce_id for e in entries if e.subject is None and e.subject_hash is None}
+    if not wanted:
+        return list(entries)
+    a = delivery_audit.c
+    with engine.connect() as conn:
+        found = {
+            (r.ce_id, r.subscription): r.subject_hash
+            for r in conn.execute(
+                select(a.ce_id, a.subscription, a.subject_hash).where(
+                    a.ce_id.in_(sorted(wanted)), a.channel == "inbox"
+                )
+            )
+        }
+    return [
+        dataclasses.replace(e, subject_hash=found.get((e.ce_id, e.subscription)))
+        if e.ce_id in wanted
+        else e
+        for e in entries
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    chain_id: str
+    row_id: int | None
+    seq: int | None
+    reason: str
+
+    def __str__(self) -> str:
+        where = f"row id {self.row_id} (chain {self.chain_id}, seq {self.seq})"
+        if self.row_id is None:
+            where = f"chain {self.chain_id}" + (f", seq {self.seq}" if self.seq else "")
+        return f"{where}: {self.reason}"
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyReport:
+    chains: int
+    rows: int
+    problems: list[Problem]
+
+
+def verify(engine: Engine, batch: int = 10_000) -> VerifyReport:
+    """Walk every chain in order; report changed rows, missing rows and a cut-off tail."""
+    a = delivery_audit.c
+    problems: list[Problem] = []
+    rows_seen = 0
+    with engine.connect() as conn:
+        heads = {
+            r.chain_id: (r.last_seq, r.last_hash)
+            for r in conn.execute(select(delivery_audit_chains))
+        }
+        chains = sorted(set(heads) | set(conn.scalars(select(a.chain_id).distinct())))
+    for chain_id in chains:
+        expected_seq, prev = 1, GENESIS
+        for row in _rows(engine, chain_id, batch):
+            rows_seen += 1
+            data = dict(row._mapping)
+            if data["seq"] != expected_seq:
+                problems.append(
+                    Problem(
+                        chain_id,
+                        data["id"],
+                        data["seq"],
+                        f"rows with seq {expected_seq}..{data['seq'] - 1} are missing (deleted)",
+                    )
+                )
+            elif data["prev_hash"] != prev:
+                problems.append(
+                    Problem(chain_id, data["id"], data["seq"], "prev_hash does not link")
+                )
+            if row_hash(data["prev_hash"], data) != data["row_hash"]:
+                problems.append(
+                    Problem(
+                        chain_id,
+                        data["id"],
+                        data["seq"],
+                        "content does not match row_hash (changed)",
+                    )
+                )
+            expected_seq, prev = data["seq"] + 1, data["row_hash"]
+        head = heads.get(chain_id)
+        if head is None:
+            problems.append(Problem(chain_id, None, None, "chain head missing (deleted)"))
+        elif head[0] != expected_seq - 1 or head[1] != prev:
+            problems.append(
+                Problem(
+                    chain_id,
+                    None,
+                    expected_seq - 1 if expected_seq > 1 else None,
+                    f"chain ends at seq {expected_seq - 1} but its head says {head[0]}: "
+                    "rows at the end are missing (deleted) or the head was changed",
+                )
+            )
+    return VerifyReport(len(chains), rows_seen, problems)
+
+
+def _rows(engine: Engine, chain_id: str, batch: int) -> Iterator[Row[Any]]:
+    """Keyset pagination: millions of rows without holding them or a server-side cursor."""
+    a = delivery_audit.c
+    after = 0
+    while True:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                select(delivery_audit)
+                .where(a.chain_id == chain_id, a.seq > after)
+                .order_by(a.seq)
+                .limit(batch)
+            ).all()
+        if not rows:
+            return
+        yield from rows
+        after = rows[-1].seq
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    recorded_at: dt.datetime
+    agency: str
+    subscription: str
+    purpose: str
+    event_type: str
+    ce_id: str
+    fields: list[str]
+    channel: str
+    outcome: str
+
+
+def receipts_for(engine: Engine, key: str, identifier: str, limit: int = 1000) -> list[Receipt]:
+    """Who received this person's data, when and why: newest first, through the index."""
+    a = delivery_audit.c
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(
+                a.recorded_at,
+                a.agency,
+                a.subscription,
+                a.purpose,
+                a.event_type,
+                a.ce_id,
+                a.fields,
+                a.channel,
+                a.outcome,
+            )
+            .where(a.subject_hash == subject_hash(key, identifier))
+            .order_by(a.recorded_at.desc(), a.id.desc())
+            .limit(limit)
+        ).all()
+    return [
+        Receipt(
+            r.recorded_at,
+            r.agency,
+            r.subscription,
+            r.purpose,
+            r.event_type,
+            r.ce_id,
+            json.loads(r.fields),
+            r.channel,
+            r.outcome,
+        )
+        for r in rows
+    ]
