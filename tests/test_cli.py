@@ -106,4 +106,6 @@ def test_demo_runs_twice_and_balances() -> None:
         )
         assert result.returncode == 0, result.stdout + result.stderr
         assert "every received message is stored" in result.stdout
+        assert "hash chains intact" in result.stdout
+        assert "agencies connected" in result.stdout
         assert "broker stopped" in result.stdout
