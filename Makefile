@@ -23,6 +23,7 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/steps.py
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/audit_subject.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -445,13 +445,18 @@ def test_signature_verifies_with_the_documented_snippets(endpoints: Endpoints) -
             + "\nexit(verify_simpul_signature($argv[1], $argv[2], stream_get_contents(STDIN))"
             " ? 0 : 1);"
         )
-        result = subprocess.run(
-            ["php", "-r", script.removeprefix("<?php"), "dinsos-secret", signature],
-            input=hit.body,
-            capture_output=True,
-            timeout=30,
-        )
-        assert result.returncode == 0, result.stderr
+        for secret, body, valid in [
+            ("dinsos-secret", hit.body, True),
+            ("bkd-secret", hit.body, False),
+            ("dinsos-secret", hit.body.replace(b"SKTM", b"SKTX"), False),
+        ]:
+            result = subprocess.run(
+                ["php", "-r", script.removeprefix("<?php"), secret, signature],
+                input=body,
+                capture_output=True,
+                timeout=30,
+            )
+            assert result.returncode == (0 if valid else 1), result.stderr
 
 
 def _start_deliverer(stack: Stack, port: int) -> subprocess.Popen[bytes]:
