@@ -18,14 +18,9 @@ import random
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
-from aiokafka.partitioner import DefaultPartitioner
-from aiokafka.structs import OffsetAndMetadata
-from mode import Service
+from aiokafka import TopicPartition
 
 from simpul import metrics
 from simpul.catalog import EventCatalog
@@ -36,6 +31,7 @@ from simpul.settings import Settings
 from simpul.topology import EventType, Topology
 from sinks.central_store import TRANSIENT_ERRORS, CentralStore, StoredEvent, WriteResult
 from sinks.dead_letter_log import DeadLetterLog, DeadLetterRow
+from streams.batching import Batch, BatchService, Outgoing
 from streams.pipeline import (
     Accepted,
     BatchOutcome,
@@ -50,9 +46,6 @@ from streams.pipeline import (
 
 log = logging.getLogger("simpul.ingest")
 T = TypeVar("T")
-
-#: aiokafka waits this long for data in a fetch; see streams/transport.py for why it is short.
-FETCH_MAX_WAIT_MS = 100
 
 
 class Health:
@@ -78,34 +71,11 @@ class Health:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    """A message to produce: forwarded to simpul.valid or dead-lettered to simpul.dlq."""
+class IngestService(BatchService):
+    """Consumes every ``simpul.in.<type>`` topic of the topology in batches; forwards to
+    ``simpul.valid`` and dead-letters to ``simpul.dlq`` (partitioned by the record's key)."""
 
-    topic: str
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes]]
-    timestamp: float | None
-
-
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Lets a batch in flight finish and commit before its partitions move to another worker."""
-
-    def __init__(self, service: IngestService) -> None:
-        self.service = service
-
-    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        async with self.service.batch_lock:
-            for tp in revoked:
-                self.service.dedup_for(tp.topic).forget([tp.partition])
-
-    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        self.service.health.assigned_partitions = len(self.service.consumer.assignment())
-
-
-class IngestService(Service):
-    """Consumes every ``simpul.in.<type>`` topic of the topology in batches."""
+    role: ClassVar[str] = "ingest"
 
     def __init__(
         self,
@@ -116,8 +86,7 @@ class IngestService(Service):
         health: Health,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
-        self.settings = settings
+        super().__init__(settings, **kwargs)
         self.topology = topology
         self.catalog = catalog
         self.store = store
@@ -127,76 +96,27 @@ class IngestService(Service):
         self.dedup: dict[str, DedupWindow] = {
             topic: DedupWindow(settings.dedup_window) for topic in self.types_by_topic
         }
-        self.batch_lock = asyncio.Lock()
-        self._partitions: dict[str, list[int]] = {}
-        self._partition_cache: dict[tuple[bytes, int], int] = {}
-        self._partitioner = DefaultPartitioner()
-        self._stopping = False
-        self.consumer: AIOKafkaConsumer
-        self.producer: AIOKafkaProducer
 
     def dedup_for(self, topic: str) -> DedupWindow:
         return self.dedup[topic]
 
-    async def on_start(self) -> None:
-        bootstrap = self.settings.kafka_bootstrap.split(",")
-        self.producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap,
-            acks="all",
-            linger_ms=5,
-            max_batch_size=512 * 1024,
-            client_id=f"{self.settings.worker_id}-ingest",
-        )
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
-            group_id=f"{self.settings.worker_id}.ingest",
-            client_id=f"{self.settings.worker_id}-ingest",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
-            max_poll_records=self.settings.batch_size,
-            max_partition_fetch_bytes=4 * 1024 * 1024,
-            session_timeout_ms=int(self.settings.session_timeout_s * 1000),
-            rebalance_timeout_ms=int(self.settings.rebalance_timeout_s * 1000),
-            heartbeat_interval_ms=int(min(1.0, self.settings.session_timeout_s / 3) * 1000),
-        )
-        await self.producer.start()
-        self.consumer.subscribe(list(self.types_by_topic), listener=_Rebalance(self))
-        await self.consumer.start()
+    def topics(self) -> list[str]:
+        return list(self.types_by_topic)
 
-    async def on_stop(self) -> None:
-        # Runs before mode cancels the loop: let the batch in flight finish and commit.
-        self._stopping = True
-        try:
-            await asyncio.wait_for(self.batch_lock.acquire(), self.settings.stop_timeout_s)
-        except TimeoutError:
-            log.warning(
-                "batch still in flight after %.0fs; stopping without it",
-                self.settings.stop_timeout_s,
-            )
-        else:
-            self.batch_lock.release()
-        await self.consumer.stop()
-        await self.producer.stop()
+    def producer_options(self) -> dict[str, Any]:
+        return {"max_batch_size": 512 * 1024}
 
-    @Service.task
-    async def _consume(self) -> None:
-        timeout_ms = int(self.settings.batch_seconds * 1000)
-        while not self._stopping and not self.should_stop:
-            batch = await self.consumer.getmany(
-                timeout_ms=timeout_ms, max_records=self.settings.batch_size
-            )
-            if not batch or self._stopping:
-                continue  # a batch fetched while stopping is left for the next owner
-            async with self.batch_lock:
-                try:
-                    await self.process(batch)
-                except Exception as error:
-                    log.critical("unexpected failure; stopping the worker", exc_info=True)
-                    await self.crash(error)
-                    return
+    def consumer_options(self) -> dict[str, Any]:
+        return {"max_partition_fetch_bytes": 4 * 1024 * 1024}
 
-    async def process(self, batch: dict[TopicPartition, list[Any]]) -> None:
+    def on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        for tp in revoked:
+            self.dedup_for(tp.topic).forget([tp.partition])
+
+    async def on_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        self.health.assigned_partitions = len(self.consumer.assignment())
+
+    async def process(self, batch: Batch) -> None:
         received_at = dt.datetime.now(dt.UTC)
         by_topic: dict[str, list[RawRecord]] = defaultdict(list)
         for tp, messages in batch.items():
@@ -234,23 +154,28 @@ class IngestService(Service):
             valid_topic = event_type.topic("valid")
             outgoing += [
                 Outgoing(
-                    valid_topic, a.record.key, a.record.value, a.record.headers, a.record.timestamp
+                    valid_topic,
+                    a.record.key,
+                    a.record.value,
+                    a.record.headers,
+                    a.record.timestamp,
+                    partition_key=a.record.key,
                 )
                 for a in outcome.accepted
             ]
             outgoing += [self._dead_letter(event_type, r, now) for r in outcome.rejected]
             letters += [_letter_row(event_type, r, now) for r in outcome.rejected]
         # The store write runs in a thread while the broker takes the forwarded messages.
-        sent = asyncio.ensure_future(self._send_all(outgoing))
+        sent = asyncio.ensure_future(self.send_all(outgoing))
         result = await self._write(stored)
         rejects = self._store_rejects(outcomes, result, now, letters)
         await sent
         if rejects:
-            await self._send_all(rejects)
+            await self.send_all(rejects)
         if letters:
             # One statement per batch, and only for batches that had dead letters.
             await self._retrying(self.dead_letter_log.record, letters)
-        await self._commit(batch)
+        await self.commit(batch)
         for event_type, records, outcome in outcomes:
             self._observe(event_type, records, outcome, result)
         self._observe_lag(batch)
@@ -283,76 +208,13 @@ class IngestService(Service):
         )
         headers = dead_letter_headers(record, error.stage, error.code, error.reason, now)
         return Outgoing(
-            event_type.topic("dlq"), record.key, record.value, headers, record.timestamp
+            event_type.topic("dlq"),
+            record.key,
+            record.value,
+            headers,
+            record.timestamp,
+            partition_key=record.key,
         )
-
-    async def _send_all(self, outgoing: Sequence[Outgoing]) -> None:
-        """Produce in per-partition batches and wait for the broker's acks (acks=all).
-
-        One future per batch instead of one coroutine per message: per-message sends were the
-        largest cost of the event loop after decoding.
-        """
-        groups: dict[tuple[str, int], list[Outgoing]] = defaultdict(list)
-        for item in outgoing:
-            partitions = self._partitions.get(item.topic)
-            if partitions is None:
-                partitions = self._partitions[item.topic] = sorted(
-                    await self.producer.partitions_for(item.topic)
-                )
-            groups[(item.topic, self._partition_of(item.key, partitions))].append(item)
-        futures = []
-        for (topic, partition), items in groups.items():
-            batch = self.producer.create_batch()
-            for item in items:
-                if (
-                    batch.append(
-                        key=item.key,
-                        value=item.value,
-                        timestamp=item.timestamp,
-                        headers=item.headers,
-                    )
-                    is None
-                ):
-                    futures.append(
-                        await self.producer.send_batch(batch, topic, partition=partition)
-                    )
-                    batch = self.producer.create_batch()
-                    batch.append(
-                        key=item.key,
-                        value=item.value,
-                        timestamp=item.timestamp,
-                        headers=item.headers,
-                    )
-            futures.append(await self.producer.send_batch(batch, topic, partition=partition))
-        if futures:
-            await asyncio.gather(*futures)
-
-    def _partition_of(self, key: bytes | None, partitions: list[int]) -> int:
-        # Same murmur2 partitioner as the Java client and kafka-python, so a key keeps its
-        # partition number across simpul.in, simpul.valid and simpul.dlq (co-partitioning).
-        if key is None:
-            return random.choice(partitions)
-        cache_key = (key, len(partitions))
-        partition = self._partition_cache.get(cache_key)
-        if partition is None:
-            if len(self._partition_cache) > 100_000:
-                self._partition_cache.clear()
-            partition = self._partition_cache[cache_key] = self._partitioner(
-                key, partitions, partitions
-            )
-        return partition
-
-    async def _commit(self, batch: dict[TopicPartition, list[Any]]) -> None:
-        offsets = {
-            tp: OffsetAndMetadata(messages[-1].offset + 1, "") for tp, messages in batch.items()
-        }
-        try:
-            await self.consumer.commit(offsets)
-        except (CommitFailedError, IllegalStateError) as error:
-            # The partitions moved during the batch; the new owner re-delivers, the store dedups.
-            log.warning("offset commit refused after a rebalance: %s", error)
-        except KafkaError as error:
-            log.warning("offset commit failed (%s); the batch will be re-delivered", error)
 
     def _validate_all(
         self, by_topic: dict[str, list[RawRecord]]
@@ -440,7 +302,7 @@ class IngestService(Service):
                 latency.observe(max(0.0, now - event.published_at.timestamp()))
         self.health.last_batch_at = now
 
-    def _observe_lag(self, batch: dict[TopicPartition, list[Any]]) -> None:
+    def _observe_lag(self, batch: Batch) -> None:
         for tp, messages in batch.items():
             highwater = self.consumer.highwater(tp)
             if highwater is not None:

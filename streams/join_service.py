@@ -30,12 +30,10 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
-from aiokafka.structs import OffsetAndMetadata
 from mode import Service
 
 from simpul import metrics
@@ -45,6 +43,7 @@ from simpul.envelope import Envelope, Headers, header
 from simpul.errors import InvalidMessage
 from simpul.settings import Settings
 from simpul.topology import Topology
+from streams.batching import FETCH_MAX_WAIT_MS, Batch, BatchService
 from streams.joins import Effects, JoinEvent, JoinLogic, JoinPartition, StateChange
 from streams.pipeline import RawRecord, agency_label, dead_letter_headers
 
@@ -65,31 +64,15 @@ class Send:
     partition: int | None = None
 
 
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, service: JoinService) -> None:
-        self.service = service
-
-    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        async with self.service.lock:  # the batch in flight finishes and commits first
-            self.service.forget({tp.partition for tp in revoked})
-
-    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
-        try:
-            await self.service.restore({tp.partition for tp in assigned})
-        except Exception as error:
-            # Joining against a partial state would give wrong answers: stop, to be restarted.
-            log.critical("join state restore failed; stopping", exc_info=True)
-            await self.service.crash(error)
-
-
-class JoinService(Service):
+class JoinService(BatchService):
     """Runs every join of the topology over the partitions this process is assigned."""
+
+    role: ClassVar[str] = "joins"
 
     def __init__(
         self, settings: Settings, topology: Topology, catalog: EventCatalog, **kwargs: Any
     ) -> None:
-        super().__init__(**kwargs)
-        self.settings = settings
+        super().__init__(settings, **kwargs)
         self.topology = topology
         self.catalog = catalog
         self.logics = [
@@ -109,71 +92,29 @@ class JoinService(Service):
             self.routes[right_type.topic("valid")].append(("right", logic))
         self.states: dict[tuple[str, int], JoinPartition] = {}
         self.loaded: set[int] = set()
-        self.lock = asyncio.Lock()
         self.last_batch_at: float | None = None
-        self._stopping = False
-        self.consumer: AIOKafkaConsumer
-        self.producer: AIOKafkaProducer
 
     # Lifecycle
 
-    async def on_start(self) -> None:
-        bootstrap = self.settings.kafka_bootstrap.split(",")
-        self.producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap,
-            acks="all",
-            linger_ms=5,
-            client_id=f"{self.settings.worker_id}-joins",
-        )
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
-            group_id=f"{self.settings.worker_id}.joins",
-            client_id=f"{self.settings.worker_id}-joins",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=100,
-            max_poll_records=self.settings.batch_size,
-            partition_assignment_strategy=(RangePartitionAssignor,),
-            session_timeout_ms=int(self.settings.session_timeout_s * 1000),
-            # The restore runs after the group settled (on assignment), so it does not count
-            # against the rebalance timeout; the embedded broker's first join waits for it.
-            rebalance_timeout_ms=int(self.settings.rebalance_timeout_s * 1000),
-            heartbeat_interval_ms=int(min(1.0, self.settings.session_timeout_s / 3) * 1000),
-        )
-        await self.producer.start()
-        if self.routes:
-            self.consumer.subscribe(sorted(self.routes), listener=_Rebalance(self))
-        await self.consumer.start()
+    def topics(self) -> list[str]:
+        return sorted(self.routes)
 
-    async def on_stop(self) -> None:
-        self._stopping = True
+    def consumer_options(self) -> dict[str, Any]:
+        # One process gets the same partition numbers of every input topic (co-partitioning).
+        return {"partition_assignment_strategy": (RangePartitionAssignor,)}
+
+    def on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        self.forget({tp.partition for tp in revoked})
+
+    async def on_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        # The restore runs after the group settled, so it does not count against the
+        # rebalance timeout; the embedded broker's first join waits for it.
         try:
-            await asyncio.wait_for(self.lock.acquire(), self.settings.stop_timeout_s)
-        except TimeoutError:
-            log.warning("join batch still in flight; stopping without it")
-        else:
-            self.lock.release()
-        await self.consumer.stop()
-        await self.producer.stop()
-
-    @Service.task
-    async def _consume(self) -> None:
-        if not self.routes:
-            return
-        timeout_ms = int(self.settings.batch_seconds * 1000)
-        while not self._stopping and not self.should_stop:
-            batch = await self.consumer.getmany(
-                timeout_ms=timeout_ms, max_records=self.settings.batch_size
-            )
-            if not batch or self._stopping:
-                continue
-            async with self.lock:
-                try:
-                    await self.process(batch)
-                except Exception as error:
-                    log.critical("unexpected failure in the joins; stopping", exc_info=True)
-                    await self.crash(error)
-                    return
+            await self.restore({tp.partition for tp in assigned})
+        except Exception as error:
+            # Joining against a partial state would give wrong answers: stop, to be restarted.
+            log.critical("join state restore failed; stopping", exc_info=True)
+            await self.crash(error)
 
     @Service.task
     async def _expire(self) -> None:
@@ -181,7 +122,7 @@ class JoinService(Service):
             await self.sleep(self.settings.join_check_s)
             if self._stopping:
                 return
-            async with self.lock:
+            async with self.batch_lock:
                 try:
                     sends = await asyncio.to_thread(self._expire_sync, time.time())
                     await self._send(sends)
@@ -192,19 +133,13 @@ class JoinService(Service):
 
     # Processing
 
-    async def process(self, batch: dict[TopicPartition, list[Any]]) -> None:
+    async def process(self, batch: Batch) -> None:
         sends = await asyncio.to_thread(self._process_sync, batch)
         await self._send(sends)
-        offsets = {tp: OffsetAndMetadata(msgs[-1].offset + 1, "") for tp, msgs in batch.items()}
-        try:
-            await self.consumer.commit(offsets)
-        except (CommitFailedError, IllegalStateError) as error:
-            log.warning("join offset commit refused after a rebalance: %s", error)
-        except KafkaError as error:
-            log.warning("join offset commit failed (%s); the batch will be re-delivered", error)
+        await self.commit(batch)
         self.last_batch_at = time.time()
 
-    def _process_sync(self, batch: dict[TopicPartition, list[Any]]) -> list[Send]:
+    def _process_sync(self, batch: Batch) -> list[Send]:
         now = time.time()
         sends: list[Send] = []
         effects: dict[tuple[JoinLogic, int], Effects] = defaultdict(Effects)
@@ -387,7 +322,7 @@ class JoinService(Service):
             bootstrap_servers=self.settings.kafka_bootstrap.split(","),
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            fetch_max_wait_ms=100,
+            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
             client_id=f"{self.settings.worker_id}-joins-restore",
         )
         await reader.start()
@@ -408,7 +343,7 @@ class JoinService(Service):
                             records[tp].append(m)
         finally:
             await reader.stop()
-        async with self.lock:
+        async with self.batch_lock:
             counts = await asyncio.to_thread(self._restore_sync, records, fresh)
             self.loaded |= partitions
         log.info(

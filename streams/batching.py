@@ -1,0 +1,248 @@
+"""The aiokafka plumbing the batch services share: clients, the ``getmany()`` loop, stop, commit.
+
+A subclass names its topics and processes one whole batch per event-loop turn; the loop holds
+``batch_lock`` around each batch, so a rebalance or a stop waits for the batch in flight to be
+written, produced and committed before its partitions move.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.structs import OffsetAndMetadata
+from mode import Service
+
+from simpul.settings import Settings
+
+log = logging.getLogger("simpul.batching")
+
+#: aiokafka waits this long for data in a fetch; see streams/transport.py for why it is short.
+FETCH_MAX_WAIT_MS = 100
+
+Batch = dict[TopicPartition, list[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A message to produce, on the partition that ``partition_key`` hashes to."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+    timestamp: float | None
+    partition_key: bytes | None
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, service: BatchService) -> None:
+        self.service = service
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        async with self.service.batch_lock:  # the batch in flight finishes and commits first
+            self.service.on_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        await self.service.on_assigned(assigned)
+
+
+class BatchService(Service):
+    """Consumes `topics()` in batches of up to ``settings.batch_size`` and hands each to
+    `process`, which commits (`commit`) once its sink has the data."""
+
+    #: Names the consumer group (``<worker_id>.<role>``) and the clients (``<worker_id>-<role>``).
+    role: ClassVar[str]
+
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.settings = settings
+        self.batch_lock = asyncio.Lock()
+        self._stopping = False
+        self._connected = False
+        self._partitions: dict[str, list[int]] = {}
+        self._partition_cache: dict[tuple[bytes, int], int] = {}
+        self._partitioner = DefaultPartitioner()
+        self.consumer: AIOKafkaConsumer
+        self.producer: AIOKafkaProducer
+
+    # What a subclass says
+
+    def topics(self) -> list[str]:
+        raise NotImplementedError
+
+    async def process(self, batch: Batch) -> None:
+        raise NotImplementedError
+
+    def producer_options(self) -> dict[str, Any]:
+        return {}
+
+    def consumer_options(self) -> dict[str, Any]:
+        return {}
+
+    async def open(self) -> None:
+        """Runs in the loop's task before the first fetch; a failure crashes the worker."""
+
+    def on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        """Partitions leave this process; runs under ``batch_lock``."""
+
+    async def on_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        """Partitions arrive, before the first fetch from them."""
+
+    # Lifecycle
+
+    async def on_start(self) -> None:
+        await self.start_producer()
+        await self.start_consumer()
+
+    async def start_producer(self) -> None:
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=self.settings.kafka_bootstrap.split(","),
+            acks="all",
+            linger_ms=5,
+            client_id=f"{self.settings.worker_id}-{self.role}",
+            **self.producer_options(),
+        )
+        await self.producer.start()
+
+    async def start_consumer(self) -> None:
+        session_timeout_s = self.settings.session_timeout_s
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap.split(","),
+            group_id=f"{self.settings.worker_id}.{self.role}",
+            client_id=f"{self.settings.worker_id}-{self.role}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+            max_poll_records=self.settings.batch_size,
+            session_timeout_ms=int(session_timeout_s * 1000),
+            rebalance_timeout_ms=int(self.settings.rebalance_timeout_s * 1000),
+            heartbeat_interval_ms=int(min(1.0, session_timeout_s / 3) * 1000),
+            **self.consumer_options(),
+        )
+        topics = self.topics()
+        if topics:
+            self.consumer.subscribe(topics, listener=_Rebalance(self))
+        await self.consumer.start()
+        self._connected = True
+
+    async def on_stop(self) -> None:
+        # Runs before mode cancels the loop: let the batch in flight finish and commit.
+        self._stopping = True
+        try:
+            await asyncio.wait_for(self.batch_lock.acquire(), self.settings.stop_timeout_s)
+        except TimeoutError:
+            log.warning(
+                "%s batch still in flight after %.0fs; stopping without it",
+                self.role,
+                self.settings.stop_timeout_s,
+            )
+        else:
+            self.batch_lock.release()
+        if self._connected:
+            await self.consumer.stop()
+            await self.producer.stop()
+
+    @Service.task
+    async def _consume(self) -> None:
+        try:
+            await self.open()
+        except Exception as error:
+            log.critical("%s cannot start: %s", self.role, error)
+            await self.crash(error)
+            return
+        if not self.topics():
+            return
+        timeout_ms = int(self.settings.batch_seconds * 1000)
+        while not self._stopping and not self.should_stop:
+            batch = await self.consumer.getmany(
+                timeout_ms=timeout_ms, max_records=self.settings.batch_size
+            )
+            if not batch or self._stopping:
+                continue  # a batch fetched while stopping is left for the next owner
+            async with self.batch_lock:
+                try:
+                    await self.process(batch)
+                except Exception as error:
+                    log.critical("unexpected %s failure; stopping", self.role, exc_info=True)
+                    await self.crash(error)
+                    return
+
+    # Produce and commit
+
+    async def send_all(self, outgoing: Sequence[Outgoing]) -> None:
+        """Produce in per-partition batches and wait for the broker's acks (acks=all).
+
+        One future per batch instead of one coroutine per message: per-message sends were the
+        largest cost of the event loop after decoding.
+        """
+        groups: dict[tuple[str, int], list[Outgoing]] = defaultdict(list)
+        for item in outgoing:
+            partitions = self._partitions.get(item.topic)
+            if partitions is None:
+                partitions = self._partitions[item.topic] = sorted(
+                    await self.producer.partitions_for(item.topic)
+                )
+            groups[(item.topic, self._partition_of(item.partition_key, partitions))].append(item)
+        futures = []
+        for (topic, partition), items in groups.items():
+            batch = self.producer.create_batch()
+            for item in items:
+                if (
+                    batch.append(
+                        key=item.key,
+                        value=item.value,
+                        timestamp=item.timestamp,
+                        headers=item.headers,
+                    )
+                    is None
+                ):
+                    futures.append(
+                        await self.producer.send_batch(batch, topic, partition=partition)
+                    )
+                    batch = self.producer.create_batch()
+                    batch.append(
+                        key=item.key,
+                        value=item.value,
+                        timestamp=item.timestamp,
+                        headers=item.headers,
+                    )
+            futures.append(await self.producer.send_batch(batch, topic, partition=partition))
+        if futures:
+            await asyncio.gather(*futures)
+
+    def _partition_of(self, key: bytes | None, partitions: list[int]) -> int:
+        # Same murmur2 partitioner as the Java client and kafka-python, so a key keeps its
+        # partition number across simpul.in, simpul.valid and simpul.dlq (co-partitioning).
+        if key is None:
+            return random.choice(partitions)
+        cache_key = (key, len(partitions))
+        partition = self._partition_cache.get(cache_key)
+        if partition is None:
+            if len(self._partition_cache) > 100_000:
+                self._partition_cache.clear()
+            partition = self._partition_cache[cache_key] = self._partitioner(
+                key, partitions, partitions
+            )
+        return partition
+
+    async def commit(self, batch: Batch) -> None:
+        """Commit past the batch; call it once the batch's sink has the data."""
+        offsets = {tp: OffsetAndMetadata(msgs[-1].offset + 1, "") for tp, msgs in batch.items()}
+        try:
+            await self.consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as error:
+            # The partitions moved during the batch; the new owner re-delivers (at-least-once).
+            log.warning("%s offset commit refused after a rebalance: %s", self.role, error)
+        except KafkaError as error:
+            log.warning(
+                "%s offset commit failed (%s); the batch will be re-delivered", self.role, error
+            )
