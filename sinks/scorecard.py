@@ -33,7 +33,7 @@ from sinks.dead_letter_log import dead_letters
 
 WINDOW = dt.timedelta(hours=24)
 #: Dead-letter stages that are failures on Simpul's side or downstream, not the agency's data.
-ERROR_STAGES = ("store", "join", "deliver")
+ERROR_STAGES = ("store", "join", "webhook")
 
 
 @dataclass(frozen=True, slots=True)

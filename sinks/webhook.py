@@ -47,6 +47,7 @@ from simpul.subscriptions import Subscription, inbox_topic, webhook_dlq_topic
 from simpul.topology import Topology
 from sinks.audit import AuditEntry, AuditLog, inbox_subjects
 from sinks.central_store import TRANSIENT_ERRORS
+from sinks.dead_letter_log import DeadLetterLog, DeadLetterRow
 
 log = logging.getLogger("simpul.deliver")
 
@@ -207,6 +208,7 @@ class WebhookDeliverer:
         self.topology = topology
         self.resolver = resolver
         self.audit = audit
+        self.dead_letter_log = DeadLetterLog(audit.engine)
         self.secrets = secrets
         self.now = now
         self.subscriptions = {s.name: s for s in topology.subscriptions if s.webhook}
@@ -434,11 +436,27 @@ class WebhookDeliverer:
                 await self.producer.send_and_wait(
                     topic, value=job.value, key=job.key, headers=headers
                 )
-                return
+                break
             except KafkaError as error:  # the broker is away: the offset waits for it
                 log.warning("dead letter not accepted (%s); retrying in %.1fs", error, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30)
+        letter = DeadLetterRow(
+            topic=job.tp.topic,
+            partition=job.tp.partition,
+            offset=job.offset,
+            type=header(job.headers, "ce_type") or "unknown",
+            agency=job.subscription.agency,
+            stage="webhook",
+            code="webhook.failed",
+            reason=(reason or "")[:2000],
+            ce_id=header(job.headers, "ce_id") or None,
+            dead_lettered_at=dt.datetime.now(dt.UTC),
+        )
+        try:  # the scorecard's count; the dead-letter topic above is the record of truth
+            await asyncio.to_thread(self.dead_letter_log.record, [letter])
+        except Exception as error:
+            log.warning("dead letter not recorded in the store's dead_letters: %s", error)
 
     async def checkpoint(self) -> None:
         """Write the audit rows of finished messages, then commit what is finished.

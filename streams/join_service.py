@@ -39,10 +39,12 @@ from mode import Service
 from simpul import metrics
 from simpul.catalog import EventCatalog
 from simpul.codec import unframe
+from simpul.db import make_engine
 from simpul.envelope import Envelope, Headers, header
 from simpul.errors import InvalidMessage
 from simpul.settings import Settings
 from simpul.topology import Topology
+from sinks.dead_letter_log import DeadLetterLog, DeadLetterRow
 from streams.batching import FETCH_MAX_WAIT_MS, Batch, BatchService
 from streams.joins import Effects, JoinEvent, JoinLogic, JoinPartition, StateChange
 from streams.pipeline import RawRecord, agency_label, dead_letter_headers
@@ -62,6 +64,8 @@ class Send:
     value: bytes | None
     headers: Headers
     partition: int | None = None
+    #: For a dead letter: its row in the store's ``dead_letters`` table (the scorecard's source).
+    letter: DeadLetterRow | None = None
 
 
 class JoinService(BatchService):
@@ -75,6 +79,7 @@ class JoinService(BatchService):
         super().__init__(settings, **kwargs)
         self.topology = topology
         self.catalog = catalog
+        self.dead_letter_log = DeadLetterLog(make_engine(settings.database_url))
         self.logics = [
             JoinLogic(j, topology.event_type(j.output), settings.join_wait_s)
             for j in topology.joins
@@ -268,7 +273,20 @@ class JoinService(BatchService):
         # The left type's own key, so a replay to simpul.in passes the key check.
         key = str(left.payload[left_type.key]).encode()
         headers = dead_letter_headers(left.record, "join", code, reason, now)
-        return Send(left_type.topic("dlq"), key, left.record.value, headers)
+        agency = self.topology.agency_for_source(left.envelope.source)
+        letter = DeadLetterRow(
+            topic=left.record.topic,
+            partition=left.record.partition,
+            offset=left.record.offset,
+            type=left_type.name,
+            agency=agency.code if agency else "unknown",
+            stage="join",
+            code=code,
+            reason=reason[:2000],
+            ce_id=left.envelope.id,
+            dead_lettered_at=now,
+        )
+        return Send(left_type.topic("dlq"), key, left.record.value, headers, letter=letter)
 
     def _changelog_send(self, logic: JoinLogic, partition: int, change: StateChange) -> Send:
         topic = logic.join.state_topic()
@@ -292,6 +310,9 @@ class JoinService(BatchService):
         ]
         if futures:
             await asyncio.gather(*futures)
+        if letters := [s.letter for s in sends if s.letter is not None]:
+            # After the broker has the dead letters, before the offsets are committed.
+            await asyncio.to_thread(self.dead_letter_log.record, letters)
 
     # Partition ownership and state rebuild
 

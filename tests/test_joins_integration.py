@@ -277,6 +277,13 @@ def test_assessment_of_an_unknown_employee_is_dead_lettered_when_the_wait_runs_o
     assert letter_headers["key"] == unknown
     assert not derived(stack, "hr.allowance.basis", "nip", unknown)
     assert joins.metric("simpul_join_expired_total", join="tpp-allowance-basis") >= 1
+    # The scorecard's source: the store's dead_letters table has it too, with its agency.
+    with stack.store.engine.connect() as conn:
+        row = conn.execute(
+            text("select agency, stage, code, type from dead_letters where ce_id = :id"),
+            {"id": ce_id},
+        ).one()
+    assert tuple(row) == ("bkpsdm", "join", "join.timeout", "hr.performance.assessed")
 
 
 def test_sktm_for_a_non_recipient_requests_verification_and_for_an_active_one_does_not(

@@ -25,7 +25,7 @@ import fastavro
 import pytest
 import yaml
 from kafka import KafkaConsumer, TopicPartition
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from simpul.broker import EmbeddedBroker, free_port
 from simpul.codec import unframe
@@ -407,6 +407,16 @@ def test_webhooks_retry_honour_retry_after_and_dead_letter(
     assert outcomes.count(("kominfo-permit-statistics", "delivered")) == 2
     assert ("dinsos-deaths", "dead_lettered") in outcomes
     assert len(rows) == 7
+    with engine.connect() as conn:
+        recorded = conn.execute(
+            text("select agency, stage, ce_id from dead_letters where stage = 'webhook'")
+        ).all()
+    assert sorted(map(tuple, recorded)) == sorted(
+        [
+            ("dinsos", "webhook", published.ids["death"]),
+            ("kel-mamboro", "webhook", published.ids["pindah"]),
+        ]
+    )
     receipts = receipts_for(engine, AUDIT_KEY, nik)
     assert sorted((r.channel, r.outcome) for r in receipts) == [
         ("inbox", "delivered"),
