@@ -34,25 +34,34 @@ def status(
         print(json.dumps(card.as_dict(), ensure_ascii=False, indent=2))
         return
     colours = {"connected": "green", "stale": "red", "never": "red", "receives-only": "dim"}
-    table = Table(title=f"Simpul integration status: {card.city}")
-    for column in ("agency", "status", "cadence", "last event", "events 24h"):
-        table.add_column(column, no_wrap=column != "agency")
-    table.add_column("dead letters 24h", justify="right")
-    table.add_column("errors 24h", justify="right")
-    table.add_column("connectors / subscriptions", overflow="fold")
+    # A terminal narrower than the full table gets agency codes and short headings, so that
+    # every cell stays readable on one line.
+    wide = console.width >= 160
+    table = Table(title=f"Simpul integration status: {card.city} (counts: last 24 h)")
+    for column in ("agency", "status", "cadence", "last event", "events"):
+        table.add_column(column, no_wrap=column != "agency" or not wide)
+    table.add_column("dead letters" if wide else "DLQ", justify="right", no_wrap=True)
+    table.add_column("errors", justify="right", no_wrap=True)
+    table.add_column(
+        "connectors / subscriptions" if wide else "conn/subs", overflow="fold", min_width=9
+    )
     for a in card.agencies:
         colour = colours[a.status]
         table.add_row(
-            f"{a.name}\n[dim]{a.code}[/dim]",
+            f"{a.name}\n[dim]{a.code}[/dim]" if wide else a.code,
             f"[{colour}]{STATUS_LABELS[a.status]}[/{colour}]",
             a.cadence if a.publishes else "-",
             age(a.last_event_at, card.generated_at),
             str(a.events_24h),
             f"{a.dead_letters_24h} ({percent(a.dead_letter_rate)})",
             f"{a.errors_24h} ({percent(a.error_rate)})",
-            "\n".join([*a.connectors, *(f"→ {s}" for s in a.subscriptions)]) or "-",
+            "\n".join([*a.connectors, *(f"→ {s}" for s in a.subscriptions)]) or "-"
+            if wide
+            else f"{len(a.connectors)}/{len(a.subscriptions)}",
         )
     console.print(table)
+    if not wide:
+        console.print("[dim]names, connectors and subscriptions: a wider terminal or --json[/dim]")
     colour = "green" if card.connected_count == len(card.expected) else "yellow"
     console.print(f"[bold {colour}]{card.summary}[/bold {colour}]")
 

@@ -268,6 +268,16 @@ def test_cli_status_and_export(loaded: Loaded, tmp_path: Path) -> None:
     )
     assert "10 of 12 agencies connected" in table.stdout
     assert "STALE" in table.stdout and "Dinas Penanaman Modal" in table.stdout
+    narrow = subprocess.run(
+        [sys.executable, "-m", "simpul", "status"],
+        env={**env, "COLUMNS": "100"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    rows = [line for line in narrow.stdout.splitlines() if "dpmptsp" in line]
+    assert rows and "STALE" in rows[0], narrow.stdout  # code and status on one line
+    assert max(len(line) for line in narrow.stdout.splitlines()) <= 100
     out = tmp_path / "export"
     done = subprocess.run(
         [sys.executable, "-m", "simpul", "export", "--period", "2026-11", "--out", str(out)],
