@@ -108,7 +108,7 @@ def test_full_stack_services_with_healthchecks_and_scalable_workers() -> None:
         assert services[name]["depends_on"][wants]["condition"] == (
             "service_completed_successfully"
         )
-    for name in ("worker", "deliverer"):  # scaled: no fixed name, no host port
+    for name in ("worker", "joins", "deliverer"):  # scaled: no fixed name, no host port
         assert "container_name" not in services[name] and "ports" not in services[name]
     assert services["setup"]["depends_on"]["registry"]["condition"] == "service_healthy"
     setup = " ".join(services["migrate"]["entrypoint"] + services["setup"]["entrypoint"])
