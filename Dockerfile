@@ -1,4 +1,4 @@
-# One image for every Simpul process (worker, and later registry, ingress, deliverer).
+# One image for every Simpul process: registry, worker, joins, ingress, connect, deliver.
 FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
@@ -11,6 +11,7 @@ COPY topology ./topology
 RUN pip install --no-cache-dir .
 ENV SIMPUL_SCHEMAS_DIR=/app/schemas \
     SIMPUL_TOPOLOGY_FILE=/app/topology/palu.yaml \
+    SIMPUL_CONNECTORS_DIR=/app/topology/connectors \
     SIMPUL_DATA_DIR=/tmp/simpul
 USER nobody
 ENTRYPOINT ["simpul"]
