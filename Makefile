@@ -28,6 +28,7 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy simpul streams sinks connectors
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 import json
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,23 @@ metadata = MetaData(
         "pk": "pk_%(table_name)s",
     }
 )
+
+#: Every module that defines tables of the central store. Named, not imported, here: the
+#: core does not depend on sinks/ or connectors/; migrations and their test load them all.
+TABLE_MODULES = (
+    "simpul.registry",
+    "sinks.central_store",
+    "sinks.dead_letter_log",
+    "sinks.audit",
+    "connectors.state",
+)
+
+
+def full_metadata() -> MetaData:
+    """The metadata with every table of the central store registered on it."""
+    for name in TABLE_MODULES:
+        importlib.import_module(name)
+    return metadata
 
 
 def _json_default(value: Any) -> Any:

@@ -376,7 +376,7 @@ def _summary(
         caption="dup: duplicates dropped · dlq: dead-lettered · state: current-state rows",
     )
     ok = True
-    sums = defaultdict(float)
+    sums: defaultdict[str, float] = defaultdict(float)
     for et in topology.event_types:
         received = total(samples, "simpul_events_received_total", type=et.name)
         dups = total(samples, "simpul_duplicates_dropped_total", type=et.name)

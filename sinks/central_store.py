@@ -251,7 +251,8 @@ def newest_per_key(events: Iterable[StoredEvent], key_column: str) -> list[Store
 def first_per_ce_id(events: Iterable[StoredEvent]) -> tuple[list[StoredEvent], list[StoredEvent]]:
     """Split into (first occurrence of each ce_id, later copies)."""
     seen: set[str] = set()
-    unique, copies = [], []
+    unique: list[StoredEvent] = []
+    copies: list[StoredEvent] = []
     for event in events:
         (copies if event.ce_id in seen else unique).append(event)
         seen.add(event.ce_id)
@@ -321,7 +322,7 @@ class CentralStore:
         if self.engine.dialect.name == "postgresql":
             # Timestamps as ISO text: COPY parses them; psycopg's datetime dumping cost more.
             stamp = now.isoformat()
-            rows = [
+            rows: list[tuple[Any, ...]] = [
                 (
                     e.ce_id,
                     e.type,
@@ -352,7 +353,7 @@ class CentralStore:
                 )
                 for e in events
             ]
-        raw = conn.connection.driver_connection
+        raw: Any = conn.connection.driver_connection
         if self.engine.dialect.name == "postgresql":
             stage = self._pg_stage(raw, event_log, LOG_COLUMNS, rows)
             columns = ", ".join(LOG_COLUMNS)
@@ -400,7 +401,7 @@ class CentralStore:
             f"(excluded.event_time, excluded.ce_id) > ({table.name}.event_time, {table.name}.ce_id)"
         )
         names = ", ".join(columns)
-        raw = conn.connection.driver_connection
+        raw: Any = conn.connection.driver_connection
         if self.engine.dialect.name == "postgresql":
             stage = self._pg_stage(raw, table, columns, rows)
             with raw.cursor() as cursor:
@@ -441,7 +442,8 @@ class CentralStore:
             f"WHERE (excluded.event_time, excluded.ce_id) > "
             f"({table.name}.event_time, {table.name}.ce_id)"
         )
-        with conn.connection.driver_connection.cursor() as cursor:
+        raw: Any = conn.connection.driver_connection
+        with raw.cursor() as cursor:
             cursor.execute(sql, (types,))
 
     @staticmethod

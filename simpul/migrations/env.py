@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from alembic import context
 
-import simpul.registry  # noqa: F401  (registers the schema tables on the metadata)
-import sinks.audit  # (registers the delivery audit tables on the metadata)
-import sinks.central_store  # noqa: F401  (registers the store tables on the metadata)
-from simpul.db import metadata
+from simpul.db import full_metadata
+
+metadata = full_metadata()
 
 config = context.config
 
@@ -17,7 +16,7 @@ def run_migrations_online() -> None:
     if connection is None:
         from simpul.db import make_engine
 
-        engine = make_engine(config.get_main_option("sqlalchemy.url"))
+        engine = make_engine(config.get_main_option("sqlalchemy.url") or "")
         with engine.begin() as connection:
             _run(connection)
     else:
