@@ -365,9 +365,9 @@ def _invalid(problems: list[tuple[list[Any], str]]) -> JSONResponse:
 
 def serve(settings: Settings, topology: Any) -> None:
     """Run the ingress on ``settings.ingress_port`` until SIGINT/SIGTERM."""
-    from connectors.serving import run
     from simpul.db import make_engine
     from simpul.registry import SchemaResolver, SchemaStore
+    from simpul.serving import run
 
     engine = make_engine(settings.database_url)
     catalog = EventCatalog(topology, SchemaResolver(SchemaStore(engine)))

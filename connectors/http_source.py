@@ -67,7 +67,7 @@ class HttpConnector(SourceConnector):
     def start(self) -> None:
         import uvicorn
 
-        from connectors.serving import GracefulServer
+        from simpul.serving import GracefulServer
 
         self.keys = ApiKeyStore(self.context.store_engine)
         self.queue: queue.Queue[_Pending] = queue.Queue()

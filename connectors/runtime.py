@@ -432,7 +432,7 @@ def build_runtime(settings: Settings, topology: Topology) -> ConnectRuntime:
 def serve(settings: Settings, topology: Topology) -> list[dict[str, Any]]:
     """Run every connector and the REST API until SIGINT/SIGTERM; then stop them cleanly and
     return their final status."""
-    from connectors.serving import run
+    from simpul.serving import run
 
     runtime = build_runtime(settings, topology)
     runtime.start()

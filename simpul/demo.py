@@ -15,6 +15,7 @@ import threading
 import time
 import urllib.request
 from collections import defaultdict
+from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
@@ -145,12 +146,7 @@ def run_demo(console: Console, *, duration: float, rate: float) -> int:
         console.print(f"✓ {len(created)} topics declared (in, valid, dlq per event type)")
         dbmigrate.upgrade(database_url)
         console.print(f"✓ central store migrated ({workdir / 'simpul.db'})")
-        registry = subprocess.Popen(
-            [sys.executable, "-m", "simpul", "registry"],
-            env=env,
-            stdout=open(workdir / "registry.log", "wb"),  # noqa: SIM115
-            stderr=subprocess.STDOUT,
-        )
+        registry = _spawn("registry", env, workdir)
         wait_http(registry_port, "/config", 60)
         from simpul.cli_registry import register_http
 
@@ -159,22 +155,11 @@ def run_demo(console: Console, *, duration: float, rate: float) -> int:
         console.print(
             f"✓ schema registry on {registry_url}; {len(ids)} schemas registered through it"
         )
-        log = open(workdir / "worker.log", "wb")  # noqa: SIM115
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "simpul", "worker"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        worker = _spawn("worker", env, workdir)
         wait_http(web_port, "/health", 60)
         wait_assigned(web_port, 60)
         console.print(f"✓ worker running; metrics at http://127.0.0.1:{web_port}/metrics")
-        joins = subprocess.Popen(
-            [sys.executable, "-m", "simpul", "joins"],
-            env=env,
-            stdout=open(workdir / "joins.log", "wb"),  # noqa: SIM115
-            stderr=subprocess.STDOUT,
-        )
+        joins = _spawn("joins", env, workdir)
         wait_http(joins_port, "/health", 60)
         wait_assigned(joins_port, 60)
         console.print(
@@ -205,20 +190,9 @@ def run_demo(console: Console, *, duration: float, rate: float) -> int:
         if joins is not None:
             _stop(console, "joins", joins)
         if worker is not None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(30)
-                console.print(f"✓ worker stopped (exit {worker.returncode})")
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                console.print("[yellow]worker did not stop in 30s; killed[/yellow]")
+            _stop(console, "worker", worker)
         if registry is not None:
-            registry.terminate()
-            try:
-                registry.wait(10)
-            except subprocess.TimeoutExpired:
-                registry.kill()
-            console.print("✓ schema registry stopped")
+            _stop(console, "schema registry", registry)
         broker.stop()
         console.print("✓ broker stopped")
 
@@ -302,6 +276,14 @@ def _simulate_with_progress(
             )
     stop.set()
     return report
+
+
+def _spawn(command: str, env: dict[str, str], workdir: Path) -> subprocess.Popen[bytes]:
+    """Start `simpul <command>` with its output in ``workdir/<command>.log``."""
+    log = open(workdir / f"{command}.log", "wb")  # noqa: SIM115  (the child keeps it)
+    return subprocess.Popen(
+        [sys.executable, "-m", "simpul", command], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
 
 
 def _stop(console: Console, name: str, process: subprocess.Popen[bytes]) -> None:

@@ -380,13 +380,7 @@ def create_app(settings: Settings, store: SchemaStore | None = None) -> FastAPI:
 
 
 def serve(settings: Settings, port: int | None = None) -> None:
-    """Run the registry in the foreground (uvicorn, all interfaces)."""
-    import uvicorn
+    """Run the registry in the foreground (uvicorn, all interfaces) until SIGTERM/SIGINT."""
+    from simpul.serving import run
 
-    uvicorn.run(
-        create_app(settings),
-        host="0.0.0.0",
-        port=port or settings.registry_port,
-        log_level="warning",
-        access_log=False,
-    )
+    run(create_app(settings), port or settings.registry_port, access_log=False)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -332,3 +333,9 @@ def test_metrics_are_served_for_prometheus_without_the_token(registry: Registry)
     assert scrape.status_code == 200
     assert scrape.headers["content-type"].startswith("text/plain")
     assert 'simpul_registry_requests_total{method="GET",status="200"}' in scrape.text
+
+
+def test_sigterm_stops_the_registry_cleanly(pg_url: str, tmp_path: Path) -> None:
+    running = start_registry(pg_url, tmp_path, SIMPUL_REGISTRY_ADMIN_TOKEN="s3cret-admin")
+    running.process.send_signal(signal.SIGTERM)
+    assert running.process.wait(30) == 0  # not killed by the signal (-15)

@@ -1,7 +1,8 @@
 """Run an ASGI app with uvicorn so that SIGTERM returns to the caller, who then stops cleanly.
 
-uvicorn re-raises a captured SIGINT/SIGTERM after shutdown, which would end the process before
-the connectors flush their producers and stop their tasks.
+uvicorn re-raises a captured SIGINT/SIGTERM after shutdown, which would end the process by the
+signal (exit -15) before the connectors flush their producers and stop their tasks. Used by the
+registry, the ingress and the connector runtime.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class GracefulServer(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-def run(app: Any, port: int, host: str = "0.0.0.0") -> None:
+def run(app: Any, port: int, host: str = "0.0.0.0", **config: Any) -> None:
     """Serve until SIGINT/SIGTERM, then return."""
-    GracefulServer(uvicorn.Config(app, host=host, port=port, log_level="warning")).run()
+    options = {"log_level": "warning", **config}
+    GracefulServer(uvicorn.Config(app, host=host, port=port, **options)).run()
