@@ -373,21 +373,21 @@ def create_app(runtime: ConnectRuntime) -> FastAPI:
         task = runtime.tasks.get(name)
         return _not_found(name) if task is None else task.status(runtime.worker_id)
 
-    @app.put("/connectors/{name}/pause", status_code=202, summary="Pause: stop reading")
-    def pause(name: str) -> Any:
+    def act(name: str, action: str, status_code: int) -> Any:
+        """Run ``task.<action>()`` on the named connector; 404 when there is none."""
         task = runtime.tasks.get(name)
         if task is None:
             return _not_found(name)
-        task.pause()
-        return Response(status_code=202)
+        getattr(task, action)()
+        return Response(status_code=status_code)
+
+    @app.put("/connectors/{name}/pause", status_code=202, summary="Pause: stop reading")
+    def pause(name: str) -> Any:
+        return act(name, "pause", 202)
 
     @app.put("/connectors/{name}/resume", status_code=202, summary="Resume a paused connector")
     def resume(name: str) -> Any:
-        task = runtime.tasks.get(name)
-        if task is None:
-            return _not_found(name)
-        task.resume()
-        return Response(status_code=202)
+        return act(name, "resume", 202)
 
     @app.post(
         "/connectors/{name}/restart",
@@ -397,11 +397,7 @@ def create_app(runtime: ConnectRuntime) -> FastAPI:
         summary="Restart the task from its durable position (clears FAILED)",
     )
     def restart(name: str) -> Any:
-        task = runtime.tasks.get(name)
-        if task is None:
-            return _not_found(name)
-        task.restart()
-        return Response(status_code=204)
+        return act(name, "restart", 204)
 
     @app.get("/metrics", include_in_schema=False)
     def prometheus() -> Response:
