@@ -259,7 +259,14 @@ class KafkaCluster:
             if (node.data_dir / "log" / "meta.properties").exists():
                 continue
             result = subprocess.run(
-                [*java, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)],
+                [
+                    *java,
+                    "kafka.tools.StorageTool",
+                    "format",
+                    f"--cluster-id={cluster_id}",
+                    "-c",
+                    str(config),
+                ],
                 capture_output=True,
                 text=True,
                 timeout=120,

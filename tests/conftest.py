@@ -72,6 +72,22 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return [f"broker: {BROKER_ENGINE} (SIMPUL_TEST_BROKER)", f"postgresql: {where}"]
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """With SIMPUL_FAIL_ON_SKIP=1 (CI sets it) a skipped test fails: a missing tool is a defect
+    of the machine's set-up, not a pass."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if (
+        os.environ.get("SIMPUL_FAIL_ON_SKIP") == "1"
+        and report.skipped
+        and not hasattr(report, "wasxfail")
+    ):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"skipped, and SIMPUL_FAIL_ON_SKIP=1 forbids skips: {reason}"
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     if _pg_cluster is not None:
         _pg_cluster.destroy()
