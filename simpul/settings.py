@@ -43,8 +43,12 @@ class Settings(BaseSettings):
     batch_seconds: float = Field(
         default=0.1, gt=0, description="Longest wait to fill a batch before processing it"
     )
-    dedup_window: int = Field(
-        default=200_000, ge=0, description="ce_ids remembered per partition to drop duplicates"
+    dedup_window_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=0,
+        description="Memory per partition for the ce_ids remembered to drop duplicates "
+        "(128 bytes an id, whatever its length: 8 MiB is the last 32 768 to 65 536 ids); "
+        "0 turns the window off (the store still drops copies)",
     )
     session_timeout_s: float = Field(
         default=6.0,

@@ -24,7 +24,7 @@ from aiokafka import TopicPartition
 
 from simpul import metrics
 from simpul.catalog import EventCatalog
-from simpul.envelope import header
+from simpul.envelope import MAX_ID_LENGTH, header
 from simpul.errors import InvalidMessage
 from simpul.registry_client import RegistryUnavailable
 from simpul.settings import Settings
@@ -41,6 +41,7 @@ from streams.pipeline import (
     agency_label,
     dead_letter_headers,
     drop_duplicates,
+    forwardable_timestamp,
     validate_batch,
 )
 
@@ -94,7 +95,7 @@ class IngestService(BatchService):
         self.dead_letter_log = DeadLetterLog(store.engine)
         self.types_by_topic: dict[str, EventType] = {t.topic("in"): t for t in topology.event_types}
         self.dedup: dict[str, DedupWindow] = {
-            topic: DedupWindow(settings.dedup_window) for topic in self.types_by_topic
+            topic: DedupWindow.within(settings.dedup_window_bytes) for topic in self.types_by_topic
         }
 
     def dedup_for(self, topic: str) -> DedupWindow:
@@ -158,7 +159,7 @@ class IngestService(BatchService):
                     a.record.key,
                     a.record.value,
                     a.record.headers,
-                    a.record.timestamp,
+                    forwardable_timestamp(a.record),
                     partition_key=a.record.key,
                 )
                 for a in outcome.accepted
@@ -212,7 +213,7 @@ class IngestService(BatchService):
             record.key,
             record.value,
             headers,
-            record.timestamp,
+            forwardable_timestamp(record),
             partition_key=record.key,
         )
 
@@ -320,8 +321,13 @@ def _letter_row(event_type: EventType, rejected: Rejected, now: dt.datetime) -> 
         type=event_type.name,
         agency=rejected.agency,
         stage=error.stage,
-        code=error.code[:128],
-        reason=error.reason[:2000],
-        ce_id=(header(record.headers, "ce_id") or None),
+        code=_text(error.code, 128),
+        reason=_text(error.reason, 2000),
+        ce_id=_text(header(record.headers, "ce_id") or "", MAX_ID_LENGTH) or None,
         dead_lettered_at=now,
     )
+
+
+def _text(value: str, limit: int) -> str:
+    """What a text column holds: PostgreSQL refuses NUL characters and over-long values."""
+    return value.replace("\x00", "\\0")[:limit]
