@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from connectors.base import BatchOutcome, SourceConnector, SourceRecord
 from connectors.state import OffsetStore
+from simpul import jsontext
 
 
 class FileDropOptions(BaseModel):
@@ -88,9 +89,12 @@ def read_rows(
         if not line.strip():
             continue
         try:
-            value = json.loads(line)
+            value = jsontext.loads(line)
         except json.JSONDecodeError as error:
             rows.append((number, None, f"line: not JSON ({error.msg}, column {error.colno})"))
+            continue
+        except ValueError as error:
+            rows.append((number, None, f"line: {error}"))
             continue
         if not isinstance(value, dict):
             rows.append((number, None, f"line: expected a JSON object, got {type(value).__name__}"))

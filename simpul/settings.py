@@ -144,6 +144,12 @@ class Settings(BaseSettings):
         gt=0,
         description="How long the ingress remembers a ce_id/Idempotency-Key and its response",
     )
+    ingress_idempotency_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=4096,
+        description="Memory per agency for remembered ingress answers (about 400 bytes plus "
+        "the ids each); the oldest are forgotten first",
+    )
     ingress_ack_timeout_s: float = Field(
         default=30.0, gt=0, description="Longest wait for the broker's ack before answering 503"
     )

@@ -162,8 +162,8 @@ def validate_record(record: RawRecord, event_type: EventType, catalog: EventCata
     return Accepted(record, envelope, schema_id, payload, published)
 
 
-#: Failures that are not the message's fault: the batch is retried, nothing dead-lettered.
-RETRIED_ERRORS: tuple[type[Exception], ...] = (*TRANSIENT_ERRORS, ConnectionError)
+#: Raised as they are: the message's own rejection, and outages (the batch is retried).
+RETRIED_ERRORS: tuple[type[Exception], ...] = (InvalidMessage, *TRANSIENT_ERRORS, ConnectionError)
 
 
 def check_record(record: RawRecord, event_type: EventType, catalog: EventCatalog) -> Accepted:
@@ -175,7 +175,7 @@ def check_record(record: RawRecord, event_type: EventType, catalog: EventCatalog
     """
     try:
         return validate_record(record, event_type, catalog)
-    except (InvalidMessage, *RETRIED_ERRORS):
+    except RETRIED_ERRORS:  # and InvalidMessage itself
         raise
     except Exception as error:  # the one place an unforeseen failure is caught
         # The exception's text may quote the payload (a NIK); the reason names where instead.

@@ -32,9 +32,10 @@ PERMITS = "simpul.in.permit.issued"
 
 
 class Ingress:
-    def __init__(self, stack: Stack, url: str) -> None:
+    def __init__(self, stack: Stack, url: str, app: Any = None) -> None:
         self.stack = stack
         self.url = url
+        self.app = app
         self.keys = ApiKeyStore(make_engine(stack.settings.database_url))
         self.data = PaluData(stack.topology, seed=3, residents_count=200)
 
@@ -72,7 +73,7 @@ def ingress(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) ->
     from tests.conftest import wait_until
 
     wait_until(lambda: server.started, 30, "ingress up")
-    yield Ingress(stack, f"http://127.0.0.1:{port}")
+    yield Ingress(stack, f"http://127.0.0.1:{port}", app)
     server.should_exit = True
     thread.join(10)
     publishers.close()
@@ -248,3 +249,49 @@ def test_simpul_ingress_process_serves_and_stops_on_sigterm(
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0, (tmp_path / "ingress.log").read_text()
+
+
+def test_deeply_nested_json_is_422_naming_the_limit_never_500(ingress: Ingress) -> None:
+    key = ingress.key("dpmptsp")
+    for depth in (40, 4000):  # parsed then refused; and beyond Python's recursion limit
+        body = "[" * depth + "]" * depth
+        response = httpx.post(
+            f"{ingress.url}/v1/events/permit.issued",
+            content=body,
+            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        )
+        assert response.status_code == 422, response.text
+        [problem] = response.json()["detail"]
+        assert problem["field"] == "body" and "nested deeper than 32 levels" in problem["msg"]
+    inner: Any = 1
+    for _ in range(40):
+        inner = [inner]
+    nested = ingress.permit(business_name={"a": inner})
+    response = ingress.post(key, nested)
+    assert response.status_code == 422 and "nested deeper" in response.text
+
+
+def test_too_long_client_ce_id_is_422(ingress: Ingress) -> None:
+    response = ingress.post(ingress.key("dpmptsp"), ingress.permit(), **{"ce-id": "x" * 256})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["field"] == "body.id"
+
+
+def test_rejected_requests_are_not_remembered_and_locks_are_freed(ingress: Ingress) -> None:
+    app = ingress.app
+    key = ingress.key("dpmptsp")
+    for n in range(4):
+        response = ingress.post(key, ingress.permit(nib="123"), **{"Idempotency-Key": f"bad-{n}"})
+        assert response.status_code == 422 and "Idempotent-Replayed" not in response.headers
+    assert app.state.idempotency.held_bytes("dpmptsp") < 4096
+    assert app.state.idempotency.locks() == 0
+
+
+def test_keyed_request_gets_ids_derived_from_the_key(ingress: Ingress) -> None:
+    key, idem = ingress.key("dpmptsp"), str(uuid.uuid4())
+    first = ingress.post(key, [ingress.permit(), ingress.permit()], **{"Idempotency-Key": idem})
+    assert first.status_code == 202
+    ingress.app.state.idempotency.clear()  # forget everything, as a restart does
+    again = ingress.post(key, [ingress.permit(), ingress.permit()], **{"Idempotency-Key": idem})
+    assert again.status_code == 202 and "Idempotent-Replayed" not in again.headers
+    assert again.json()["ids"] == first.json()["ids"]  # the store keeps one copy of each
