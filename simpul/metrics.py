@@ -135,6 +135,11 @@ CONNECTOR_LAST_SUCCESS = Gauge(
     "Unix time of the connector's last batch acknowledged by the broker.",
     ["connector"],
 )
+CONNECTOR_FILES_REFUSED = Counter(
+    "simpul_connector_files_refused_total",
+    "Files a file-drop connector refused to read: symlink, not_regular or too_large.",
+    ["connector", "reason"],
+)
 CONNECTOR_RUNNING = Gauge(
     "simpul_connector_running",
     "1 while the connector's task is RUNNING, 0 when paused, failed or stopped.",

@@ -153,6 +153,12 @@ class Settings(BaseSettings):
     ingress_ack_timeout_s: float = Field(
         default=30.0, gt=0, description="Longest wait for the broker's ack before answering 503"
     )
+    connect_file_max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1,
+        description="Largest file a file-drop connector reads (its file.max.bytes overrides "
+        "it); a larger one goes to failed/ unread",
+    )
     connect_poll_interval_s: float = Field(
         default=1.0, gt=0, description="Default pause between polls of a database or directory"
     )
