@@ -160,7 +160,8 @@ _WEBHOOK_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 FANOUT_EVENTS = Counter(
     "simpul_fanout_events_total",
-    "Events a subscription considered: sent to simpul.out.<agency>, or filtered out.",
+    "Events a subscription considered: sent to simpul.out.<agency>, filtered out, or failed "
+    "(its projection could not apply).",
     ["subscription", "type", "outcome"],
 )
 DELIVERIES = Counter(

@@ -41,6 +41,7 @@ from streams.pipeline import (
     agency_label,
     dead_letter_headers,
     drop_duplicates,
+    fit_dead_letter,
     forwardable_timestamp,
     validate_batch,
 )
@@ -207,11 +208,15 @@ class IngestService(BatchService):
         log.info(
             "dead letter %s[%s]@%s: %s", record.topic, record.partition, record.offset, error.reason
         )
-        headers = dead_letter_headers(record, error.stage, error.code, error.reason, now)
-        return Outgoing(
-            event_type.topic("dlq"),
+        key, value, headers = fit_dead_letter(
             record.key,
             record.value,
+            dead_letter_headers(record, error.stage, error.code, error.reason, now),
+        )
+        return Outgoing(
+            event_type.topic("dlq"),
+            key,
+            value,
             headers,
             forwardable_timestamp(record),
             partition_key=record.key,

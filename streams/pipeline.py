@@ -295,7 +295,37 @@ def dead_letter_headers(
     ]
 
 
+#: Largest dead letter produced (key, value and headers): under the producer's and the broker's
+#: 1 MiB default, which a message near that limit plus the dead-letter headers would exceed.
+MAX_DEAD_LETTER_BYTES = 1_000_000
+
+
+def fit_dead_letter(
+    key: bytes | None, value: bytes | None, headers: Headers, limit: int = MAX_DEAD_LETTER_BYTES
+) -> tuple[bytes | None, bytes | None, Headers]:
+    """Key, value and headers cut to ``limit`` bytes, saying what was cut in
+    ``simpul_dlq_truncated`` (the original sizes); unchanged when they fit."""
+
+    def size(k: bytes | None, v: bytes | None, h: Headers) -> int:
+        return len(k or b"") + len(v or b"") + sum(len(n) + len(x or b"") + 8 for n, x in h)
+
+    if size(key, value, headers) <= limit:
+        return key, value, headers
+    note = f"value={len(value or b'')};key={len(key or b'')}".encode()
+    ours = [(n, x) for n, x in headers if n in DLQ_HEADERS]
+    theirs = [(n, x) for n, x in headers if n not in DLQ_HEADERS]
+    cut: Headers = [*ours, ("simpul_dlq_truncated", note)]
+    for name, raw in theirs:  # the producer's headers, while they fit in a quarter
+        if size(None, None, [*cut, (name, raw)]) > limit // 4:
+            break
+        cut.append((name, raw))
+    key = key[:1024] if key is not None else None
+    room = max(0, limit - size(key, None, cut))
+    return key, (value[:room] if value is not None else None), cut
+
+
 DLQ_HEADERS = {
+    "simpul_dlq_truncated",
     "simpul_dlq_reason",
     "simpul_dlq_stage",
     "simpul_dlq_code",

@@ -211,3 +211,21 @@ def test_envelope_round_trip_is_unchanged() -> None:
         type=TYPE, source="/agency/dinsos", time=dt.datetime(2026, 11, 2, 1, 2, 3, tzinfo=dt.UTC)
     )
     assert Envelope.from_headers(envelope.to_headers()) == envelope
+
+
+def test_dead_letter_of_a_message_near_the_size_limit_is_cut_to_fit() -> None:
+    # A 1 MiB value the broker accepted, plus the dead-letter headers, exceeded the producer's
+    # max_request_size: the send failed and the batch was never committed.
+    from streams.pipeline import DLQ_HEADERS, MAX_DEAD_LETTER_BYTES, fit_dead_letter
+
+    value = b"\x00" + b"\xab" * 1_048_000
+    headers = [("ce_id", b"x" * 200), ("x-big", b"y" * 600_000), ("simpul_dlq_reason", b"why")]
+    key, cut, kept = fit_dead_letter(b"k" * 5000, value, headers)
+    total = len(key or b"") + len(cut or b"") + sum(len(n) + len(v or b"") + 8 for n, v in kept)
+    assert total <= MAX_DEAD_LETTER_BYTES
+    assert cut is not None and value.startswith(cut) and len(cut) > 500_000
+    assert dict(kept)["simpul_dlq_truncated"] == b"value=1048001;key=5000"
+    assert dict(kept)["simpul_dlq_reason"] == b"why" and "x-big" not in dict(kept)
+    assert "simpul_dlq_truncated" in DLQ_HEADERS  # a replay strips it
+    small = fit_dead_letter(b"k", b"v", [("a", b"b")])
+    assert small == (b"k", b"v", [("a", b"b")])
