@@ -229,3 +229,37 @@ def test_dead_letter_of_a_message_near_the_size_limit_is_cut_to_fit() -> None:
     assert "simpul_dlq_truncated" in DLQ_HEADERS  # a replay strips it
     small = fit_dead_letter(b"k", b"v", [("a", b"b")])
     assert small == (b"k", b"v", [("a", b"b")])
+
+
+def test_registry_refuses_a_deeply_nested_schema_with_a_reason() -> None:
+    # Found by tests/test_fuzz_properties.py: RecursionError out of json.loads, a 500.
+    from simpul import compatibility
+
+    with pytest.raises(compatibility.InvalidSchema, match="nested deeper than 32"):
+        compatibility.parse('{"type":' * 3000 + '"int"' + "}" * 3000)
+
+
+def test_registry_refuses_a_schema_the_workers_codec_cannot_use() -> None:
+    from simpul import compatibility
+
+    with pytest.raises(compatibility.InvalidSchema, match="schema: not a valid Avro schema"):
+        compatibility.parse('{"type": "record", "name": "R", "fields": [{"name": "a"}]}')
+
+
+def test_file_drop_line_nested_too_deep_is_a_rejected_row() -> None:
+    # Found by tests/test_fuzz_properties.py: RecursionError out of the JSON Lines parser.
+    import io
+
+    from connectors.filedrop import read_rows
+
+    content = ("[" * 5000 + "]" * 5000 + "\n" + '{"nik": "7271054507910003"}\n').encode()
+    rows = list(read_rows(io.BytesIO(content), "jsonl", ","))
+    assert rows[0] == (1, None, "line: nested deeper than 32 levels of objects and arrays")
+    assert rows[1] == (2, {"nik": "7271054507910003"}, None)
+
+
+def test_a_column_holding_deeply_nested_json_is_left_for_the_schema_check() -> None:
+    from connectors.mapping import coerce
+
+    text = "[" * 5000 + "]" * 5000
+    assert coerce(text, {"type": "array", "items": "string"}) == text
