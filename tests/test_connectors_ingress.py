@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import subprocess
 import sys
@@ -15,6 +16,8 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from connectors.http_ingress import create_app
 from connectors.state import ApiKeyStore
@@ -295,3 +298,96 @@ def test_keyed_request_gets_ids_derived_from_the_key(ingress: Ingress) -> None:
     again = ingress.post(key, [ingress.permit(), ingress.permit()], **{"Idempotency-Key": idem})
     assert again.status_code == 202 and "Idempotent-Replayed" not in again.headers
     assert again.json()["ids"] == first.json()["ids"]  # the store keeps one copy of each
+
+
+@pytest.fixture(scope="module")
+def open_ingress(ingress: Ingress) -> Iterator[Ingress]:
+    """A second ingress on the same stack without a practical rate limit, for fuzzing."""
+    stack = ingress.stack
+    settings = stack.settings.model_copy(
+        update={
+            "ingress_max_body_bytes": 65536,
+            "ingress_rate_per_s": 1e6,
+            "ingress_rate_burst": 10**6,
+        }
+    )
+    catalog = stack.catalog()
+    publishers = PublisherPool(settings, catalog)
+    app = create_app(settings, catalog, ApiKeyStore(make_engine(settings.database_url)), publishers)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    from tests.conftest import wait_until
+
+    wait_until(lambda: server.started, 30, "fuzzing ingress up")
+    yield Ingress(stack, f"http://127.0.0.1:{port}", app)
+    server.should_exit = True
+    thread.join(10)
+    publishers.close()
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
+    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=12), c, max_size=5),
+    max_leaves=25,
+)
+_fields = st.sampled_from(
+    [
+        "permit_number",
+        "permit_type",
+        "nib",
+        "applicant_nik",
+        "business_name",
+        "kelurahan_code",
+        "issued_at",
+        "valid_until",
+        "signature_digest",
+        "id",
+        "time",
+        "data",
+        "source",
+        "type",
+    ]
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    body=st.one_of(
+        st.binary(max_size=300),
+        _json.map(lambda v: json.dumps(v).encode()),
+        st.dictionaries(_fields, _json, max_size=10).map(lambda v: json.dumps(v).encode()),
+        st.integers(1, 5000).map(lambda n: ("[" * n + "]" * n).encode()),
+        st.integers(1, 3000).map(lambda n: ('{"a":' * n + "1" + "}" * n).encode()),
+    ),
+    media=st.sampled_from(
+        [
+            "application/json",
+            "application/cloudevents+json",
+            "application/cloudevents-batch+json",
+            "text/plain",
+            "",
+            "application/json; charset=latin1",
+        ]
+    ),
+    extra=st.dictionaries(
+        st.sampled_from(["ce-id", "Idempotency-Key", "X-API-Key", "Content-Length-X"]),
+        st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=300),
+        max_size=3,
+    ),
+    event_type=st.sampled_from(["permit.issued", "hr.employee.updated", "nope", "%00"]),
+)
+def test_ingress_never_answers_500_whatever_the_body_and_headers(
+    open_ingress: Ingress, body: bytes, media: str, extra: dict[str, str], event_type: str
+) -> None:
+    key = _FUZZ_KEYS.setdefault("dpmptsp", open_ingress.key("dpmptsp"))
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": media, **extra}
+    response = httpx.post(
+        f"{open_ingress.url}/v1/events/{event_type}", content=body, headers=headers, timeout=30
+    )
+    assert response.status_code in (202, 401, 403, 404, 413, 415, 422), response.text
+    assert response.json()["detail" if response.status_code != 202 else "ids"]
+
+
+_FUZZ_KEYS: dict[str, str] = {}
