@@ -62,6 +62,22 @@ CONSUMER_LAG = Gauge(
     ["topic", "partition"],
 )
 
+DLQ_WINDOW_SHARE = Gauge(
+    "simpul_dlq_window_share",
+    "Share of the type's last dlq_limit_window messages that went to the dead-letter topic.",
+    ["type"],
+)
+DLQ_LIMIT_EXCEEDED = Gauge(
+    "simpul_dlq_limit_exceeded",
+    "1 while more than dlq_limit_share of the type's window was dead-lettered (alerting).",
+    ["type"],
+)
+TYPE_PAUSED = Gauge(
+    "simpul_type_paused",
+    "1 while the worker holds the type's partitions paused by the dead-letter limit.",
+    ["type"],
+)
+
 # --- joins ---
 JOIN_DERIVED = Counter(
     "simpul_join_derived_total",

@@ -50,6 +50,29 @@ class Settings(BaseSettings):
         "(128 bytes an id, whatever its length: 8 MiB is the last 32 768 to 65 536 ids); "
         "0 turns the window off (the store still drops copies)",
     )
+    dlq_limit_share: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="Dead-letter limit: above this share of a type's window dead-lettered, "
+        "simpul_dlq_limit_exceeded turns 1 (and the type pauses with dlq_limit_pause)",
+    )
+    dlq_limit_window: int = Field(
+        default=1000, ge=1, description="Dead-letter limit: messages per type in the window"
+    )
+    dlq_limit_min_events: int = Field(
+        default=100, ge=1, description="Dead-letter limit: fewest messages seen before it applies"
+    )
+    dlq_limit_pause: bool = Field(
+        default=False,
+        description="Pause a type over the dead-letter limit instead of dead-lettering on",
+    )
+    dlq_limit_cooldown_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="A type paused by the dead-letter limit resumes after this long "
+        "(or at once with `simpul dlq resume <type>`)",
+    )
     session_timeout_s: float = Field(
         default=6.0,
         gt=0,

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar, TypeVar
 
 from aiokafka import TopicPartition
+from mode import Service
 
 from simpul import metrics
 from simpul.catalog import EventCatalog
@@ -32,6 +33,7 @@ from simpul.topology import EventType, Topology
 from sinks.central_store import TRANSIENT_ERRORS, CentralStore, StoredEvent, WriteResult
 from sinks.dead_letter_log import DeadLetterLog, DeadLetterRow
 from streams.batching import Batch, BatchService, Outgoing
+from streams.dlq_limit import DlqLimit
 from streams.pipeline import (
     Accepted,
     BatchOutcome,
@@ -98,6 +100,14 @@ class IngestService(BatchService):
         self.dedup: dict[str, DedupWindow] = {
             topic: DedupWindow.within(settings.dedup_window_bytes) for topic in self.types_by_topic
         }
+        self.dlq_limit = DlqLimit(
+            settings.dlq_limit_share,
+            settings.dlq_limit_window,
+            settings.dlq_limit_min_events,
+            settings.dlq_limit_cooldown_s,
+            pause=settings.dlq_limit_pause,
+        )
+        self._resume_requests: set[str] = set()
 
     def dedup_for(self, topic: str) -> DedupWindow:
         return self.dedup[topic]
@@ -136,6 +146,11 @@ class IngestService(BatchService):
                     )
                 )
         validated = await self._retrying(self._validate_all, by_topic)
+        held = self._apply_dlq_limit(batch, by_topic, validated)
+        if held:
+            batch = {tp: messages for tp, messages in batch.items() if tp.topic not in held}
+            for topic in held:
+                del validated[topic]
         outcomes: list[tuple[EventType, list[RawRecord], BatchOutcome]] = [
             (
                 self.types_by_topic[topic],
@@ -181,6 +196,59 @@ class IngestService(BatchService):
         for event_type, records, outcome in outcomes:
             self._observe(event_type, records, outcome, result)
         self._observe_lag(batch)
+
+    def _apply_dlq_limit(
+        self,
+        batch: Batch,
+        by_topic: dict[str, list[RawRecord]],
+        validated: dict[str, tuple[list[Accepted], list[Rejected]]],
+    ) -> set[str]:
+        """Count each type's dead letters against the limit; the topics to hold back (their
+        partitions rewound to this batch and paused) when the limit pauses them."""
+        held = set()
+        for topic, (_, rejected) in validated.items():
+            name = self.types_by_topic[topic].name
+            exceeded = self.dlq_limit.observe(name, len(by_topic[topic]), len(rejected))
+            if exceeded and self.dlq_limit.pause_enabled:
+                held.add(topic)
+                self.dlq_limit.pause(name)
+                log.warning(
+                    "%s: over the dead-letter limit (%.0f%% of the window); paused for %.0fs "
+                    "or until `simpul dlq resume %s`",
+                    name,
+                    self.settings.dlq_limit_share * 100,
+                    self.settings.dlq_limit_cooldown_s,
+                    name,
+                )
+        for tp, messages in batch.items():
+            if tp.topic in held:
+                self.consumer.seek(tp, messages[0].offset)  # re-read from here on resume
+        held_tps = [tp for tp in batch if tp.topic in held]
+        if held_tps:
+            self.consumer.pause(*held_tps)
+        return held
+
+    def request_resume(self, type_name: str) -> bool:
+        """Resume a type paused by the dead-letter limit (the worker's web command)."""
+        if type_name not in self.dlq_limit.paused():
+            return False
+        self._resume_requests.add(type_name)
+        return True
+
+    @Service.timer(1.0)
+    async def _resume_due(self) -> None:
+        names = self.dlq_limit.due()
+        for name in sorted(self._resume_requests):
+            if self.dlq_limit.resume(name):
+                names.append(name)
+        self._resume_requests.clear()
+        if not names or not self._connected:
+            return
+        topics = {self.topology.event_type(n).topic("in") for n in names}
+        tps = [tp for tp in self.consumer.paused() if tp.topic in topics]
+        async with self.batch_lock:
+            self.consumer.resume(*tps)
+        log.info("resumed %s after the dead-letter limit", ", ".join(sorted(names)))
 
     def _store_rejects(
         self,
