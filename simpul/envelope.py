@@ -95,6 +95,11 @@ class Envelope:
                 raise InvalidMessage(
                     "headers", "header.encoding", f"{name[:40]}: header is not UTF-8"
                 ) from None
+            if "\x00" in values[name]:
+                # No database text column holds NUL; it is never part of a CloudEvents value.
+                raise InvalidMessage(
+                    "headers", "header.nul", f"{name}: header contains a NUL character"
+                )
         for name in REQUIRED:
             if not values.get(name):
                 raise InvalidMessage("headers", "header.missing", f"{name}: header missing")

@@ -148,6 +148,10 @@ def validate_record(record: RawRecord, event_type: EventType, catalog: EventCata
         field_name = problems[0].split(":", 1)[0]
         kind = catalog.identifiers(schema).get(field_name, field_name)
         raise InvalidMessage("validate", f"identifier.{kind}", "; ".join(problems))
+    if where := nul_field(payload):
+        raise InvalidMessage(
+            "validate", "payload.nul", f"{where}: contains a NUL character (no store keeps it)"
+        )
     if scope := catalog.scope_problem(agency, payload):
         raise InvalidMessage("authorize", "agency.out_of_scope", scope)
     key = record.key.decode("utf-8", errors="replace") if record.key is not None else None
@@ -160,6 +164,21 @@ def validate_record(record: RawRecord, event_type: EventType, catalog: EventCata
             f"{payload[event_type.key]!r}",
         )
     return Accepted(record, envelope, schema_id, payload, published)
+
+
+def nul_field(payload: Any, path: str = "") -> str | None:
+    """The first field (dotted path) whose text holds a NUL character, or None."""
+    stack: list[tuple[str, Any]] = [(path, payload)]
+    while stack:
+        where, value = stack.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                return where or "(payload)"
+        elif isinstance(value, dict):
+            stack.extend((f"{where}.{k}" if where else str(k), v) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((f"{where}.{i}", v) for i, v in enumerate(value))
+    return None
 
 
 #: Raised as they are: the message's own rejection, and outages (the batch is retried).

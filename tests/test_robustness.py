@@ -263,3 +263,20 @@ def test_a_column_holding_deeply_nested_json_is_left_for_the_schema_check() -> N
 
     text = "[" * 5000 + "]" * 5000
     assert coerce(text, {"type": "array", "items": "string"}) == text
+
+
+def test_nul_in_a_header_or_a_payload_field_is_a_dead_letter(catalog: EventCatalog) -> None:
+    # Found by the poison drill: PostgreSQL refused the row, but the event had already gone to
+    # simpul.valid, and the fan-out's audit insert of its ce_id crashed the worker.
+    rec = record(catalog, recipient(), ce_id="nul\x00id")
+    error = _rejected(catalog, rec)
+    assert (error.stage, error.code, error.reason) == (
+        "headers",
+        "header.nul",
+        "ce_id: header contains a NUL character",
+    )
+    from streams.pipeline import nul_field
+
+    assert nul_field({"business_name": "Toko\x00Kain"}) == "business_name"
+    assert nul_field({"programs": ["PKH", "BP\x00NT"], "a": {"b": "ok"}}) == "programs.1"
+    assert nul_field({"programs": ["PKH"], "n": 1, "when": None}) is None
