@@ -59,6 +59,11 @@ class _Pending:
         default_factory=concurrent.futures.Future
     )
 
+    def reply(self, status: int, body: dict[str, Any]) -> None:
+        """Answer the request, unless its client stopped waiting (the future is cancelled)."""
+        if not self.answer.done():
+            self.answer.set_result((status, body))
+
 
 class HttpConnector(SourceConnector):
     """``connector.class: http`` — rows POSTed by the agency's own system."""
@@ -89,9 +94,9 @@ class HttpConnector(SourceConnector):
         self.server.should_exit = True
         self.thread.join(10)
         while not self.queue.empty():
-            self.queue.get_nowait().answer.set_result((503, {"detail": "connector stopped"}))
-        if self.current is not None and not self.current.answer.done():
-            self.current.answer.set_result((503, {"detail": "connector stopped"}))
+            self.queue.get_nowait().reply(503, {"detail": "connector stopped"})
+        if self.current is not None:
+            self.current.reply(503, {"detail": "connector stopped"})
 
     def poll(self) -> Sequence[SourceRecord]:
         try:
@@ -107,10 +112,10 @@ class HttpConnector(SourceConnector):
         index = {id(r): i for i, r in enumerate(pending.records)}
         rejected = [{"index": index[id(r.record)], "reason": r.reason} for r in outcome.rejected]
         if outcome.failed is not None:
-            pending.answer.set_result((422, {"detail": rejected, "published": []}))
+            pending.reply(422, {"detail": rejected, "published": []})
             return
         ids = [record_ce_id(self.spec.name, r.identity) for r in outcome.published]
-        pending.answer.set_result((202, {"ids": ids, "rejected": rejected}))
+        pending.reply(202, {"ids": ids, "rejected": rejected})
 
     def _app(self) -> Any:
         app = FastAPI(

@@ -69,3 +69,62 @@ def test_key_locks_are_freed_when_no_request_holds_them() -> None:
 
     asyncio.run(requests())
     assert cache.locks() == 0
+
+
+@pytest.mark.integration
+def test_http_source_queue_is_bounded_and_answers_503(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """No connector polls here: requests pile up to request.max.pending, then 503."""
+    import httpx
+
+    from connectors.base import ConnectorContext
+    from connectors.http_source import HttpConnector, HttpOptions
+    from connectors.state import ApiKeyStore
+    from simpul import dbmigrate
+    from simpul.broker import free_port
+    from simpul.connectors_model import ConnectorSpec
+    from simpul.db import make_engine
+    from simpul.settings import Settings
+    from tests.conftest import wait_until
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    dbmigrate.upgrade(url)
+    engine = make_engine(url)
+    key = ApiKeyStore(engine).create("dpmptsp", label="test")[1]
+    port = free_port()
+    declaration = {
+        "name": "ptsp-http",
+        "connector.class": "http",
+        "event.type": "permit.issued",
+        "agency": "dpmptsp",
+        "listen.host": "127.0.0.1",
+        "listen.port": port,
+        "request.timeout.ms": 100,
+        "request.max.pending": 3,
+    }
+    spec = ConnectorSpec.model_validate(declaration)
+    connector = HttpConnector(
+        spec, HttpOptions.model_validate(spec.options), ConnectorContext(Settings(), engine)
+    )
+    connector.start()
+    try:
+
+        def up() -> bool:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/docs", timeout=1)
+                return True
+            except httpx.HTTPError:
+                return False
+
+        wait_until(up, 30, "http source up")
+        headers = {"Authorization": f"Bearer {key}"}
+        answers = [
+            httpx.post(f"http://127.0.0.1:{port}/records", json={"n": n}, headers=headers)
+            for n in range(5)
+        ]
+        assert [a.status_code for a in answers] == [503] * 5
+        assert all("not acknowledged" in a.text for a in answers[:3])
+        assert all("3 requests already waiting" in a.text for a in answers[3:])
+        assert answers[4].headers["Retry-After"] == "1"
+        assert connector.queue.qsize() == 3
+    finally:
+        connector.stop()

@@ -280,3 +280,14 @@ def test_nul_in_a_header_or_a_payload_field_is_a_dead_letter(catalog: EventCatal
     assert nul_field({"business_name": "Toko\x00Kain"}) == "business_name"
     assert nul_field({"programs": ["PKH", "BP\x00NT"], "a": {"b": "ok"}}) == "programs.1"
     assert nul_field({"programs": ["PKH"], "n": 1, "when": None}) is None
+
+
+def test_http_source_answer_to_a_client_that_gave_up_is_dropped() -> None:
+    # Found by tests/test_memory_bounds.py: set_result on the future a timed-out request had
+    # cancelled raised InvalidStateError out of the connector's commit (and its stop).
+    from connectors.http_source import _Pending
+
+    pending = _Pending([])
+    pending.answer.cancel()
+    pending.reply(202, {"ids": []})  # no InvalidStateError
+    assert pending.answer.cancelled()
