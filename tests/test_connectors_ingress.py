@@ -391,3 +391,61 @@ def test_ingress_never_answers_500_whatever_the_body_and_headers(
 
 
 _FUZZ_KEYS: dict[str, str] = {}
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.slow
+def test_rejected_batches_do_not_grow_the_ingress_process(ingress: Ingress, tmp_path: Path) -> None:
+    """Issue 14: 60 rejected requests took the ingress from 83 MB to 288 MB. Ceiling: the
+    resident set grows by less than 15 MB over 120 rejected 500-event batches (before the
+    fix: 88 -> 125 MB)."""
+    import signal
+
+    from tests.conftest import wait_until
+
+    port = free_port()
+    env = {**ingress.stack.env, "SIMPUL_INGRESS_PORT": str(port)}
+    log = open(tmp_path / "ingress.log", "wb")  # noqa: SIM115
+    process = subprocess.Popen(
+        [sys.executable, "-m", "simpul", "ingress"], env=env, stdout=log, stderr=log
+    )
+    try:
+
+        def up() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(up, 60, "simpul ingress up")
+        key = ingress.key("dpmptsp")
+        batch = [ingress.permit(nib="123") for _ in range(500)]  # every event refused
+        url = f"http://127.0.0.1:{port}/v1/events/permit.issued"
+        refused = 0
+        with httpx.Client(timeout=30) as client:
+
+            def send(n: int) -> None:
+                nonlocal refused
+                headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": f"r-{n}"}
+                response = client.post(url, json=batch, headers=headers)
+                assert response.status_code in (422, 429), response.text
+                refused += response.status_code == 422
+
+            for n in range(10):  # warm up: allocator arenas, first imports
+                send(n)
+            before = _rss_mb(process.pid)
+            for n in range(10, 130):
+                send(n)
+            after = _rss_mb(process.pid)
+        assert refused >= 100
+        assert after - before < 15, f"resident {before:.0f} MB -> {after:.0f} MB"
+        print(f"ingress resident memory {before:.0f} MB -> {after:.0f} MB over 120 batches")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
