@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-smoke bench lint clean
+.PHONY: demo test test-smoke bench lint fuzz clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,18 @@ bench: $(STAMP)
 	$(BIN)/python bench/steps.py
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/audit_subject.py
+
+# Coverage-guided fuzzing (atheris), FUZZ_SECONDS per target; `make test` runs 3 s of each.
+FUZZ_SECONDS ?= 60
+fuzz: $(STAMP)
+	@mkdir -p var/fuzz
+	@for target in worker filedrop mapping schema json; do \
+		echo "fuzzing $$target for $(FUZZ_SECONDS)s"; \
+		$(BIN)/python -m tests.fuzz.targets $$target -max_total_time=$(FUZZ_SECONDS) \
+			-artifact_prefix=var/fuzz/$$target- > var/fuzz/$$target.log 2>&1; rc=$$?; \
+		grep -v '^INFO: Instrumenting' var/fuzz/$$target.log | tail -3; \
+		test $$rc -eq 0 || exit 1; \
+	done
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

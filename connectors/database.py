@@ -28,6 +28,7 @@ from sqlalchemy.exc import NoSuchTableError
 
 from connectors.base import BatchOutcome, SourceConnector, SourceRecord
 from connectors.state import OffsetStore
+from simpul import jsontext
 from simpul.db import make_engine
 
 Mode = Literal["timestamp+incrementing", "incrementing", "timestamp"]
@@ -200,9 +201,12 @@ class OutboxConnector(_DatabaseSource):
         data: Mapping[str, Any] = {}
         if isinstance(raw, str | bytes):
             try:
-                data = json.loads(raw)
+                data = jsontext.loads(raw)
             except json.JSONDecodeError as error:
                 problem = f"payload: not JSON ({error.msg} at {error.pos})"
+                data = {"payload": raw if isinstance(raw, str) else raw.decode(errors="replace")}
+            except ValueError as error:  # nested too deep, or bytes that are not UTF-8
+                problem = f"payload: not usable JSON ({error})"
                 data = {"payload": raw if isinstance(raw, str) else raw.decode(errors="replace")}
         elif isinstance(raw, Mapping):
             data = raw

@@ -11,7 +11,9 @@ may also be CloudEvents structured JSON (``application/cloudevents+json`` or
 * Validation against the Avro schema and the identifier rules; a batch is all-or-nothing and a
   422 lists every problem with its path (``body.3.nik``).
 * Idempotency: an ``Idempotency-Key`` header, or the client's ce_id(s), is remembered for
-  ``ingress_idempotency_s``; the same key gets the same response and is not published again.
+  ``ingress_idempotency_s`` within ``ingress_idempotency_bytes`` per agency; the same key gets
+  the same response and is not published again. The ce_ids of a keyed request derive from
+  the key, so even a retry the cache forgot duplicates nothing in the central store.
 * 202 with the ce_ids only after the broker acknowledged every event (acks=all).
 * 401 / 403 / 404 / 413 (body limit) / 415 (not JSON) / 422 / 429 (rate per key) / 503.
 
@@ -22,13 +24,16 @@ causes no duplicate in the central store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import hashlib
 import json
+import sys
 import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,9 +43,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from connectors.mapping import map_payload, missing_fields
 from connectors.state import ApiKeyStore
-from simpul import metrics
+from simpul import jsontext, metrics
 from simpul.catalog import EventCatalog
-from simpul.envelope import parse_time
+from simpul.envelope import MAX_ID_LENGTH, parse_time
 from simpul.publisher import PublisherPool
 from simpul.settings import Settings
 
@@ -49,6 +54,9 @@ JSON_TYPES = (
     "application/cloudevents+json",
     "application/cloudevents-batch+json",
 )
+
+#: Namespace of the ce_ids derived from an agency's Idempotency-Key and the event's index.
+IDEMPOTENCY_NAMESPACE = uuid.UUID("5b0e7f0c-3c1e-4d0a-9a57-1e2c0d7a1401")
 
 _REQUEST_BODY = {
     "required": True,
@@ -98,39 +106,99 @@ class TokenBucket:
             return (1 - tokens) / self.rate
 
 
-@dataclass
+@dataclass(slots=True)
 class _Remembered:
     status: int
-    body: dict[str, Any]
+    ids: tuple[str, ...]
     expires: float
 
 
+@dataclass(slots=True)
+class _KeyLock:
+    lock: asyncio.Lock
+    users: int = 0
+
+
 class IdempotencyCache:
-    """Responses by (agency, key) for a window; a lock per key so a retry racing the original
-    waits for it instead of publishing twice."""
+    """The 202 answers by (agency, key) for a window, in at most ``max_bytes`` per agency.
 
-    def __init__(self, window_s: float, max_entries: int = 200_000) -> None:
+    What is kept is compact: a SHA-256 of the client's key (whatever its length) and the ids
+    published, not the batch. A 422 is not kept: it published nothing, so a retry is validated
+    again and gets the same answer. The oldest answers of an agency are forgotten first when
+    its budget is spent; one agency cannot push out another's. A per-key lock, so a retry
+    racing the original waits for it instead of publishing twice, lives only while a request
+    holds or awaits it.
+    """
+
+    #: Cost of one entry besides its ids (digest, record, dict slots), measured with headroom.
+    ENTRY_BYTES = 400
+
+    def __init__(self, window_s: float, max_bytes: int) -> None:
         self.window_s = window_s
-        self.max_entries = max_entries
-        self._entries: OrderedDict[tuple[str, str], _Remembered] = OrderedDict()
-        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self.max_bytes = max_bytes
+        self._entries: dict[str, OrderedDict[bytes, _Remembered]] = {}
+        self._bytes: dict[str, int] = {}
+        self._locks: dict[tuple[str, bytes], _KeyLock] = {}
 
-    def lock(self, key: tuple[str, str]) -> asyncio.Lock:
-        return self._locks.setdefault(key, asyncio.Lock())
+    @staticmethod
+    def digest(key: str) -> bytes:
+        return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
 
-    def get(self, key: tuple[str, str]) -> _Remembered | None:
-        found = self._entries.get(key)
+    @staticmethod
+    def cost(ids: tuple[str, ...]) -> int:
+        return IdempotencyCache.ENTRY_BYTES + sum(sys.getsizeof(i) + 8 for i in ids)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, agency: str, digest: bytes) -> AsyncIterator[None]:
+        held = self._locks.get((agency, digest))
+        if held is None:
+            held = self._locks[(agency, digest)] = _KeyLock(asyncio.Lock())
+        held.users += 1
+        try:
+            async with held.lock:
+                yield
+        finally:
+            held.users -= 1
+            if held.users == 0:
+                del self._locks[(agency, digest)]
+
+    def get(self, agency: str, digest: bytes) -> _Remembered | None:
+        entries = self._entries.get(agency)
+        found = entries.get(digest) if entries else None
         if found is not None and found.expires < time.monotonic():
-            del self._entries[key]
+            self._drop(agency, digest)
             return None
         return found
 
-    def put(self, key: tuple[str, str], status: int, body: dict[str, Any]) -> None:
-        self._entries[key] = _Remembered(status, body, time.monotonic() + self.window_s)
-        self._entries.move_to_end(key)
-        while len(self._entries) > self.max_entries:
-            old, _ = self._entries.popitem(last=False)
-            self._locks.pop(old, None)
+    def put(self, agency: str, digest: bytes, status: int, ids: tuple[str, ...]) -> None:
+        cost = self.cost(ids)
+        if cost > self.max_bytes:
+            return  # a single answer larger than the budget is not remembered
+        entries = self._entries.setdefault(agency, OrderedDict())
+        if digest in entries:
+            self._drop(agency, digest)
+        entries[digest] = _Remembered(status, ids, time.monotonic() + self.window_s)
+        self._bytes[agency] = self._bytes.get(agency, 0) + cost
+        now = time.monotonic()
+        while entries and (
+            self._bytes[agency] > self.max_bytes or next(iter(entries.values())).expires < now
+        ):
+            self._drop(agency, next(iter(entries)))
+
+    def _drop(self, agency: str, digest: bytes) -> None:
+        gone = self._entries[agency].pop(digest)
+        self._bytes[agency] -= self.cost(gone.ids)
+
+    def clear(self) -> None:
+        """Forget every answer (what a restart does)."""
+        self._entries.clear()
+        self._bytes.clear()
+
+    def held_bytes(self, agency: str) -> int:
+        return self._bytes.get(agency, 0)
+
+    def locks(self) -> int:
+        return len(self._locks)
 
 
 def _problem(status: int, message: str) -> JSONResponse:
@@ -143,7 +211,9 @@ def create_app(
     """The ingress application; `serve` runs it on ``settings.ingress_port``."""
     topology = catalog.topology
     limiter = TokenBucket(settings.ingress_rate_per_s, settings.ingress_rate_burst)
-    remembered = IdempotencyCache(settings.ingress_idempotency_s)
+    remembered = IdempotencyCache(
+        settings.ingress_idempotency_s, settings.ingress_idempotency_bytes
+    )
     app = FastAPI(
         title="Simpul HTTP ingress",
         version="1",
@@ -155,6 +225,8 @@ def create_app(
             "embedded demo broker it is in memory only and a restart of that broker loses it."
         ),
     )
+
+    app.state.idempotency = remembered  # for the tests' view of its memory
 
     @app.get("/health", summary="Liveness")
     def health() -> dict[str, str]:
@@ -233,8 +305,8 @@ def create_app(
             if len(body) > limit:
                 return _problem(413, f"body exceeds the limit of {limit} bytes"), agency
         try:
-            document = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            document = jsontext.loads(body)
+        except ValueError as error:  # not JSON, not UTF-8, or nested too deep
             return _invalid([(["body"], f"not valid JSON: {error}")]), agency
 
         structured = media.startswith("application/cloudevents")
@@ -254,23 +326,48 @@ def create_app(
         ]
         if not structured and request.headers.get("ce-id") and not batch:
             client_ids = [request.headers["ce-id"]]
+        too_long = [i for i, ce_id in enumerate(client_ids) if len(ce_id or "") > MAX_ID_LENGTH]
+        if too_long:
+            return _invalid(
+                [
+                    (["body", i, "id"] if batch else ["body", "id"], f"longer than {MAX_ID_LENGTH}")
+                    for i in too_long
+                ]
+            ), agency
+        if idem and len(idem) > MAX_ID_LENGTH:
+            return _invalid(
+                [(["header", "Idempotency-Key"], f"longer than {MAX_ID_LENGTH} characters")]
+            ), agency
         cache_key = None
         if idem:
-            cache_key = (agency, f"key:{idem}")
+            cache_key = f"key:{idem}"
+            # Ids derived from the key: a retry the cache has forgotten (restart, budget)
+            # publishes the same ce_ids again, and the store keeps one copy.
+            client_ids = [
+                ce_id or str(uuid.uuid5(IDEMPOTENCY_NAMESPACE, f"{agency}\x00{idem}\x00{n}"))
+                for n, ce_id in enumerate(client_ids)
+            ]
         elif all(client_ids):
-            cache_key = (agency, "ids:" + "\x00".join(str(i) for i in client_ids))
+            cache_key = "ids:" + "\x00".join(str(i) for i in client_ids)
         args = (etype, agency, items, structured, client_ids, batch)
         if cache_key is None:
             return await _validate_and_send(*args), agency
-        async with remembered.lock(cache_key):
-            if (seen := remembered.get(cache_key)) is not None:
+        digest = remembered.digest(cache_key)
+        async with remembered.hold(agency, digest):
+            if (seen := remembered.get(agency, digest)) is not None:
+                answer = {"type": etype.name, "source": topology.agency(agency).source}
                 return (
-                    JSONResponse(seen.body, seen.status, headers={"Idempotent-Replayed": "true"}),
+                    JSONResponse(
+                        {**answer, "ids": list(seen.ids)},
+                        seen.status,
+                        headers={"Idempotent-Replayed": "true"},
+                    ),
                     agency,
                 )
             response = await _validate_and_send(*args)
-            if response.status_code in (202, 422):
-                remembered.put(cache_key, response.status_code, json.loads(bytes(response.body)))
+            if response.status_code == 202:
+                ids = tuple(json.loads(bytes(response.body))["ids"])
+                remembered.put(agency, digest, response.status_code, ids)
             return response, agency
 
     async def _validate_and_send(

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import json
 import queue
 import threading
 import uuid
@@ -33,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from connectors.base import BatchOutcome, SourceConnector, SourceRecord, record_ce_id
 from connectors.state import ApiKeyStore
+from simpul import jsontext
 
 
 class HttpOptions(BaseModel):
@@ -43,6 +43,9 @@ class HttpOptions(BaseModel):
     max_records: Annotated[int, Field(alias="request.max.records", ge=1)] = 500
     max_bytes: Annotated[int, Field(alias="request.max.bytes", ge=1024)] = 1_048_576
     timeout_ms: Annotated[int, Field(alias="request.timeout.ms", ge=100)] = 30_000
+    #: Requests accepted but not yet published; beyond it a client gets 503 and Retry-After,
+    #: so memory stays under about max_pending * request.max.bytes * 10 (parsed JSON).
+    max_pending: Annotated[int, Field(alias="request.max.pending", ge=1)] = 8
 
     @property
     def poll_interval_s(self) -> float:
@@ -55,6 +58,11 @@ class _Pending:
     answer: concurrent.futures.Future[tuple[int, dict[str, Any]]] = field(
         default_factory=concurrent.futures.Future
     )
+
+    def reply(self, status: int, body: dict[str, Any]) -> None:
+        """Answer the request, unless its client stopped waiting (the future is cancelled)."""
+        if not self.answer.done():
+            self.answer.set_result((status, body))
 
 
 class HttpConnector(SourceConnector):
@@ -70,7 +78,7 @@ class HttpConnector(SourceConnector):
         from simpul.serving import GracefulServer
 
         self.keys = ApiKeyStore(self.context.store_engine)
-        self.queue: queue.Queue[_Pending] = queue.Queue()
+        self.queue: queue.Queue[_Pending] = queue.Queue(maxsize=self.options.max_pending)
         self.current: _Pending | None = None
         config = uvicorn.Config(
             self._app(),
@@ -86,9 +94,9 @@ class HttpConnector(SourceConnector):
         self.server.should_exit = True
         self.thread.join(10)
         while not self.queue.empty():
-            self.queue.get_nowait().answer.set_result((503, {"detail": "connector stopped"}))
-        if self.current is not None and not self.current.answer.done():
-            self.current.answer.set_result((503, {"detail": "connector stopped"}))
+            self.queue.get_nowait().reply(503, {"detail": "connector stopped"})
+        if self.current is not None:
+            self.current.reply(503, {"detail": "connector stopped"})
 
     def poll(self) -> Sequence[SourceRecord]:
         try:
@@ -104,10 +112,10 @@ class HttpConnector(SourceConnector):
         index = {id(r): i for i, r in enumerate(pending.records)}
         rejected = [{"index": index[id(r.record)], "reason": r.reason} for r in outcome.rejected]
         if outcome.failed is not None:
-            pending.answer.set_result((422, {"detail": rejected, "published": []}))
+            pending.reply(422, {"detail": rejected, "published": []})
             return
         ids = [record_ce_id(self.spec.name, r.identity) for r in outcome.published]
-        pending.answer.set_result((202, {"ids": ids, "rejected": rejected}))
+        pending.reply(202, {"ids": ids, "rejected": rejected})
 
     def _app(self) -> Any:
         app = FastAPI(
@@ -133,8 +141,8 @@ class HttpConnector(SourceConnector):
             if len(body) > options.max_bytes:
                 return JSONResponse({"detail": f"body exceeds {options.max_bytes} bytes"}, 413)
             try:
-                document = json.loads(body)
-            except (json.JSONDecodeError, UnicodeDecodeError) as error:
+                document = jsontext.loads(body)
+            except ValueError as error:  # not JSON, not UTF-8, or nested too deep
                 return JSONResponse({"detail": [{"field": "body", "msg": str(error)}]}, 422)
             rows = document if isinstance(document, list) else [document]
             if len(rows) > options.max_records:
@@ -151,7 +159,14 @@ class HttpConnector(SourceConnector):
                     for i, row in enumerate(rows)
                 ]
             )
-            self.queue.put(pending)
+            try:
+                self.queue.put_nowait(pending)
+            except queue.Full:
+                return JSONResponse(
+                    {"detail": f"{options.max_pending} requests already waiting; retry later"},
+                    503,
+                    headers={"Retry-After": "1"},
+                )
             try:
                 status, answer = await asyncio.wait_for(
                     asyncio.wrap_future(pending.answer), options.timeout_ms / 1000

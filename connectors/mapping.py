@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
-import json
 from collections.abc import Mapping
 from typing import Any
+
+from simpul import jsontext
 
 _MISSING = object()
 
@@ -117,8 +118,8 @@ def _array(value: Any, items: Any) -> Any:
         text = value.strip()
         if text.startswith("["):
             try:
-                value = json.loads(text)
-            except json.JSONDecodeError:
+                value = jsontext.loads(text)
+            except ValueError:  # not JSON, or nested too deep: the schema check names it
                 return value
         else:
             value = [part.strip() for part in text.replace(";", ",").split(",") if part.strip()]

@@ -29,7 +29,9 @@ app = typer.Typer(
 topics_app = typer.Typer(help="Kafka topics declared by the topology.", no_args_is_help=True)
 db_app = typer.Typer(help="Central store migrations.", no_args_is_help=True)
 schemas_app = typer.Typer(help="Avro schemas of the event types.", no_args_is_help=True)
-dlq_app = typer.Typer(help="Dead letters: list and replay.", no_args_is_help=True)
+dlq_app = typer.Typer(
+    help="Dead letters: list, replay, and resume a type the limit paused.", no_args_is_help=True
+)
 topology_app = typer.Typer(help="The topology file.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
 acls_app = typer.Typer(
@@ -433,6 +435,41 @@ def dlq_replay(
         f"replayed {replayed} dead letters to {etype.topic('in')}"
         + (f" ({skipped} skipped by the filter)" if skipped else "")
     )
+
+
+@dlq_app.command("resume")
+def dlq_resume(
+    event_type: Annotated[str, typer.Argument(help="Event type, e.g. permit.issued")],
+    worker: Annotated[
+        str | None, typer.Option(help="Worker base URL; default: this host's worker web port")
+    ] = None,
+) -> None:
+    """Resume a type the dead-letter limit paused (SIMPUL_DLQ_LIMIT_PAUSE), before its cool-down."""
+    import httpx
+
+    from simpul.registry_client import admin_token
+
+    settings = _settings()
+    etype = _event_type(_topology(settings), event_type)
+    url = (worker or f"http://127.0.0.1:{settings.worker_web_port}").rstrip("/")
+    token = admin_token(settings)
+    if not token:
+        console.print("[red]no admin token: set SIMPUL_REGISTRY_ADMIN_TOKEN[/red]")
+        raise typer.Exit(2)
+    try:
+        response = httpx.post(
+            f"{url}/dlq-limit",
+            json={"type": etype.name},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
+    except httpx.HTTPError as error:
+        console.print(f"[red]worker at {url} did not answer: {error}[/red]")
+        raise typer.Exit(1) from None
+    if response.status_code != 200:
+        console.print(f"[red]{response.json().get('error', response.text)}[/red]")
+        raise typer.Exit(1)
+    console.print(f"resumed {etype.name}; the worker reads it again from where it paused")
 
 
 @app.command()

@@ -16,7 +16,11 @@ from typing import Any, Literal, get_args
 
 import avro.errors
 import avro.schema
+import fastavro
+import fastavro.schema
 from avro.compatibility import ReaderWriterCompatibilityChecker, SchemaCompatibilityType
+
+from simpul import jsontext
 
 Mode = Literal[
     "BACKWARD",
@@ -38,13 +42,21 @@ class InvalidSchema(ValueError):
 def parse(text: str) -> avro.schema.Schema:
     """Parse Avro schema text, or raise `InvalidSchema` saying why."""
     try:
-        json.loads(text)
-    except json.JSONDecodeError as error:
+        definition = jsontext.loads(text)
+    except ValueError as error:  # not JSON, or nested too deep
         raise InvalidSchema(f"schema: not valid JSON ({error})") from None
     try:
-        return avro.schema.parse(text)
-    except (avro.errors.AvroException, TypeError, ValueError) as error:
+        parsed = avro.schema.parse(text)
+        # What the registry accepts, the workers' codec (fastavro) must be able to use.
+        fastavro.parse_schema(definition)
+    except (avro.errors.AvroException, fastavro.schema.SchemaParseException) as error:
         raise InvalidSchema(f"schema: not a valid Avro schema ({error})") from None
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as error:
+        # Both parsers index into the JSON and fail this way on odd shapes.
+        raise InvalidSchema(
+            f"schema: not a valid Avro schema ({type(error).__name__}: {error})"
+        ) from None
+    return parsed
 
 
 @dataclass(frozen=True, slots=True)

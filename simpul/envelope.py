@@ -16,8 +16,14 @@ from simpul.errors import InvalidMessage
 SPECVERSION = "1.0"
 CONTENT_TYPE = "application/avro"
 REQUIRED = ("ce_specversion", "ce_id", "ce_source", "ce_type", "ce_time")
+#: Longest ``ce_id`` accepted: the width of ``event_log.ce_id`` and ``dead_letters.ce_id``, and
+#: what bounds one entry of the dedup window.
+MAX_ID_LENGTH = 255
+#: Longest header value read as text; a CloudEvents attribute is never this long.
+MAX_HEADER_LENGTH = 1024
 
 Headers = list[tuple[str, bytes]]
+_READ = frozenset((*REQUIRED, "content-type"))
 
 
 def utcnow() -> dt.datetime:
@@ -31,10 +37,18 @@ def format_time(value: dt.datetime) -> str:
 
 
 def parse_time(text: str) -> dt.datetime:
+    """An RFC 3339 timestamp as an aware UTC datetime; `ValueError` for anything else.
+
+    A well-formed time can still fall outside what a datetime holds once converted to UTC
+    (``9999-12-31T23:59:59-01:00``): that is a `ValueError` too, never an `OverflowError`.
+    """
     parsed = dt.datetime.fromisoformat(text)
     if parsed.tzinfo is None:
         raise ValueError("no UTC offset")
-    return parsed.astimezone(dt.UTC)
+    try:
+        return parsed.astimezone(dt.UTC)
+    except OverflowError:
+        raise ValueError("outside the years 1 to 9999 once converted to UTC") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,17 +81,34 @@ class Envelope:
         """Parse headers, raising `InvalidMessage` naming the header that is wrong."""
         values: dict[str, str] = {}
         for name, raw in headers or ():
-            if name in values or raw is None:
-                continue
+            if name in values or raw is None or name not in _READ:
+                continue  # other headers are the producer's own; only these are read
+            if len(raw) > MAX_HEADER_LENGTH:
+                raise InvalidMessage(
+                    "headers",
+                    "header.too_long",
+                    f"{name[:40]}: header of {len(raw)} bytes exceeds {MAX_HEADER_LENGTH}",
+                )
             try:
                 values[name] = raw.decode("utf-8")
             except UnicodeDecodeError:
                 raise InvalidMessage(
-                    "headers", "header.encoding", f"{name}: header is not UTF-8"
+                    "headers", "header.encoding", f"{name[:40]}: header is not UTF-8"
                 ) from None
+            if "\x00" in values[name]:
+                # No database text column holds NUL; it is never part of a CloudEvents value.
+                raise InvalidMessage(
+                    "headers", "header.nul", f"{name}: header contains a NUL character"
+                )
         for name in REQUIRED:
             if not values.get(name):
                 raise InvalidMessage("headers", "header.missing", f"{name}: header missing")
+        if len(values["ce_id"]) > MAX_ID_LENGTH:
+            raise InvalidMessage(
+                "headers",
+                "header.id_too_long",
+                f"ce_id: {len(values['ce_id'])} characters exceeds the limit of {MAX_ID_LENGTH}",
+            )
         if values["ce_specversion"] != SPECVERSION:
             raise InvalidMessage(
                 "headers",

@@ -62,6 +62,22 @@ CONSUMER_LAG = Gauge(
     ["topic", "partition"],
 )
 
+DLQ_WINDOW_SHARE = Gauge(
+    "simpul_dlq_window_share",
+    "Share of the type's last dlq_limit_window messages that went to the dead-letter topic.",
+    ["type"],
+)
+DLQ_LIMIT_EXCEEDED = Gauge(
+    "simpul_dlq_limit_exceeded",
+    "1 while more than dlq_limit_share of the type's window was dead-lettered (alerting).",
+    ["type"],
+)
+TYPE_PAUSED = Gauge(
+    "simpul_type_paused",
+    "1 while the worker holds the type's partitions paused by the dead-letter limit.",
+    ["type"],
+)
+
 # --- joins ---
 JOIN_DERIVED = Counter(
     "simpul_join_derived_total",
@@ -135,6 +151,11 @@ CONNECTOR_LAST_SUCCESS = Gauge(
     "Unix time of the connector's last batch acknowledged by the broker.",
     ["connector"],
 )
+CONNECTOR_FILES_REFUSED = Counter(
+    "simpul_connector_files_refused_total",
+    "Files a file-drop connector refused to read: symlink, not_regular or too_large.",
+    ["connector", "reason"],
+)
 CONNECTOR_RUNNING = Gauge(
     "simpul_connector_running",
     "1 while the connector's task is RUNNING, 0 when paused, failed or stopped.",
@@ -155,7 +176,8 @@ _WEBHOOK_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 FANOUT_EVENTS = Counter(
     "simpul_fanout_events_total",
-    "Events a subscription considered: sent to simpul.out.<agency>, or filtered out.",
+    "Events a subscription considered: sent to simpul.out.<agency>, filtered out, or failed "
+    "(its projection could not apply).",
     ["subscription", "type", "outcome"],
 )
 DELIVERIES = Counter(

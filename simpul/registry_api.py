@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import json
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query, Request
@@ -20,7 +19,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from simpul import compatibility, metrics
+from simpul import compatibility, jsontext, metrics
 from simpul.codec import normalize
 from simpul.db import make_engine
 from simpul.registry import (
@@ -86,8 +85,8 @@ async def _json_body(request: Request) -> dict[str, Any]:
     # Confluent accepts its own media types, plain JSON and octet-stream: parse the bytes.
     raw = await request.body()
     try:
-        body = json.loads(raw or b"{}")
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        body = jsontext.loads(raw or b"{}")
+    except ValueError as error:  # not JSON, not UTF-8, or nested too deep
         raise RegistryError(400, 400, f"request body is not JSON: {error}") from None
     if not isinstance(body, dict):
         raise RegistryError(422, 422, "request body must be a JSON object")

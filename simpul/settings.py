@@ -81,8 +81,35 @@ class Settings(BaseSettings):
     batch_seconds: float = Field(
         default=0.1, gt=0, description="Longest wait to fill a batch before processing it"
     )
-    dedup_window: int = Field(
-        default=200_000, ge=0, description="ce_ids remembered per partition to drop duplicates"
+    dedup_window_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=0,
+        description="Memory per partition for the ce_ids remembered to drop duplicates "
+        "(128 bytes an id, whatever its length: 8 MiB is the last 32 768 to 65 536 ids); "
+        "0 turns the window off (the store still drops copies)",
+    )
+    dlq_limit_share: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="Dead-letter limit: above this share of a type's window dead-lettered, "
+        "simpul_dlq_limit_exceeded turns 1 (and the type pauses with dlq_limit_pause)",
+    )
+    dlq_limit_window: int = Field(
+        default=1000, ge=1, description="Dead-letter limit: messages per type in the window"
+    )
+    dlq_limit_min_events: int = Field(
+        default=100, ge=1, description="Dead-letter limit: fewest messages seen before it applies"
+    )
+    dlq_limit_pause: bool = Field(
+        default=False,
+        description="Pause a type over the dead-letter limit instead of dead-lettering on",
+    )
+    dlq_limit_cooldown_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="A type paused by the dead-letter limit resumes after this long "
+        "(or at once with `simpul dlq resume <type>`)",
     )
     session_timeout_s: float | None = Field(
         default=None,
@@ -188,8 +215,20 @@ class Settings(BaseSettings):
         gt=0,
         description="How long the ingress remembers a ce_id/Idempotency-Key and its response",
     )
+    ingress_idempotency_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=4096,
+        description="Memory per agency for remembered ingress answers (about 400 bytes plus "
+        "the ids each); the oldest are forgotten first",
+    )
     ingress_ack_timeout_s: float = Field(
         default=30.0, gt=0, description="Longest wait for the broker's ack before answering 503"
+    )
+    connect_file_max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1,
+        description="Largest file a file-drop connector reads (its file.max.bytes overrides "
+        "it); a larger one goes to failed/ unread",
     )
     connect_poll_interval_s: float = Field(
         default=1.0, gt=0, description="Default pause between polls of a database or directory"

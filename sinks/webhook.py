@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import decimal
 import email.utils
 import hashlib
 import hmac
@@ -28,6 +29,7 @@ import logging
 import os
 import random
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,6 +80,8 @@ def _json_default(value: Any) -> Any:
         return value.isoformat()
     if isinstance(value, bytes):
         return base64.b64encode(value).decode()
+    if isinstance(value, decimal.Decimal | uuid.UUID):
+        return str(value)
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
@@ -354,6 +358,9 @@ class WebhookDeliverer:
             body = await self._body(job)
         except InvalidMessage as error:
             return "dead_lettered", f"undecodable: {error.reason}"
+        except (TypeError, ValueError, OverflowError) as error:
+            # A value JSON cannot carry (a decimal, say): this message can never be POSTed.
+            return "dead_lettered", f"not representable as JSON: {type(error).__name__}"
         agency = job.subscription.agency
         url = job.endpoint.url
         reason = "no attempt"

@@ -232,6 +232,8 @@ class BatchService(Service):
     async def commit(self, batch: Batch) -> None:
         """Commit past the batch; call it once the batch's sink has the data."""
         offsets = {tp: OffsetAndMetadata(msgs[-1].offset + 1, "") for tp, msgs in batch.items()}
+        if not offsets:
+            return  # all of it held back (the dead-letter limit): aiokafka refuses {}
         try:
             await self.consumer.commit(offsets)
         except (CommitFailedError, IllegalStateError) as error:

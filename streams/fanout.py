@@ -32,6 +32,7 @@ from simpul.topology import Topology
 from sinks.audit import AuditEntry, AuditLog
 from sinks.central_store import TRANSIENT_ERRORS
 from streams.batching import Batch, BatchService, Outgoing
+from streams.pipeline import MAX_TIMESTAMP_S
 
 log = logging.getLogger("simpul.fanout")
 
@@ -166,13 +167,32 @@ class FanoutService(BatchService):
                         "fan-out skips %s[%d]@%d: %s", tp.topic, tp.partition, m.offset, error
                     )
                     continue
-                out, audit, skipped = fan_out(
-                    routes,
-                    payload,
-                    m.key,
-                    list(m.headers or ()),
-                    m.timestamp / 1000 if m.timestamp else None,
-                )
+                try:
+                    out, audit, skipped = fan_out(
+                        routes,
+                        payload,
+                        m.key,
+                        list(m.headers or ()),
+                        m.timestamp / 1000
+                        if 0 < (m.timestamp or 0) / 1000 < MAX_TIMESTAMP_S
+                        else None,
+                    )
+                except (KeyError, TypeError, ValueError, OverflowError) as error:
+                    # A projection or mask that cannot apply to this event: its subscribers do
+                    # not get it, the others still do. The text of the error may quote the
+                    # payload, so only its type is logged.
+                    log.error(
+                        "fan-out skips %s[%d]@%d: %s in a subscription's projection",
+                        tp.topic,
+                        tp.partition,
+                        m.offset,
+                        type(error).__name__,
+                    )
+                    for route, _ in routes:
+                        metrics.FANOUT_EVENTS.labels(
+                            route.subscription.name, route.event_type, "failed"
+                        ).inc()
+                    continue
                 outgoing += out
                 entries += audit
                 for entry in audit:

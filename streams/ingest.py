@@ -21,10 +21,11 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar, TypeVar
 
 from aiokafka import TopicPartition
+from mode import Service
 
 from simpul import metrics
 from simpul.catalog import EventCatalog
-from simpul.envelope import header
+from simpul.envelope import MAX_ID_LENGTH, header
 from simpul.errors import InvalidMessage
 from simpul.registry_client import RegistryUnavailable
 from simpul.settings import Settings
@@ -32,6 +33,7 @@ from simpul.topology import EventType, Topology
 from sinks.central_store import TRANSIENT_ERRORS, CentralStore, StoredEvent, WriteResult
 from sinks.dead_letter_log import DeadLetterLog, DeadLetterRow
 from streams.batching import Batch, BatchService, Outgoing
+from streams.dlq_limit import DlqLimit
 from streams.pipeline import (
     Accepted,
     BatchOutcome,
@@ -41,6 +43,8 @@ from streams.pipeline import (
     agency_label,
     dead_letter_headers,
     drop_duplicates,
+    fit_dead_letter,
+    forwardable_timestamp,
     validate_batch,
 )
 
@@ -94,8 +98,16 @@ class IngestService(BatchService):
         self.dead_letter_log = DeadLetterLog(store.engine)
         self.types_by_topic: dict[str, EventType] = {t.topic("in"): t for t in topology.event_types}
         self.dedup: dict[str, DedupWindow] = {
-            topic: DedupWindow(settings.dedup_window) for topic in self.types_by_topic
+            topic: DedupWindow.within(settings.dedup_window_bytes) for topic in self.types_by_topic
         }
+        self.dlq_limit = DlqLimit(
+            settings.dlq_limit_share,
+            settings.dlq_limit_window,
+            settings.dlq_limit_min_events,
+            settings.dlq_limit_cooldown_s,
+            pause=settings.dlq_limit_pause,
+        )
+        self._resume_requests: set[str] = set()
 
     def dedup_for(self, topic: str) -> DedupWindow:
         return self.dedup[topic]
@@ -134,6 +146,11 @@ class IngestService(BatchService):
                     )
                 )
         validated = await self._retrying(self._validate_all, by_topic)
+        held = self._apply_dlq_limit(batch, by_topic, validated)
+        if held:
+            batch = {tp: messages for tp, messages in batch.items() if tp.topic not in held}
+            for topic in held:
+                del validated[topic]
         outcomes: list[tuple[EventType, list[RawRecord], BatchOutcome]] = [
             (
                 self.types_by_topic[topic],
@@ -158,7 +175,7 @@ class IngestService(BatchService):
                     a.record.key,
                     a.record.value,
                     a.record.headers,
-                    a.record.timestamp,
+                    forwardable_timestamp(a.record),
                     partition_key=a.record.key,
                 )
                 for a in outcome.accepted
@@ -179,6 +196,59 @@ class IngestService(BatchService):
         for event_type, records, outcome in outcomes:
             self._observe(event_type, records, outcome, result)
         self._observe_lag(batch)
+
+    def _apply_dlq_limit(
+        self,
+        batch: Batch,
+        by_topic: dict[str, list[RawRecord]],
+        validated: dict[str, tuple[list[Accepted], list[Rejected]]],
+    ) -> set[str]:
+        """Count each type's dead letters against the limit; the topics to hold back (their
+        partitions rewound to this batch and paused) when the limit pauses them."""
+        held = set()
+        for topic, (_, rejected) in validated.items():
+            name = self.types_by_topic[topic].name
+            exceeded = self.dlq_limit.observe(name, len(by_topic[topic]), len(rejected))
+            if exceeded and self.dlq_limit.pause_enabled:
+                held.add(topic)
+                self.dlq_limit.pause(name)
+                log.warning(
+                    "%s: over the dead-letter limit (%.0f%% of the window); paused for %.0fs "
+                    "or until `simpul dlq resume %s`",
+                    name,
+                    self.settings.dlq_limit_share * 100,
+                    self.settings.dlq_limit_cooldown_s,
+                    name,
+                )
+        for tp, messages in batch.items():
+            if tp.topic in held:
+                self.consumer.seek(tp, messages[0].offset)  # re-read from here on resume
+        held_tps = [tp for tp in batch if tp.topic in held]
+        if held_tps:
+            self.consumer.pause(*held_tps)
+        return held
+
+    def request_resume(self, type_name: str) -> bool:
+        """Resume a type paused by the dead-letter limit (the worker's web command)."""
+        if type_name not in self.dlq_limit.paused():
+            return False
+        self._resume_requests.add(type_name)
+        return True
+
+    @Service.timer(1.0)
+    async def _resume_due(self) -> None:
+        names = self.dlq_limit.due()
+        for name in sorted(self._resume_requests):
+            if self.dlq_limit.resume(name):
+                names.append(name)
+        self._resume_requests.clear()
+        if not names or not self._connected:
+            return
+        topics = {self.topology.event_type(n).topic("in") for n in names}
+        tps = [tp for tp in self.consumer.paused() if tp.topic in topics]
+        async with self.batch_lock:
+            self.consumer.resume(*tps)
+        log.info("resumed %s after the dead-letter limit", ", ".join(sorted(names)))
 
     def _store_rejects(
         self,
@@ -206,13 +276,17 @@ class IngestService(BatchService):
         log.info(
             "dead letter %s[%s]@%s: %s", record.topic, record.partition, record.offset, error.reason
         )
-        headers = dead_letter_headers(record, error.stage, error.code, error.reason, now)
-        return Outgoing(
-            event_type.topic("dlq"),
+        key, value, headers = fit_dead_letter(
             record.key,
             record.value,
+            dead_letter_headers(record, error.stage, error.code, error.reason, now),
+        )
+        return Outgoing(
+            event_type.topic("dlq"),
+            key,
+            value,
             headers,
-            record.timestamp,
+            forwardable_timestamp(record),
             partition_key=record.key,
         )
 
@@ -320,8 +394,13 @@ def _letter_row(event_type: EventType, rejected: Rejected, now: dt.datetime) -> 
         type=event_type.name,
         agency=rejected.agency,
         stage=error.stage,
-        code=error.code[:128],
-        reason=error.reason[:2000],
-        ce_id=(header(record.headers, "ce_id") or None),
+        code=_text(error.code, 128),
+        reason=_text(error.reason, 2000),
+        ce_id=_text(header(record.headers, "ce_id") or "", MAX_ID_LENGTH) or None,
         dead_lettered_at=now,
     )
+
+
+def _text(value: str, limit: int) -> str:
+    """What a text column holds: PostgreSQL refuses NUL characters and over-long values."""
+    return value.replace("\x00", "\\0")[:limit]

@@ -8,11 +8,13 @@ stop), its web server, and the home for table-backed agents such as joins.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 from typing import Any
 
 import faust
 from faust.app.base import BootStrategy
+from faust.web import View
 from mode import Service
 from prometheus_client import CONTENT_TYPE_LATEST, disable_created_metrics, generate_latest
 from sqlalchemy.exc import SQLAlchemyError
@@ -22,7 +24,7 @@ from simpul.catalog import EventCatalog
 from simpul.db import make_engine
 from simpul.kafka_clients import faust_credentials
 from simpul.registry import SchemaStore
-from simpul.registry_client import make_resolver
+from simpul.registry_client import admin_token, make_resolver
 from simpul.settings import Settings
 from simpul.subscriptions import SubscriptionPlan
 from simpul.topology import Topology
@@ -71,9 +73,12 @@ def create_app(settings: Settings, topology: Topology) -> faust.App:
     health = Health()
     metrics.STORE_UP.set(1)
 
+    ingest: list[IngestService] = []  # the instance Faust makes, for the web commands
+
     class Ingest(IngestService):
         def __init__(self, **kwargs: Any) -> None:
             super().__init__(settings, topology, catalog, store, health, **kwargs)
+            ingest.append(self)
 
     if settings.fanout_enabled and topology.subscriptions:
         # Registered before ingest because mode stops services in reverse order: on SIGTERM
@@ -111,6 +116,28 @@ def create_app(settings: Settings, topology: Topology) -> faust.App:
     @app.page("/health")
     async def health_page(web: Any, request: Any) -> Any:
         return web.json(health.as_dict(), status=200 if health.store_up else 503)
+
+    @app.page("/dlq-limit")
+    class DlqLimitPage(View):
+        """GET: the types paused by the dead-letter limit. POST ``{"type": ...}`` with the
+        admin token (``Authorization: Bearer``): resume one now."""
+
+        async def get(self, request: Any) -> Any:
+            return self.json({"paused": ingest[0].dlq_limit.paused() if ingest else []})
+
+        async def post(self, request: Any) -> Any:
+            token = admin_token(settings) or ""
+            given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+            if not token or not hmac.compare_digest(given.encode(), token.encode()):
+                return self.json({"error": "the admin token is required"}, status=401)
+            try:
+                body = await request.json()
+                name = str(body["type"])
+            except (ValueError, KeyError, TypeError):
+                return self.json({"error": 'send {"type": "<event type>"}'}, status=400)
+            if not ingest or not ingest[0].request_resume(name):
+                return self.json({"error": f"{name} is not paused"}, status=404)
+            return self.json({"resumed": name})
 
     async def scorecard_or_error() -> Any:
         try:

@@ -31,7 +31,9 @@ def stack(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Stack:
 
 
 class Drop:
-    def __init__(self, stack: Stack, directory: Path, tolerance: str = "all") -> None:
+    def __init__(
+        self, stack: Stack, directory: Path, tolerance: str = "all", max_bytes: int | None = None
+    ) -> None:
         self.name = f"drop-{directory.name}"
         self.directory = directory
         self.files = LetterFiles(directory, stack.topology)
@@ -47,6 +49,7 @@ class Drop:
                 "errors.tolerance": tolerance,
                 "file.minimum.age.ms": 100,
                 "poll.interval.ms": 100,
+                **({"file.max.bytes": max_bytes} if max_bytes else {}),
             },
         )
         self.task = next(iter(self.runtime.tasks.values()))
@@ -154,3 +157,44 @@ def test_tolerance_none_publishes_nothing_from_a_file_with_a_bad_row(
         assert str(strict.task.state) == "RUNNING"
     finally:
         strict.runtime.stop()
+
+
+def test_a_symlink_is_refused_unfollowed_and_counted(
+    stack: Stack, drop: Drop, tmp_path: Path
+) -> None:
+    secret = tmp_path / "outside" / "secret.csv"
+    secret.parent.mkdir()
+    secret.write_text("nik,name\n7271054507910003,Siti Rahmawati\n")
+    drop.directory.mkdir(parents=True, exist_ok=True)
+    (drop.directory / "looks-fine.csv").symlink_to(secret)
+    moved = drop.moved("failed", "looks-fine.csv")
+    assert moved.is_symlink() and secret.read_text().startswith("nik,name")  # target untouched
+    rejects = (drop.directory / "failed" / "looks-fine.csv.rejects.csv").read_text()
+    assert "a symbolic link; not followed" in rejects and "7271054507910003" not in rejects
+    assert _refused(drop.name, "symlink") == 1
+    good = drop.files.write([drop.files.row()])  # the connector goes on with the next file
+    drop.moved("done", good.name)
+
+
+def test_a_file_over_the_size_limit_is_refused_unread(stack: Stack, tmp_path: Path) -> None:
+    small = Drop(stack, tmp_path / "small", max_bytes=2048)
+    try:
+        rows = [small.files.row() for _ in range(40)]  # well over 2 kB
+        path = small.files.write(rows)
+        size = path.stat().st_size
+        small.moved("failed", path.name)
+        rejects = (small.directory / "failed" / f"{path.name}.rejects.csv").read_text()
+        assert f"file: {size} bytes exceeds file.max.bytes 2048; nothing read" in rejects
+        assert _refused(small.name, "too_large") == 1
+        assert small.task.counters.read == 0
+    finally:
+        small.runtime.stop()
+
+
+def _refused(connector: str, reason: str) -> float:
+    from prometheus_client import REGISTRY
+
+    value = REGISTRY.get_sample_value(
+        "simpul_connector_files_refused_total", {"connector": connector, "reason": reason}
+    )
+    return value or 0.0

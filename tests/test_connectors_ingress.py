@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import subprocess
 import sys
@@ -15,6 +16,8 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from connectors.http_ingress import create_app
 from connectors.state import ApiKeyStore
@@ -32,9 +35,10 @@ PERMITS = "simpul.in.permit.issued"
 
 
 class Ingress:
-    def __init__(self, stack: Stack, url: str) -> None:
+    def __init__(self, stack: Stack, url: str, app: Any = None) -> None:
         self.stack = stack
         self.url = url
+        self.app = app
         self.keys = ApiKeyStore(make_engine(stack.settings.database_url))
         self.data = PaluData(stack.topology, seed=3, residents_count=200)
 
@@ -72,7 +76,7 @@ def ingress(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     from tests.conftest import wait_until
 
     wait_until(lambda: server.started, 30, "ingress up")
-    yield Ingress(stack, f"http://127.0.0.1:{port}")
+    yield Ingress(stack, f"http://127.0.0.1:{port}", app)
     server.should_exit = True
     thread.join(10)
     publishers.close()
@@ -248,3 +252,200 @@ def test_simpul_ingress_process_serves_and_stops_on_sigterm(
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0, (tmp_path / "ingress.log").read_text()
+
+
+def test_deeply_nested_json_is_422_naming_the_limit_never_500(ingress: Ingress) -> None:
+    key = ingress.key("dpmptsp")
+    for depth in (40, 4000):  # parsed then refused; and beyond Python's recursion limit
+        body = "[" * depth + "]" * depth
+        response = httpx.post(
+            f"{ingress.url}/v1/events/permit.issued",
+            content=body,
+            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        )
+        assert response.status_code == 422, response.text
+        [problem] = response.json()["detail"]
+        assert problem["field"] == "body" and "nested deeper than 32 levels" in problem["msg"]
+    inner: Any = 1
+    for _ in range(40):
+        inner = [inner]
+    nested = ingress.permit(business_name={"a": inner})
+    response = ingress.post(key, nested)
+    assert response.status_code == 422 and "nested deeper" in response.text
+
+
+def test_too_long_client_ce_id_is_422(ingress: Ingress) -> None:
+    response = ingress.post(ingress.key("dpmptsp"), ingress.permit(), **{"ce-id": "x" * 256})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["field"] == "body.id"
+
+
+def test_rejected_requests_are_not_remembered_and_locks_are_freed(ingress: Ingress) -> None:
+    app = ingress.app
+    key = ingress.key("dpmptsp")
+    for n in range(4):
+        response = ingress.post(key, ingress.permit(nib="123"), **{"Idempotency-Key": f"bad-{n}"})
+        assert response.status_code == 422 and "Idempotent-Replayed" not in response.headers
+    assert app.state.idempotency.held_bytes("dpmptsp") < 4096
+    assert app.state.idempotency.locks() == 0
+
+
+def test_keyed_request_gets_ids_derived_from_the_key(ingress: Ingress) -> None:
+    key, idem = ingress.key("dpmptsp"), str(uuid.uuid4())
+    first = ingress.post(key, [ingress.permit(), ingress.permit()], **{"Idempotency-Key": idem})
+    assert first.status_code == 202
+    ingress.app.state.idempotency.clear()  # forget everything, as a restart does
+    again = ingress.post(key, [ingress.permit(), ingress.permit()], **{"Idempotency-Key": idem})
+    assert again.status_code == 202 and "Idempotent-Replayed" not in again.headers
+    assert again.json()["ids"] == first.json()["ids"]  # the store keeps one copy of each
+
+
+@pytest.fixture(scope="module")
+def open_ingress(ingress: Ingress) -> Iterator[Ingress]:
+    """A second ingress on the same stack without a practical rate limit, for fuzzing."""
+    stack = ingress.stack
+    settings = stack.settings.model_copy(
+        update={
+            "ingress_max_body_bytes": 65536,
+            "ingress_rate_per_s": 1e6,
+            "ingress_rate_burst": 10**6,
+        }
+    )
+    catalog = stack.catalog()
+    publishers = PublisherPool(settings, catalog)
+    app = create_app(settings, catalog, ApiKeyStore(make_engine(settings.database_url)), publishers)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    from tests.conftest import wait_until
+
+    wait_until(lambda: server.started, 30, "fuzzing ingress up")
+    yield Ingress(stack, f"http://127.0.0.1:{port}", app)
+    server.should_exit = True
+    thread.join(10)
+    publishers.close()
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
+    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=12), c, max_size=5),
+    max_leaves=25,
+)
+_fields = st.sampled_from(
+    [
+        "permit_number",
+        "permit_type",
+        "nib",
+        "applicant_nik",
+        "business_name",
+        "kelurahan_code",
+        "issued_at",
+        "valid_until",
+        "signature_digest",
+        "id",
+        "time",
+        "data",
+        "source",
+        "type",
+    ]
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    body=st.one_of(
+        st.binary(max_size=300),
+        _json.map(lambda v: json.dumps(v).encode()),
+        st.dictionaries(_fields, _json, max_size=10).map(lambda v: json.dumps(v).encode()),
+        st.integers(1, 5000).map(lambda n: ("[" * n + "]" * n).encode()),
+        st.integers(1, 3000).map(lambda n: ('{"a":' * n + "1" + "}" * n).encode()),
+    ),
+    media=st.sampled_from(
+        [
+            "application/json",
+            "application/cloudevents+json",
+            "application/cloudevents-batch+json",
+            "text/plain",
+            "",
+            "application/json; charset=latin1",
+        ]
+    ),
+    extra=st.dictionaries(
+        st.sampled_from(["ce-id", "Idempotency-Key", "X-API-Key", "Content-Length-X"]),
+        st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=300),
+        max_size=3,
+    ),
+    event_type=st.sampled_from(["permit.issued", "hr.employee.updated", "nope", "%00"]),
+)
+def test_ingress_never_answers_500_whatever_the_body_and_headers(
+    open_ingress: Ingress, body: bytes, media: str, extra: dict[str, str], event_type: str
+) -> None:
+    key = _FUZZ_KEYS.setdefault("dpmptsp", open_ingress.key("dpmptsp"))
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": media, **extra}
+    response = httpx.post(
+        f"{open_ingress.url}/v1/events/{event_type}", content=body, headers=headers, timeout=30
+    )
+    assert response.status_code in (202, 401, 403, 404, 413, 415, 422), response.text
+    assert response.json()["detail" if response.status_code != 202 else "ids"]
+
+
+_FUZZ_KEYS: dict[str, str] = {}
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.slow
+def test_rejected_batches_do_not_grow_the_ingress_process(ingress: Ingress, tmp_path: Path) -> None:
+    """Issue 14: 60 rejected requests took the ingress from 83 MB to 288 MB. Ceiling: the
+    resident set grows by less than 15 MB over 120 rejected 500-event batches (before the
+    fix: 88 -> 125 MB)."""
+    import signal
+
+    from tests.conftest import wait_until
+
+    port = free_port()
+    env = {**ingress.stack.env, "SIMPUL_INGRESS_PORT": str(port)}
+    log = open(tmp_path / "ingress.log", "wb")  # noqa: SIM115
+    process = subprocess.Popen(
+        [sys.executable, "-m", "simpul", "ingress"], env=env, stdout=log, stderr=log
+    )
+    try:
+
+        def up() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(up, 60, "simpul ingress up")
+        key = ingress.key("dpmptsp")
+        batch = [ingress.permit(nib="123") for _ in range(500)]  # every event refused
+        url = f"http://127.0.0.1:{port}/v1/events/permit.issued"
+        refused = 0
+        with httpx.Client(timeout=30) as client:
+
+            def send(n: int) -> None:
+                nonlocal refused
+                headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": f"r-{n}"}
+                response = client.post(url, json=batch, headers=headers)
+                assert response.status_code in (422, 429), response.text
+                refused += response.status_code == 422
+
+            for n in range(10):  # warm up: allocator arenas, first imports
+                send(n)
+            before = _rss_mb(process.pid)
+            for n in range(10, 130):
+                send(n)
+            after = _rss_mb(process.pid)
+        assert refused >= 100
+        assert after - before < 15, f"resident {before:.0f} MB -> {after:.0f} MB"
+        print(f"ingress resident memory {before:.0f} MB -> {after:.0f} MB over 120 batches")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)

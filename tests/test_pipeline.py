@@ -164,10 +164,14 @@ def test_batch_drops_duplicates_and_keeps_going_after_poison(catalog: EventCatal
 
 
 def test_dedup_window_is_bounded_per_partition() -> None:
-    window = DedupWindow(2)
+    window = DedupWindow(4)  # two generations of two ids
     assert not window.seen(0, "a") and not window.seen(0, "b") and window.seen(0, "a")
     assert not window.seen(1, "a")  # another partition has its own window
-    window.seen(0, "c")  # evicts the least recently seen, "b"
-    assert not window.seen(0, "b")
-    window.forget([0])
+    window.seen(0, "c")  # a new generation: a and b are the previous one, still remembered
+    assert window.seen(0, "b")
+    window.seen(0, "d")
+    window.seen(0, "e")  # another generation: a and b are forgotten
+    assert window.remembered(0) <= 4
     assert not window.seen(0, "a")
+    window.forget([0])
+    assert not window.seen(0, "c")
