@@ -173,6 +173,41 @@ def topology_check(
     )
 
 
+@app.command("init")
+def init(
+    code: Annotated[str, typer.Argument(help="Kemendagri code of a kabupaten/kota: 53.71, 3471")],
+    out: Annotated[
+        Path | None, typer.Option(help="File to write (default topology/<city>.yaml)")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing file")] = False,
+) -> None:
+    """Write a working topology for any kabupaten/kota from Kemendagri's code list (offline):
+    the usual OPD, one office per kelurahan/desa, event types, joins, subscriptions, connectors."""
+    from simpul.init_topology import init_topology
+    from simpul.wilayah import UnknownRegion
+
+    try:
+        stem, text = init_topology(code)
+    except UnknownRegion as error:
+        err.print(str(error), markup=False, style="red")
+        raise typer.Exit(2) from None
+    target = out or _settings().topology_file.parent / f"{stem}.yaml"
+    if target.exists() and not force:
+        err.print(f"{target} exists; pass --force to overwrite it", markup=False, style="red")
+        raise typer.Exit(1)
+    target.write_text(text, encoding="utf-8")
+    try:
+        topology = load_topology(target)
+    except TopologyError as error:
+        err.print(str(error), markup=False, style="red")
+        raise typer.Exit(1) from None
+    console.print(
+        f"{target}: {topology.city}, {len(topology.kelurahan)} kelurahan/desa, "
+        f"{len(topology.agencies)} agencies, {len(topology.connectors)} connector stubs; "
+        f"check it with `simpul topology check {target}`"
+    )
+
+
 @app.command()
 def worker() -> None:
     """Run the stream worker: validate, dedup, store, forward; /metrics on the web port."""

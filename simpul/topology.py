@@ -131,6 +131,10 @@ class Topology(BaseModel):
     city: str
     region_code: Annotated[str, Field(pattern=r"^[0-9]{4}$")]
     replication: Annotated[int, Field(ge=1, le=5)] = 1
+    #: Whether a kelurahan/desa office may issue a letter for a resident of another kelurahan
+    #: (Kota Kupang's Soda Molek: any office, any resident). The letter then carries the
+    #: office's own code in ``issuing_kelurahan_code`` beside the resident's ``kelurahan_code``.
+    offices_issue_for_any_kelurahan: bool = False
     agencies: Annotated[list[Agency], Field(min_length=1)]
     event_types: Annotated[list[EventType], Field(min_length=1)]
     kelurahan: list[Kelurahan] = []
