@@ -245,7 +245,7 @@ def simulate(
     ] = 0.02,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same city)")] = 7271,
 ) -> None:
-    """Publish realistic generated Kota Palu events from every agency."""
+    """Publish realistic generated events from every onboarded agency of the topology's city."""
     report = run_simulation(
         _settings(), rate=rate, duration=duration, duplicates=duplicates, invalid=invalid, seed=seed
     )
@@ -375,11 +375,20 @@ def dlq_replay(
 def demo(
     duration: Annotated[float, typer.Option(min=1, help="Seconds of simulated traffic")] = 30.0,
     rate: Annotated[float, typer.Option(min=1, help="Events per second")] = 100.0,
+    city: Annotated[
+        str | None,
+        typer.Option(help="Run topology/<city>.yaml: palu, kupang, malang, batu, yogyakarta"),
+    ] = None,
 ) -> None:
     """Start broker, topics, store and worker; simulate all agencies; print what arrived; stop."""
-    from simpul.demo import run_demo
+    from simpul.demo import city_topology, run_demo
 
-    raise typer.Exit(run_demo(console, duration=duration, rate=rate))
+    try:
+        city_topology(city, _settings().topology_file)
+    except FileNotFoundError as error:
+        err.print(str(error), markup=False, style="red")
+        raise typer.Exit(2) from None
+    raise typer.Exit(run_demo(console, duration=duration, rate=rate, city=city))
 
 
 from simpul.cli_operations import export, status  # noqa: E402

@@ -1,11 +1,14 @@
-"""Realistic, generated Kota Palu data for the demo, tests and benchmarks; never real people.
+"""Realistic, generated city data for the demo, tests and benchmarks; never real people.
 
+Residents live in the topology's kelurahan (their NIK carries its kecamatan code); each event
+comes from the agency the topology names as its producer, and only from onboarded agencies.
 The same residents (NIK) and civil servants (NIP) recur across event types, so joins match.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import fnmatch
 import hashlib
 import random
 import time
@@ -171,7 +174,10 @@ def make_nip(rng: random.Random) -> str:
 
 @dataclass
 class PaluData:
-    """A generated city: residents, civil servants, and payload factories per event type."""
+    """A generated city: residents, civil servants, and payload factories per event type.
+
+    Named for Kota Palu, the first city; any topology works (`CityData` is the same class).
+    """
 
     topology: Topology
     seed: int = 7271
@@ -193,8 +199,12 @@ class PaluData:
             for _ in range(self.employees_count)
         ]
         self._offices = {
-            a.kelurahan_code: a.code for a in self.topology.agencies if a.kelurahan_code
+            a.kelurahan_code: a.code
+            for a in self.topology.agencies
+            if a.kelurahan_code and a.onboarded
         }
+        self._producers = {t.name: self._producer(t.producers) for t in self.topology.event_types}
+        self._any_office = self.topology.offices_issue_for_any_kelurahan
         self._serial = 0
         # Who has been published, so that the joins (docs/joins.md) find partners: most
         # assessments are of employees already known, some deaths are of recipients.
@@ -209,12 +219,37 @@ class PaluData:
         self._serial += 1
         return self._serial
 
+    def _producer(self, patterns: list[str]) -> str | None:
+        """The first onboarded agency the topology lets produce a type."""
+        for agency in self.topology.agencies:
+            if agency.onboarded and not agency.system and not agency.kelurahan_code:
+                if any(fnmatch.fnmatchcase(agency.code, p) for p in patterns):
+                    return agency.code
+        return None
+
+    @property
+    def simulated_types(self) -> list[str]:
+        """Event types some onboarded agency of this city sends (weights in `WEIGHTS`)."""
+        return [
+            name
+            for name in WEIGHTS
+            if name in self.topology.types_by_name
+            and (self._offices if name == "kelurahan.document.issued" else self._producers[name])
+        ]
+
+    def intruder(self, event_type: str) -> str:
+        """An agency that may not produce ``event_type`` (for unauthorized test traffic)."""
+        etype = self.topology.event_type(event_type)
+        candidates = [a.code for a in self.topology.agencies if not etype.may_produce(a.code)]
+        return "kominfo" if "kominfo" in candidates else candidates[0]
+
     def producer_of(self, event_type: str, payload: dict[str, Any]) -> str:
         if event_type == "kelurahan.document.issued":
-            return self._offices[payload["kelurahan_code"]]
-        return {"hr": "bkpsdm", "permit": "dpmptsp", "social": "dinsos", "population": "dukcapil"}[
-            event_type.split(".")[0]
-        ]
+            return self._offices[payload.get("issuing_kelurahan_code") or payload["kelurahan_code"]]
+        producer = self._producers.get(event_type)
+        if producer is None:
+            raise KeyError(f"no onboarded agency of {self.topology.city} produces {event_type}")
+        return producer
 
     def payload(self, event_type: str, now: dt.datetime) -> dict[str, Any]:
         rng = self.rng
@@ -266,7 +301,7 @@ class PaluData:
                 [x for x in self.residents[:500] if x.kelurahan_code == kel] or self.residents
             )
             doc_type = rng.choices(list(PURPOSES), [35, 25, 20, 10, 10])[0]
-            return {
+            letter = {
                 "document_number": f"470/{self._next():05d}/{kel[-4:]}/{now.year}",
                 "document_type": doc_type,
                 "kelurahan_code": kel,
@@ -274,6 +309,15 @@ class PaluData:
                 "purpose": rng.choice(PURPOSES[doc_type]),
                 "issued_at": now,
             }
+            # Where any office may issue for any resident (Kota Kupang's Soda Molek), a
+            # third of letters are for residents of another kelurahan.
+            if self._any_office and rng.random() < 0.3:
+                other = rng.choice(self.residents)
+                if other.kelurahan_code != kel:
+                    letter["resident_nik"] = other.nik
+                    letter["kelurahan_code"] = other.kelurahan_code
+                    letter["issuing_kelurahan_code"] = kel
+            return letter
         if event_type == "social.recipient.updated":
             r = rng.choice(self.residents)
             self._recipients.append(r)
@@ -295,7 +339,9 @@ class PaluData:
                 "nik": r.nik,
                 "date_of_death": (now - dt.timedelta(days=rng.randrange(1, 30))).date(),
                 "kelurahan_code": r.kelurahan_code,
-                "certificate_number": f"7271-KM-{now:%d%m%Y}-{self._next():04d}",
+                "certificate_number": (
+                    f"{self.topology.region_code}-KM-{now:%d%m%Y}-{self._next():04d}"
+                ),
             }
         raise KeyError(f"no generator for event type {event_type!r}")
 
@@ -318,6 +364,9 @@ class PaluData:
             else:
                 broken["nip"] = "19" + broken["nip"][2:8] + "00" + broken["nip"][10:]
         return broken
+
+
+CityData = PaluData
 
 
 @dataclass
@@ -356,7 +405,7 @@ def simulate(
     rng = data.rng
     report = SimulationReport()
     total = limit if limit is not None else int(rate * duration)
-    types = list(WEIGHTS)
+    types = data.simulated_types
     weights = [WEIGHTS[t] for t in types]
     recent: list[tuple[str, str, dict[str, Any], str, dt.datetime]] = []
     started = time.monotonic()
@@ -402,7 +451,7 @@ def _publish_invalid(
     if kind in ("bad_nik", "bad_kelurahan"):
         publisher.publish(event_type, data.corrupt(kind, payload), time=now, validate=False)
     elif kind == "unauthorized":
-        intruder = "kominfo"
+        intruder = data.intruder(event_type)
         publishers(intruder).publish(event_type, payload, time=now, validate=False)
     elif kind == "undecodable":
         key = str(payload[etype.key]).encode()

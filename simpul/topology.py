@@ -57,6 +57,9 @@ class Agency(BaseModel):
     #: Simpul's own producer identity (derived events), not an agency system: it is left
     #: out of the scorecard's "N of M agencies connected".
     system: bool = False
+    #: False: declared but not sending yet (a city onboarding its OPD in waves); the
+    #: simulator leaves it silent and the scorecard still counts it among the M agencies.
+    onboarded: bool = True
 
     @field_validator("cadence")
     @classmethod
