@@ -189,7 +189,7 @@ def init(
     try:
         stem, text = init_topology(code)
     except UnknownRegion as error:
-        err.print(str(error), markup=False, style="red")
+        err.print(str(error), markup=False, style="red", soft_wrap=True)
         raise typer.Exit(2) from None
     target = out or _settings().topology_file.parent / f"{stem}.yaml"
     if target.exists() and not force:
@@ -386,7 +386,7 @@ def demo(
     try:
         city_topology(city, _settings().topology_file)
     except FileNotFoundError as error:
-        err.print(str(error), markup=False, style="red")
+        err.print(str(error), markup=False, style="red", soft_wrap=True)
         raise typer.Exit(2) from None
     raise typer.Exit(run_demo(console, duration=duration, rate=rate, city=city))
 

@@ -222,9 +222,13 @@ class PaluData:
     def _producer(self, patterns: list[str]) -> str | None:
         """The first onboarded agency the topology lets produce a type."""
         for agency in self.topology.agencies:
-            if agency.onboarded and not agency.system and not agency.kelurahan_code:
-                if any(fnmatch.fnmatchcase(agency.code, p) for p in patterns):
-                    return agency.code
+            if (
+                agency.onboarded
+                and not agency.system
+                and not agency.kelurahan_code
+                and any(fnmatch.fnmatchcase(agency.code, p) for p in patterns)
+            ):
+                return agency.code
         return None
 
     @property
