@@ -118,7 +118,7 @@ def test_the_token_comes_from_the_environment(tmp_path: Path, employees, monkeyp
     with FakeBkn(token="rahasia-uji-123") as bkn:
         bkn.add(bkn_record(employees[0], T0))
         spec = _spec(bkn.url, **{"auth.token.env": "SIMPUL_TEST_BKN_TOKEN"})
-        with pytest.raises(ValueError, match="auth.token.env: environment variable"):
+        with pytest.raises(ValueError, match=r"auth\.token\.env: environment variable"):
             _connector(tmp_path, spec)
         monkeypatch.setenv("SIMPUL_TEST_BKN_TOKEN", "salah")
         wrong = _connector(tmp_path, spec)
