@@ -391,10 +391,13 @@ def demo(
     raise typer.Exit(run_demo(console, duration=duration, rate=rate, city=city))
 
 
-from simpul.cli_operations import export, status  # noqa: E402
+from simpul.cli_operations import export, staff_reconcile, status  # noqa: E402
 
 app.command()(status)
 app.command()(export)
+staff_app = typer.Typer(help="Staff master data (SIMPEG and BKN's register).", no_args_is_help=True)
+app.add_typer(staff_app, name="staff")
+staff_app.command("reconcile")(staff_reconcile)
 
 
 def main() -> None:

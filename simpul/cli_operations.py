@@ -87,3 +87,84 @@ def export(
         table.add_row(slug, str(rows), str(result.suppressed[slug]))
     console.print(table)
     console.print(f"wrote {len(result.files)} files to {result.directory}")
+
+
+def staff_reconcile(
+    national: Annotated[
+        str, typer.Option(help="Agency code the national register (BKN SIASN) publishes under")
+    ] = "bkn",
+    local: Annotated[
+        str | None,
+        typer.Option(help="Agency of the local SIMPEG (default: the other hr.employee producer)"),
+    ] = None,
+    show_personal: Annotated[
+        bool, typer.Option(help="Show NIPs and names in full (default: masked)")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON")] = False,
+) -> None:
+    """Staff whose local SIMPEG record differs from BKN's national one, field by field."""
+    from simpul.cli import _settings, _topology, console, err
+    from simpul.db import make_engine
+    from simpul.subscriptions import mask
+    from sinks.staff_reconciliation import EVENT_TYPE, reconcile
+
+    settings = _settings()
+    topology = _topology(settings)
+    producers = [
+        a.code for a in topology.agencies if topology.event_type(EVENT_TYPE).may_produce(a.code)
+    ]
+    local = local or next((code for code in producers if code != national), None)
+    for role, code in (("--national", national), ("--local", local)):
+        if code not in producers:
+            err.print(
+                f"{role}: {code!r} does not produce {EVENT_TYPE} in {topology.city} "
+                f"(producers: {', '.join(producers)})",
+                markup=False,
+                style="red",
+                soft_wrap=True,
+            )
+            raise typer.Exit(2)
+    assert local is not None
+    report = reconcile(make_engine(settings.database_url), local, national)
+
+    def shown(name: str, value: object) -> str:
+        if value is None:
+            return "-"
+        if name in ("nip", "name") and not show_personal:
+            return mask(str(value), 4, 3) if name == "nip" else mask(str(value), 1, 0)
+        return str(value)
+
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "local": local,
+                    "national": national,
+                    "compared": report.compared,
+                    "matching": report.matching,
+                    "differences": [
+                        {
+                            "nip": shown("nip", d.nip),
+                            "field": d.field,
+                            "local": shown(d.field, d.local),
+                            "national": shown(d.field, d.national),
+                        }
+                        for d in report.differences
+                    ],
+                    "only_local": [shown("nip", n) for n in report.only_local],
+                    "only_national": [shown("nip", n) for n in report.only_national],
+                },
+                ensure_ascii=False,
+                indent=2,
+            )
+        )
+        return
+    table = Table(
+        "NIP", "field", f"SIMPEG ({local})", f"national ({national})", title="Staff to reconcile"
+    )
+    for d in report.differences:
+        table.add_row(
+            shown("nip", d.nip), d.field, shown(d.field, d.local), shown(d.field, d.national)
+        )
+    console.print(table)
+    console.print(report.summary())
