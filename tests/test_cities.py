@@ -59,7 +59,8 @@ def test_city_topology_is_valid_with_its_connectors_and_subscriptions(city: str)
 def test_kupang_reflects_its_seed() -> None:
     kupang = _topology("kupang")
     assert kupang.offices_issue_for_any_kelurahan  # Soda Molek
-    assert kupang.event_type("hr.employee.updated").producers == ["bkpp"]  # BKPP, with BKN
+    assert kupang.event_type("hr.employee.updated").producers == ["bkpp", "bkn"]  # SIMPEG, SIASN
+    assert any(c.kind == "rest" and c.agency == "bkn" for c in kupang.connectors)
     names = {s.name: s for s in kupang.subscriptions}
     assert names["bkd-tpp-payroll-basis"].event_types == ["hr.allowance.basis"]
     assert names["dinkes-brigade-kupang-sehat"].agency == "dinkes"
