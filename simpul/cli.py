@@ -391,13 +391,16 @@ def demo(
     raise typer.Exit(run_demo(console, duration=duration, rate=rate, city=city))
 
 
-from simpul.cli_operations import export, staff_reconcile, status  # noqa: E402
+from simpul.cli_operations import export, payroll_control, staff_reconcile, status  # noqa: E402
 
 app.command()(status)
 app.command()(export)
 staff_app = typer.Typer(help="Staff master data (SIMPEG and BKN's register).", no_args_is_help=True)
 app.add_typer(staff_app, name="staff")
 staff_app.command("reconcile")(staff_reconcile)
+payroll_app = typer.Typer(help="Payroll basis for BKD (TPP).", no_args_is_help=True)
+app.add_typer(payroll_app, name="payroll")
+payroll_app.command("control")(payroll_control)
 
 
 def main() -> None:

@@ -168,3 +168,73 @@ def staff_reconcile(
         )
     console.print(table)
     console.print(report.summary())
+
+
+def payroll_control(
+    period: Annotated[str, typer.Option(help="Month paid, YYYY-MM (e.g. 2026-11)")],
+    out: Annotated[
+        Path | None, typer.Option(help="Also write the per-unit totals to this CSV file")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the totals as JSON")] = False,
+) -> None:
+    """BKD's monthly TPP control total per unit (staff, payable, rupiah, account hash total)."""
+    import csv
+    import dataclasses
+
+    from simpul.cli import _settings, _topology, console, err
+    from simpul.db import make_engine
+    from sinks.payroll import PayrollError, UnitTotal
+    from sinks.payroll import payroll_control as build
+
+    settings = _settings()
+    topology = _topology(settings)
+    try:
+        report = build(make_engine(settings.database_url), topology, period)
+    except PayrollError as error:
+        err.print(str(error), markup=False, style="red", soft_wrap=True)
+        raise typer.Exit(2) from None
+    units = report.units
+    if out is not None:
+        with out.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, [f.name for f in dataclasses.fields(UnitTotal)])
+            writer.writeheader()
+            writer.writerows(dataclasses.asdict(u) for u in units)
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "period": period,
+                    "basis": report.basis,
+                    "total_amount": report.total_amount,
+                    "units": [dataclasses.asdict(u) for u in units],
+                },
+                indent=2,
+            )
+        )
+        return
+    table = Table(
+        "unit",
+        "staff",
+        "payable",
+        "amount (Rp)",
+        "account hash total",
+        "no account",
+        "no amount",
+        title=f"TPP control totals {period} ({report.basis})",
+    )
+    for u in units:
+        table.add_row(
+            u.unit_code,
+            str(u.staff),
+            str(u.payable),
+            f"{u.amount:,}".replace(",", "."),
+            f"{u.account_hash_total:012d}",
+            str(u.no_account),
+            str(u.no_amount),
+        )
+    console.print(table)
+    console.print(
+        f"{len(report.lines)} staff, Rp {report.total_amount:,}".replace(",", ".")
+        + f" payable in {len(units)} units"
+        + (f"; written to {out}" if out else "")
+    )

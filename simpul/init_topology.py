@@ -102,6 +102,7 @@ JOINS: list[dict[str, Any]] = [
             "employment_status": "right.status",
             "assessment_event_id": "left.$id",
             "employee_event_id": "right.$id",
+            "bank_account_ref": "right.bank_account_ref",
         },
     },
     {

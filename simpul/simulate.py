@@ -164,6 +164,12 @@ def make_nik(rng: random.Random, district_code: str) -> str:
     return nik
 
 
+def bank_account_ref(region_code: str, nip: str) -> str:
+    """A generated salary account at the province's regional bank (BPD), stable per NIP."""
+    digits = int(hashlib.sha256(nip.encode()).hexdigest()[:12], 16) % 10**10
+    return f"BPD{region_code[:2]}-{digits:010d}"
+
+
 def make_nip(rng: random.Random) -> str:
     birth = dt.date(1966, 1, 1) + dt.timedelta(days=rng.randrange(0, 365 * 34))
     appointed = dt.date(birth.year + rng.randrange(22, 36), rng.randrange(1, 13), 1)
@@ -269,6 +275,7 @@ class PaluData:
                 "grade": rng.choice(GRADES),
                 "status": rng.choices(["ACTIVE", "ON_LEAVE", "RETIRED"], [90, 7, 3])[0],
                 "updated_at": now,
+                "bank_account_ref": bank_account_ref(self.topology.region_code, e.nip),
             }
         if event_type == "hr.performance.assessed":
             known = self._known_employees and rng.random() < 0.9

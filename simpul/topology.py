@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from simpul.connectors_model import ConnectorSpec, check_connectors
 from simpul.identifiers import check_kelurahan_code
 from simpul.joins_model import Join, check_joins
+from simpul.payroll_model import TppPolicy
 from simpul.subscriptions import Subscription, check_subscriptions
 
 _AGENCY_CODE = r"^[a-z][a-z0-9-]{1,40}$"
@@ -144,6 +145,8 @@ class Topology(BaseModel):
     joins: list[Join] = []
     connectors: list[ConnectorSpec] = []
     subscriptions: list[Subscription] = []
+    #: The TPP amounts BKD pays from hr.allowance.basis (`simpul payroll control`).
+    tpp: TppPolicy | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Topology:
