@@ -391,9 +391,16 @@ def demo(
     raise typer.Exit(run_demo(console, duration=duration, rate=rate, city=city))
 
 
-from simpul.cli_operations import export, payroll_control, staff_reconcile, status  # noqa: E402
+from simpul.cli_operations import (  # noqa: E402
+    export,
+    payroll_control,
+    readiness,
+    staff_reconcile,
+    status,
+)
 
 app.command()(status)
+app.command()(readiness)
 app.command()(export)
 staff_app = typer.Typer(help="Staff master data (SIMPEG and BKN's register).", no_args_is_help=True)
 app.add_typer(staff_app, name="staff")

@@ -238,3 +238,53 @@ def payroll_control(
         + f" payable in {len(units)} units"
         + (f"; written to {out}" if out else "")
     )
+
+
+def readiness(
+    days: Annotated[int, typer.Option(min=1, max=366, help="Days of traffic to judge")] = 7,
+    weeks: Annotated[int, typer.Option(min=1, max=104, help="Weeks of connected history")] = 12,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON")] = False,
+) -> None:
+    """Per agency: connected or not, events/day, share rejected and why, fields missing or
+    malformed, freshness against cadence; and "N of M agencies connected" week by week."""
+    from simpul.cli import _settings, _topology, console
+    from simpul.db import make_engine
+    from sinks.readiness import build_readiness
+
+    settings = _settings()
+    topology = _topology(settings)
+    report = build_readiness(
+        make_engine(settings.database_url),
+        topology,
+        days=days,
+        weeks=weeks,
+        connectors_dir=settings.connectors_dir,
+    )
+    if as_json:
+        print(json.dumps(report.as_dict(), ensure_ascii=False, indent=2))
+        return
+    table = Table(title=f"Data readiness: {report.city} (last {days} days)")
+    for column in ("agency", "onboarded", "status", "events/day", "rejected", "top reasons"):
+        table.add_column(
+            column, justify="right" if column in ("events/day", "rejected") else "left"
+        )
+    table.add_column("fields missing / malformed", overflow="fold")
+    table.add_column("freshness", justify="right")
+    for a in report.agencies:
+        fresh = a.freshness(report.generated_at)
+        share = a.rejected_share
+        table.add_row(
+            a.code,
+            "yes" if a.onboarded else "not yet",
+            a.status,
+            f"{a.events_per_day:.1f}",
+            "-" if share is None else f"{share * 100:.1f} %",
+            ", ".join(f"{c} ({n})" for c, n in a.top_reasons) or "-",
+            ", ".join(f"{f.field} {f.missing}/{f.malformed}" for f in a.fields) or "-",
+            "-" if fresh is None else f"{fresh:.2f}×{a.cadence}",
+        )
+    console.print(table)
+    history = Table("week from", "connected", title="Agencies connected, week by week")
+    for w in report.weeks:
+        history.add_row(w.week_start.isoformat(), w.label)
+    console.print(history)
