@@ -78,7 +78,13 @@ def export(
     settings = _settings()
     topology = _topology(settings)
     try:
-        result = export_open_data(make_engine(settings.database_url), topology, period, out)
+        result = export_open_data(
+            make_engine(settings.database_url),
+            topology,
+            period,
+            out,
+            schemas_dir=settings.schemas_dir,
+        )
     except ExportError as error:
         err.print(f"[red]{error}[/red]")
         raise typer.Exit(2) from None
