@@ -154,3 +154,15 @@ def test_the_simulator_credits_the_issuing_office(kupang: Topology) -> None:
         assert kupang.agency(producer).kelurahan_code == payload["issuing_kelurahan_code"]
         resident = next(r for r in data.residents if r.nik == payload["resident_nik"])
         assert resident.kelurahan_code == payload["kelurahan_code"]
+
+
+def test_the_sktm_join_follows_the_residents_kelurahan(kupang: Topology) -> None:
+    from streams.joins import Effects, JoinPartition
+    from tests.test_joins import event, logic
+
+    join, state, effects = logic(kupang, "sktm-verification", 60), JoinPartition(), Effects()
+    join.on_left(state, event("kelurahan.document.issued", _letter(document_type="SKTM")), effects)
+    join.expire(state, 60.0, effects)  # no DTKS entry for the resident: Dinsos verifies
+    (out,) = effects.derived
+    assert out.payload["kelurahan_code"] == OEBOBO  # where the resident lives, not Oepura
+    assert out.payload["nik"] == RESIDENT_NIK
