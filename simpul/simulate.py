@@ -211,6 +211,12 @@ class PaluData:
         }
         self._producers = {t.name: self._producer(t.producers) for t in self.topology.event_types}
         self._any_office = self.topology.offices_issue_for_any_kelurahan
+        # A second onboarded producer of staff records (Kota Kupang's `bkn`, BKN's national
+        # register beside BKPP's SIMPEG) sends its own view of staff already known locally.
+        self._national = self._second_producer("hr.employee.updated")
+        self._local_staff: dict[str, dict[str, Any]] = {}
+        # id() of the national records handed out, to send each from the national agency.
+        self._national_ids: set[tuple[int, str, dt.datetime]] = set()
         self._serial = 0
         # Who has been published, so that the joins (docs/joins.md) find partners: most
         # assessments are of employees already known, some deaths are of recipients.
@@ -237,6 +243,24 @@ class PaluData:
                 return agency.code
         return None
 
+    def _second_producer(self, event_type: str) -> str | None:
+        if event_type not in self.topology.types_by_name:
+            return None
+        first = self._producers.get(event_type)
+        etype = self.topology.event_type(event_type)
+        return next(
+            (
+                a.code
+                for a in self.topology.agencies
+                if a.onboarded
+                and not a.system
+                and not a.kelurahan_code
+                and a.code != first
+                and etype.may_produce(a.code)
+            ),
+            None,
+        )
+
     @property
     def simulated_types(self) -> list[str]:
         """Event types some onboarded agency of this city sends (weights in `WEIGHTS`)."""
@@ -256,6 +280,10 @@ class PaluData:
     def producer_of(self, event_type: str, payload: dict[str, Any]) -> str:
         if event_type == "kelurahan.document.issued":
             return self._offices[payload.get("issuing_kelurahan_code") or payload["kelurahan_code"]]
+        mark = (id(payload), payload.get("nip"), payload.get("updated_at"))
+        if self._national and mark in self._national_ids:
+            self._national_ids.discard(mark)
+            return self._national
         producer = self._producers.get(event_type)
         if producer is None:
             raise KeyError(f"no onboarded agency of {self.topology.city} produces {event_type}")
@@ -265,9 +293,11 @@ class PaluData:
         rng = self.rng
         now = now.replace(microsecond=(now.microsecond // 1000) * 1000)
         if event_type == "hr.employee.updated":
+            if self._national and self._local_staff and rng.random() < 0.25:
+                return self._national_record(now)
             e = rng.choice(self.employees)
             self._known_employees.append(e)
-            return {
+            record = {
                 "nip": e.nip,
                 "name": e.name,
                 "unit_code": e.unit_code,
@@ -277,6 +307,9 @@ class PaluData:
                 "updated_at": now,
                 "bank_account_ref": bank_account_ref(self.topology.region_code, e.nip),
             }
+            if self._national:
+                self._local_staff[e.nip] = record
+            return record
         if event_type == "hr.performance.assessed":
             known = self._known_employees and rng.random() < 0.9
             e = rng.choice(self._known_employees if known else self.employees)
@@ -355,6 +388,16 @@ class PaluData:
                 ),
             }
         raise KeyError(f"no generator for event type {event_type!r}")
+
+    def _national_record(self, now: dt.datetime) -> dict[str, Any]:
+        """The national register's view of a known employee: the same master data mostly, a
+        rank already promoted there now and then, and no salary account (BKN holds none)."""
+        local = self._local_staff[self.rng.choice(sorted(self._local_staff))]
+        record = {**local, "updated_at": now, "bank_account_ref": None}
+        if self.rng.random() < 0.15:
+            record["grade"] = GRADES[min(GRADES.index(local["grade"]) + 1, len(GRADES) - 1)]
+        self._national_ids.add((id(record), record["nip"], now))
+        return record
 
     def corrupt(self, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
         """A payload broken in one known way (only for the payload-level kinds)."""

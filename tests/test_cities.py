@@ -141,6 +141,8 @@ def test_simulated_agencies_send_events_the_city_accepts(tmp_path: Path, city: s
         for field in ("kelurahan_code", "issuing_kelurahan_code"):
             if payload.get(field):
                 assert str(payload[field]).startswith(topology.region_code)
+    if city == "kupang":  # BKN's register beside BKPP's SIMPEG
+        assert producers["bkn"] > 0 and producers["bkpp"] > producers["bkn"]
     if city == "batu":  # Dispendukcapil is not on the platform yet: no deaths are sent
         assert "population.death.registered" not in data.simulated_types
         assert "dispendukcapil" not in producers
