@@ -189,7 +189,7 @@ def payroll_control(
 
     from simpul.cli import _settings, _topology, console, err
     from simpul.db import make_engine
-    from sinks.payroll import PayrollError, UnitTotal
+    from sinks.payroll import PayrollError, UnitTotal, rupiah
     from sinks.payroll import payroll_control as build
 
     settings = _settings()
@@ -233,15 +233,14 @@ def payroll_control(
             u.unit_code,
             str(u.staff),
             str(u.payable),
-            f"{u.amount:,}".replace(",", "."),
+            rupiah(u.amount),
             f"{u.account_hash_total:012d}",
             str(u.no_account),
             str(u.no_amount),
         )
     console.print(table)
     console.print(
-        f"{len(report.lines)} staff, Rp {report.total_amount:,}".replace(",", ".")
-        + f" payable in {len(units)} units"
+        f"{len(report.lines)} staff, Rp {rupiah(report.total_amount)} payable in {len(units)} units"
         + (f"; written to {out}" if out else "")
     )
 

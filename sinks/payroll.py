@@ -82,6 +82,11 @@ class PayrollControl:
         return sum(u.amount for u in self.units)
 
 
+def rupiah(amount: int) -> str:
+    """``8450000`` -> ``8.450.000`` (Indonesian thousands separator)."""
+    return f"{amount:,}".replace(",", ".")
+
+
 def account_number(reference: str) -> int:
     """The digits of the account number in a reference (``BPD53-0012345678`` -> 12345678)."""
     digits = re.sub(r"[^0-9]", "", reference.rsplit("-", 1)[-1])

@@ -205,5 +205,5 @@ def test_cli_prints_and_writes_the_control_totals(tmp_path: Path) -> None:
         ("5.02.01", "4450000"),
     ]
     table = runner.invoke(app, ["payroll", "control", "--period", "2026-11"], env=env)
-    assert "Rp 8.450.000 payable in 2 units" in table.output
+    assert "4 staff, Rp 8.450.000 payable in 2 units" in table.output
     assert A not in table.output  # totals only, no NIP
