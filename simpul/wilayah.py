@@ -149,6 +149,20 @@ def regency(code: str) -> Regency:
     )
 
 
+#: Province codes of Central (WITA) and Eastern (WIT) Indonesia Time; the rest keep WIB.
+_WITA = {"51", "52", "53", "63", "64", "65", "71", "72", "73", "74", "75", "76"}
+_WIT = {"81", "82", "91", "92", "93", "94", "95", "96"}
+
+
+def timezone_for(region_code: str) -> str:
+    """The IANA zone of a kabupaten/kota: Asia/Jakarta (WIB), Asia/Makassar (WITA) or
+    Asia/Jayapura (WIT), by its province (UU/Keppres 41/1987 on Indonesia's time zones)."""
+    province = normalise_region_code(region_code)[:2]
+    if province in _WITA:
+        return "Asia/Makassar"
+    return "Asia/Jayapura" if province in _WIT else "Asia/Jakarta"
+
+
 def regencies() -> Iterable[tuple[str, str]]:
     """``(4-digit code, name)`` of every kabupaten/kota."""
     for code, name in _rows():

@@ -27,14 +27,15 @@ from sqlalchemy import Engine, and_, func, select
 
 from simpul.settings import PROJECT_ROOT
 from simpul.topology import Topology
-from simpul.wilayah import EDITION
+from simpul.wilayah import EDITION, timezone_for
 from sinks.central_store import documents, permits, recipients
 
 SUPPRESS_BELOW = 5
 SUPPRESSED = "<5"
 LICENSE = "CC-BY-4.0"
 LICENSE_URL = "https://creativecommons.org/licenses/by/4.0/"
-#: Kota Palu keeps Central Indonesia Time (WITA): a month is counted in local time.
+#: Kota Palu keeps Central Indonesia Time (WITA); a month is counted in the city's local time
+#: (`simpul.wilayah.timezone_for`: WIB, WITA or WIT by province).
 TIMEZONE = "Asia/Makassar"
 _PERIOD = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 #: A category value is published only if it looks like a code, never free text.
@@ -342,7 +343,7 @@ def _write(
         "region": {"name": topology.city, "code": topology.region_code},
         "period": period,
         "frequency": "monthly",
-        "timezone": TIMEZONE,
+        "timezone": timezone_for(topology.region_code),
         "source": f"Simpul central store, event type {dataset.event_type}",
         "variables": [
             {k: v for k, v in asdict(variable).items() if v is not None}
@@ -378,7 +379,7 @@ def export_open_data(
     schemas_dir: Path = PROJECT_ROOT / "schemas",
 ) -> ExportResult:
     """Write the three datasets of ``period`` (YYYY-MM) to ``out`` as CSV + metadata JSON."""
-    start, end = parse_period(period)
+    start, end = parse_period(period, timezone_for(topology.region_code))
     out.mkdir(parents=True, exist_ok=True)
     now = now or dt.datetime.now(dt.UTC)
     datasets: Iterable[Dataset] = (

@@ -157,3 +157,14 @@ def test_cli_init_writes_a_file_that_topology_check_accepts(tmp_path: Path) -> N
     assert again.exit_code == 1 and "--force" in again.output
     unknown = runner.invoke(app, ["init", "99.99", "--out", str(tmp_path / "x.yaml")], env=env)
     assert unknown.exit_code == 2 and "no kabupaten/kota 99.99" in unknown.output
+
+
+@pytest.mark.parametrize(
+    ("code", "zone"),
+    [("72.71", "Asia/Makassar"), ("53.71", "Asia/Makassar"), ("35.79", "Asia/Jakarta"),
+     ("34.71", "Asia/Jakarta"), ("91.71", "Asia/Jayapura"), ("8171", "Asia/Jayapura")],
+)  # fmt: skip
+def test_each_city_has_its_time_zone(code: str, zone: str) -> None:
+    from simpul.wilayah import timezone_for
+
+    assert timezone_for(code) == zone
