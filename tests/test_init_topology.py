@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,12 +13,22 @@ from typer.testing import CliRunner
 
 from simpul.cli import app
 from simpul.init_topology import build_topology, office_codes, render
+from simpul.settings import get_settings
 from simpul.topology import load_topology, parse_topology
 from simpul.wilayah import DATA_FILE, EDITION, UnknownRegion, Village, build, parse_sql, regency
 
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _fresh_settings() -> Iterator[None]:
+    """The CLI caches its settings per process; these tests set SIMPUL_* for each invocation."""
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
 
 # Official counts per Kepmendagri No. 300.2.2-2430 Tahun 2025 (Kode dan Data Wilayah
 # Administrasi Pemerintahan), lampiran for each province, as published in

@@ -7,6 +7,7 @@ import csv
 import datetime as dt
 import json
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from typer.testing import CliRunner
 
 from simpul.cli import app
 from simpul.db import make_engine
+from simpul.settings import get_settings
 from simpul.subscriptions import SubscriptionPlan
 from simpul.topology import Topology, load_topology
 from sinks.central_store import CentralStore, StoredEvent
@@ -22,6 +24,16 @@ from streams.joins import Effects, JoinPartition
 from tests.test_joins import assessment, employee, logic
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _fresh_settings() -> Iterator[None]:
+    """The CLI caches its settings per process; these tests set SIMPUL_* for each invocation."""
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
 KUPANG = ROOT / "topology" / "kupang.yaml"
 T0 = dt.datetime(2026, 12, 1, 2, tzinfo=dt.UTC)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,12 +15,23 @@ from typer.testing import CliRunner
 
 from simpul.cli import app
 from simpul.db import make_engine
+from simpul.settings import get_settings
 from simpul.topology import load_topology
 from sinks.central_store import CentralStore, StoredEvent
 from sinks.dead_letter_log import dead_letters
 from sinks.readiness import build_readiness, field_problems, render_html
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _fresh_settings() -> Iterator[None]:
+    """The CLI caches its settings per process; these tests set SIMPUL_* for each invocation."""
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
 BATU = ROOT / "topology" / "batu.yaml"
 # A Wednesday noon, so weeks start on the Monday before.
 NOW = dt.datetime(2026, 11, 25, 12, tzinfo=dt.UTC)

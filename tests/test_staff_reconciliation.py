@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from typer.testing import CliRunner
 
 from simpul.cli import app
 from simpul.db import make_engine
+from simpul.settings import get_settings
 from simpul.simulate import CityData
 from simpul.topology import load_topology
 from sinks.central_store import CentralStore, StoredEvent
@@ -21,6 +23,16 @@ from sinks.staff_reconciliation import Difference, reconcile
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _fresh_settings() -> Iterator[None]:
+    """The CLI caches its settings per process; these tests set SIMPUL_* for each invocation."""
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
 T0 = dt.datetime(2026, 11, 2, 1, 0, tzinfo=dt.UTC)
 KUPANG = ROOT / "topology" / "kupang.yaml"
 
