@@ -157,6 +157,11 @@ def test_demo_runs_each_city_end_to_end(city: str) -> None:
     env = dict(os.environ)
     env.pop("SIMPUL_DATABASE_URL", None)
     env.pop("SIMPUL_TOPOLOGY_FILE", None)
+    # Random free ports, not the well-known defaults other demos on the machine may hold.
+    from simpul.broker import free_port
+
+    for name in ("BROKER_PORT", "WORKER_WEB_PORT", "JOINS_WEB_PORT", "REGISTRY_PORT"):
+        env[f"SIMPUL_{name}"] = str(free_port())
     result = subprocess.run(
         [sys.executable, "-m", "simpul", "demo", "--city", city, "--duration", "4", "--rate", "40"],
         capture_output=True,
