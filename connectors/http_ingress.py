@@ -232,6 +232,8 @@ def create_app(
     def health() -> dict[str, str]:
         return {"status": "ok"}
 
+    _mount_catalogue(app, settings, topology)
+
     @app.get("/metrics", include_in_schema=False)
     def prometheus() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
@@ -452,6 +454,35 @@ def create_app(
         )
 
     return app
+
+
+def _mount_catalogue(app: FastAPI, settings: Settings, topology: Any) -> None:
+    """The city's catalogue of event types (connectors/catalogue.py): open to read, like
+    /docs, because it holds schemas and generated examples only, never an event."""
+    from fastapi.responses import HTMLResponse
+
+    from connectors.catalogue import build_catalogue, openapi_for, render_catalogue
+
+    entries = {e.name: e for e in build_catalogue(topology, settings.schemas_dir)}
+
+    @app.get("/v1/catalogue", summary="The city's event types: schema, example, producers")
+    def catalogue() -> dict[str, Any]:
+        return {
+            "city": topology.city,
+            "region_code": topology.region_code,
+            "event_types": [entry.as_dict() for entry in entries.values()],
+        }
+
+    @app.get("/catalogue.html", include_in_schema=False)
+    def catalogue_page() -> HTMLResponse:
+        return HTMLResponse(render_catalogue(list(entries.values()), topology))
+
+    @app.get("/v1/catalogue/{event_type}/openapi.json", summary="OpenAPI for one event type")
+    def catalogue_openapi(event_type: str) -> Response:
+        entry = entries.get(event_type)
+        if entry is None:
+            return _problem(404, f"unknown event type {event_type!r}; see /v1/catalogue")
+        return JSONResponse(openapi_for(entry, topology))
 
 
 def _invalid(problems: list[tuple[list[Any], str]]) -> JSONResponse:

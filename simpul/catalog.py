@@ -49,9 +49,22 @@ class EventCatalog:
         return problems
 
     def scope_problem(self, agency: Agency, payload: Mapping[str, Any]) -> str | None:
-        """A kelurahan office may only report on its own kelurahan."""
+        """A kelurahan office reports for its own kelurahan; where the topology lets offices
+        issue for residents of other kelurahan, a letter names the issuing office's kelurahan
+        in ``issuing_kelurahan_code`` and the resident's in ``kelurahan_code``."""
         own = agency.kelurahan_code
-        theirs = payload.get("kelurahan_code")
-        if own and theirs and own != theirs:
-            return f"kelurahan_code: {agency.code} may only report for {own}, not {theirs}"
+        resident = payload.get("kelurahan_code")
+        issuing = payload.get("issuing_kelurahan_code")
+        if not own:
+            return None
+        if issuing and issuing != own:
+            return f"issuing_kelurahan_code: {agency.code} issues for {own}, not {issuing}"
+        if resident and resident != own:
+            if not self.topology.offices_issue_for_any_kelurahan:
+                return f"kelurahan_code: {agency.code} may only report for {own}, not {resident}"
+            if not issuing:
+                return (
+                    f"issuing_kelurahan_code: required when {agency.code} ({own}) issues for a "
+                    f"resident of {resident}"
+                )
         return None

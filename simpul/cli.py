@@ -276,6 +276,41 @@ def topology_check(
     )
 
 
+@app.command("init")
+def init(
+    code: Annotated[str, typer.Argument(help="Kemendagri code of a kabupaten/kota: 53.71, 3471")],
+    out: Annotated[
+        Path | None, typer.Option(help="File to write (default topology/<city>.yaml)")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing file")] = False,
+) -> None:
+    """Write a working topology for any kabupaten/kota from Kemendagri's code list (offline):
+    the usual OPD, one office per kelurahan/desa, event types, joins, subscriptions, connectors."""
+    from simpul.init_topology import init_topology
+    from simpul.wilayah import UnknownRegion
+
+    try:
+        stem, text = init_topology(code)
+    except UnknownRegion as error:
+        err.print(str(error), markup=False, style="red", soft_wrap=True)
+        raise typer.Exit(2) from None
+    target = out or _settings().topology_file.parent / f"{stem}.yaml"
+    if target.exists() and not force:
+        err.print(f"{target} exists; pass --force to overwrite it", markup=False, style="red")
+        raise typer.Exit(1)
+    target.write_text(text, encoding="utf-8")
+    try:
+        topology = load_topology(target)
+    except TopologyError as error:
+        err.print(str(error), markup=False, style="red")
+        raise typer.Exit(1) from None
+    console.print(
+        f"{target}: {topology.city}, {len(topology.kelurahan)} kelurahan/desa, "
+        f"{len(topology.agencies)} agencies, {len(topology.connectors)} connector stubs; "
+        f"check it with `simpul topology check {target}`"
+    )
+
+
 @app.command()
 def worker() -> None:
     """Run the stream worker: validate, dedup, store, forward; /metrics on the web port."""
@@ -313,7 +348,7 @@ def simulate(
     ] = 0.02,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same city)")] = 7271,
 ) -> None:
-    """Publish realistic generated Kota Palu events from every agency."""
+    """Publish realistic generated events from every onboarded agency of the topology's city."""
     report = run_simulation(
         _settings(), rate=rate, duration=duration, duplicates=duplicates, invalid=invalid, seed=seed
     )
@@ -476,17 +511,39 @@ def dlq_resume(
 def demo(
     duration: Annotated[float, typer.Option(min=1, help="Seconds of simulated traffic")] = 30.0,
     rate: Annotated[float, typer.Option(min=1, help="Events per second")] = 100.0,
+    city: Annotated[
+        str | None,
+        typer.Option(help="Run topology/<city>.yaml: palu, kupang, malang, batu, yogyakarta"),
+    ] = None,
 ) -> None:
     """Start broker, topics, store and worker; simulate all agencies; print what arrived; stop."""
-    from simpul.demo import run_demo
+    from simpul.demo import city_topology, run_demo
 
-    raise typer.Exit(run_demo(console, duration=duration, rate=rate))
+    try:
+        city_topology(city, _settings().topology_file)
+    except FileNotFoundError as error:
+        err.print(str(error), markup=False, style="red", soft_wrap=True)
+        raise typer.Exit(2) from None
+    raise typer.Exit(run_demo(console, duration=duration, rate=rate, city=city))
 
 
-from simpul.cli_operations import export, status  # noqa: E402
+from simpul.cli_operations import (  # noqa: E402
+    export,
+    payroll_control,
+    readiness,
+    staff_reconcile,
+    status,
+)
 
 app.command()(status)
+app.command()(readiness)
 app.command()(export)
+staff_app = typer.Typer(help="Staff master data (SIMPEG and BKN's register).", no_args_is_help=True)
+app.add_typer(staff_app, name="staff")
+staff_app.command("reconcile")(staff_reconcile)
+payroll_app = typer.Typer(help="Payroll basis for BKD (TPP).", no_args_is_help=True)
+app.add_typer(payroll_app, name="payroll")
+payroll_app.command("control")(payroll_control)
 
 
 def main() -> None:

@@ -78,7 +78,13 @@ def export(
     settings = _settings()
     topology = _topology(settings)
     try:
-        result = export_open_data(make_engine(settings.database_url), topology, period, out)
+        result = export_open_data(
+            make_engine(settings.database_url),
+            topology,
+            period,
+            out,
+            schemas_dir=settings.schemas_dir,
+        )
     except ExportError as error:
         err.print(f"[red]{error}[/red]")
         raise typer.Exit(2) from None
@@ -87,3 +93,203 @@ def export(
         table.add_row(slug, str(rows), str(result.suppressed[slug]))
     console.print(table)
     console.print(f"wrote {len(result.files)} files to {result.directory}")
+
+
+def staff_reconcile(
+    national: Annotated[
+        str, typer.Option(help="Agency code the national register (BKN SIASN) publishes under")
+    ] = "bkn",
+    local: Annotated[
+        str | None,
+        typer.Option(help="Agency of the local SIMPEG (default: the other hr.employee producer)"),
+    ] = None,
+    show_personal: Annotated[
+        bool, typer.Option(help="Show NIPs and names in full (default: masked)")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON")] = False,
+) -> None:
+    """Staff whose local SIMPEG record differs from BKN's national one, field by field."""
+    from simpul.cli import _settings, _topology, console, err
+    from simpul.db import make_engine
+    from simpul.subscriptions import mask
+    from sinks.staff_reconciliation import EVENT_TYPE, reconcile
+
+    settings = _settings()
+    topology = _topology(settings)
+    producers = [
+        a.code for a in topology.agencies if topology.event_type(EVENT_TYPE).may_produce(a.code)
+    ]
+    local = local or next((code for code in producers if code != national), None)
+    for role, code in (("--national", national), ("--local", local)):
+        if code not in producers:
+            err.print(
+                f"{role}: {code!r} does not produce {EVENT_TYPE} in {topology.city} "
+                f"(producers: {', '.join(producers)})",
+                markup=False,
+                style="red",
+                soft_wrap=True,
+            )
+            raise typer.Exit(2)
+    assert local is not None
+    report = reconcile(make_engine(settings.database_url), local, national)
+
+    def shown(name: str, value: object) -> str:
+        if value is None:
+            return "-"
+        if name in ("nip", "name") and not show_personal:
+            return mask(str(value), 4, 3) if name == "nip" else mask(str(value), 1, 0)
+        return str(value)
+
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "local": local,
+                    "national": national,
+                    "compared": report.compared,
+                    "matching": report.matching,
+                    "differences": [
+                        {
+                            "nip": shown("nip", d.nip),
+                            "field": d.field,
+                            "local": shown(d.field, d.local),
+                            "national": shown(d.field, d.national),
+                        }
+                        for d in report.differences
+                    ],
+                    "only_local": [shown("nip", n) for n in report.only_local],
+                    "only_national": [shown("nip", n) for n in report.only_national],
+                },
+                ensure_ascii=False,
+                indent=2,
+            )
+        )
+        return
+    table = Table(
+        "NIP", "field", f"SIMPEG ({local})", f"national ({national})", title="Staff to reconcile"
+    )
+    for d in report.differences:
+        table.add_row(
+            shown("nip", d.nip), d.field, shown(d.field, d.local), shown(d.field, d.national)
+        )
+    console.print(table)
+    console.print(report.summary())
+
+
+def payroll_control(
+    period: Annotated[str, typer.Option(help="Month paid, YYYY-MM (e.g. 2026-11)")],
+    out: Annotated[
+        Path | None, typer.Option(help="Also write the per-unit totals to this CSV file")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the totals as JSON")] = False,
+) -> None:
+    """BKD's monthly TPP control total per unit (staff, payable, rupiah, account hash total)."""
+    import csv
+    import dataclasses
+
+    from simpul.cli import _settings, _topology, console, err
+    from simpul.db import make_engine
+    from sinks.payroll import PayrollError, UnitTotal, rupiah
+    from sinks.payroll import payroll_control as build
+
+    settings = _settings()
+    topology = _topology(settings)
+    try:
+        report = build(make_engine(settings.database_url), topology, period)
+    except PayrollError as error:
+        err.print(str(error), markup=False, style="red", soft_wrap=True)
+        raise typer.Exit(2) from None
+    units = report.units
+    if out is not None:
+        with out.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, [f.name for f in dataclasses.fields(UnitTotal)])
+            writer.writeheader()
+            writer.writerows(dataclasses.asdict(u) for u in units)
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "period": period,
+                    "basis": report.basis,
+                    "total_amount": report.total_amount,
+                    "units": [dataclasses.asdict(u) for u in units],
+                },
+                indent=2,
+            )
+        )
+        return
+    table = Table(
+        "unit",
+        "staff",
+        "payable",
+        "amount (Rp)",
+        "account hash total",
+        "no account",
+        "no amount",
+        title=f"TPP control totals {period} ({report.basis})",
+    )
+    for u in units:
+        table.add_row(
+            u.unit_code,
+            str(u.staff),
+            str(u.payable),
+            rupiah(u.amount),
+            f"{u.account_hash_total:012d}",
+            str(u.no_account),
+            str(u.no_amount),
+        )
+    console.print(table)
+    console.print(
+        f"{len(report.lines)} staff, Rp {rupiah(report.total_amount)} payable in {len(units)} units"
+        + (f"; written to {out}" if out else "")
+    )
+
+
+def readiness(
+    days: Annotated[int, typer.Option(min=1, max=366, help="Days of traffic to judge")] = 7,
+    weeks: Annotated[int, typer.Option(min=1, max=104, help="Weeks of connected history")] = 12,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON")] = False,
+) -> None:
+    """Per agency: connected or not, events/day, share rejected and why, fields missing or
+    malformed, freshness against cadence; and "N of M agencies connected" week by week."""
+    from simpul.cli import _settings, _topology, console
+    from simpul.db import make_engine
+    from sinks.readiness import build_readiness
+
+    settings = _settings()
+    topology = _topology(settings)
+    report = build_readiness(
+        make_engine(settings.database_url),
+        topology,
+        days=days,
+        weeks=weeks,
+        connectors_dir=settings.connectors_dir,
+    )
+    if as_json:
+        print(json.dumps(report.as_dict(), ensure_ascii=False, indent=2))
+        return
+    table = Table(title=f"Data readiness: {report.city} (last {days} days)")
+    for column in ("agency", "onboarded", "status", "events/day", "rejected", "top reasons"):
+        table.add_column(
+            column, justify="right" if column in ("events/day", "rejected") else "left"
+        )
+    table.add_column("fields missing / malformed", overflow="fold")
+    table.add_column("freshness", justify="right")
+    for a in report.agencies:
+        fresh = a.freshness(report.generated_at)
+        share = a.rejected_share
+        table.add_row(
+            a.code,
+            "yes" if a.onboarded else "not yet",
+            a.status,
+            f"{a.events_per_day:.1f}",
+            "-" if share is None else f"{share * 100:.1f} %",
+            ", ".join(f"{c} ({n})" for c, n in a.top_reasons) or "-",
+            ", ".join(f"{f.field} {f.missing}/{f.malformed}" for f in a.fields) or "-",
+            "-" if fresh is None else f"{fresh:.2f}×{a.cadence}",
+        )
+    console.print(table)
+    history = Table("week from", "connected", title="Agencies connected, week by week")
+    for w in report.weeks:
+        history.add_row(w.week_start.isoformat(), w.label)
+    console.print(history)

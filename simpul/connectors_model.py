@@ -99,8 +99,13 @@ def _format(error: ValidationError, prefix: str) -> list[str]:
     return lines
 
 
-def load_connector_files(directory: Path) -> list[tuple[str, list[ConnectorSpec]]]:
+def load_connector_files(
+    directory: Path, region_code: str | None = None
+) -> list[tuple[str, list[ConnectorSpec]]]:
     """Connector declarations from ``directory/*.yaml``: each file holds ``connectors: [...]``.
+
+    A file that names a ``region_code`` applies only to that city's topology, so one
+    directory can hold the connectors of several cities; a file without one applies to all.
 
     Raises `ConnectorConfigError` naming the file and the field path of every problem.
     """
@@ -113,6 +118,9 @@ def load_connector_files(directory: Path) -> list[tuple[str, list[ConnectorSpec]
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except (OSError, yaml.YAMLError) as error:
             problems.append(f"{path}: cannot read: {error}")
+            continue
+        scope = data.get("region_code") if isinstance(data, dict) else None
+        if region_code is not None and scope is not None and str(scope) != region_code:
             continue
         items = data.get("connectors") if isinstance(data, dict) else None
         if not isinstance(items, list):
@@ -142,7 +150,7 @@ def located_connectors(topology: Topology, directory: Path) -> list[tuple[Connec
     so later errors (a kind's options) name the place to fix."""
     specs = list(topology.connectors)
     located = [(spec, f"connectors.{i}") for i, spec in enumerate(specs)]
-    for origin, file_specs in load_connector_files(directory):
+    for origin, file_specs in load_connector_files(directory, topology.region_code):
         specs.extend(file_specs)
         located.extend((spec, f"{origin}: connectors.{i}") for i, spec in enumerate(file_specs))
     problems = []

@@ -111,11 +111,23 @@ def _demo_postgres(workdir: Path) -> PostgresCluster | None:
     return cluster
 
 
-def run_demo(console: Console, *, duration: float, rate: float) -> int:
+def city_topology(city: str | None, default: Path) -> Path:
+    """``topology/<city>.yaml`` (``kupang`` -> topology/kupang.yaml); the setting when None."""
+    if city is None:
+        return default
+    path = PROJECT_ROOT / "topology" / f"{city.lower()}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in (PROJECT_ROOT / "topology").glob("*.yaml")))
+        raise FileNotFoundError(f"--city {city}: no topology/{city.lower()}.yaml; known: {known}")
+    return path
+
+
+def run_demo(console: Console, *, duration: float, rate: float, city: str | None = None) -> int:
     workdir = PROJECT_ROOT / "var" / "demo"
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     base = Settings()
+    topology_file = city_topology(city, base.topology_file)
     broker_port = base.broker_port if port_is_free(base.broker_port) else free_port()
     web_port = base.worker_web_port if port_is_free(base.worker_web_port) else free_port()
     joins_port = base.joins_web_port if port_is_free(base.joins_web_port) else free_port()
@@ -136,6 +148,7 @@ def run_demo(console: Console, *, duration: float, rate: float) -> int:
         "SIMPUL_REGISTRY_PORT": str(registry_port),
         "SIMPUL_REGISTRY_URL": registry_url,
         "SIMPUL_REGISTRY_ADMIN_TOKEN": token,
+        "SIMPUL_TOPOLOGY_FILE": str(topology_file),
     }
     settings = Settings(
         kafka_bootstrap=env["SIMPUL_KAFKA_BOOTSTRAP"],
@@ -145,6 +158,7 @@ def run_demo(console: Console, *, duration: float, rate: float) -> int:
         registry_port=registry_port,
         registry_url=registry_url,
         registry_admin_token=token,
+        topology_file=topology_file,
     )
     topology = load_topology(settings.topology_file)
     console.rule(f"[bold]Simpul demo[/bold] — {topology.city}")

@@ -1,11 +1,14 @@
-"""Realistic, generated Kota Palu data for the demo, tests and benchmarks; never real people.
+"""Realistic, generated city data for the demo, tests and benchmarks; never real people.
 
+Residents live in the topology's kelurahan (their NIK carries its kecamatan code); each event
+comes from the agency the topology names as its producer, and only from onboarded agencies.
 The same residents (NIK) and civil servants (NIP) recur across event types, so joins match.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import fnmatch
 import hashlib
 import random
 import time
@@ -161,6 +164,12 @@ def make_nik(rng: random.Random, district_code: str) -> str:
     return nik
 
 
+def bank_account_ref(region_code: str, nip: str) -> str:
+    """A generated salary account at the province's regional bank (BPD), stable per NIP."""
+    digits = int(hashlib.sha256(nip.encode()).hexdigest()[:12], 16) % 10**10
+    return f"BPD{region_code[:2]}-{digits:010d}"
+
+
 def make_nip(rng: random.Random) -> str:
     birth = dt.date(1966, 1, 1) + dt.timedelta(days=rng.randrange(0, 365 * 34))
     appointed = dt.date(birth.year + rng.randrange(22, 36), rng.randrange(1, 13), 1)
@@ -171,7 +180,10 @@ def make_nip(rng: random.Random) -> str:
 
 @dataclass
 class PaluData:
-    """A generated city: residents, civil servants, and payload factories per event type."""
+    """A generated city: residents, civil servants, and payload factories per event type.
+
+    Named for Kota Palu, the first city; any topology works (`CityData` is the same class).
+    """
 
     topology: Topology
     seed: int = 7271
@@ -193,8 +205,18 @@ class PaluData:
             for _ in range(self.employees_count)
         ]
         self._offices = {
-            a.kelurahan_code: a.code for a in self.topology.agencies if a.kelurahan_code
+            a.kelurahan_code: a.code
+            for a in self.topology.agencies
+            if a.kelurahan_code and a.onboarded
         }
+        self._producers = {t.name: self._producer(t.producers) for t in self.topology.event_types}
+        self._any_office = self.topology.offices_issue_for_any_kelurahan
+        # A second onboarded producer of staff records (Kota Kupang's `bkn`, BKN's national
+        # register beside BKPP's SIMPEG) sends its own view of staff already known locally.
+        self._national = self._second_producer("hr.employee.updated")
+        self._local_staff: dict[str, dict[str, Any]] = {}
+        # id() of the national records handed out, to send each from the national agency.
+        self._national_ids: set[tuple[int, str, dt.datetime]] = set()
         self._serial = 0
         # Who has been published, so that the joins (docs/joins.md) find partners: most
         # assessments are of employees already known, some deaths are of recipients.
@@ -209,20 +231,73 @@ class PaluData:
         self._serial += 1
         return self._serial
 
+    def _producer(self, patterns: list[str]) -> str | None:
+        """The first onboarded agency the topology lets produce a type."""
+        for agency in self.topology.agencies:
+            if (
+                agency.onboarded
+                and not agency.system
+                and not agency.kelurahan_code
+                and any(fnmatch.fnmatchcase(agency.code, p) for p in patterns)
+            ):
+                return agency.code
+        return None
+
+    def _second_producer(self, event_type: str) -> str | None:
+        if event_type not in self.topology.types_by_name:
+            return None
+        first = self._producers.get(event_type)
+        etype = self.topology.event_type(event_type)
+        return next(
+            (
+                a.code
+                for a in self.topology.agencies
+                if a.onboarded
+                and not a.system
+                and not a.kelurahan_code
+                and a.code != first
+                and etype.may_produce(a.code)
+            ),
+            None,
+        )
+
+    @property
+    def simulated_types(self) -> list[str]:
+        """Event types some onboarded agency of this city sends (weights in `WEIGHTS`)."""
+        return [
+            name
+            for name in WEIGHTS
+            if name in self.topology.types_by_name
+            and (self._offices if name == "kelurahan.document.issued" else self._producers[name])
+        ]
+
+    def intruder(self, event_type: str) -> str:
+        """An agency that may not produce ``event_type`` (for unauthorized test traffic)."""
+        etype = self.topology.event_type(event_type)
+        candidates = [a.code for a in self.topology.agencies if not etype.may_produce(a.code)]
+        return "kominfo" if "kominfo" in candidates else candidates[0]
+
     def producer_of(self, event_type: str, payload: dict[str, Any]) -> str:
         if event_type == "kelurahan.document.issued":
-            return self._offices[payload["kelurahan_code"]]
-        return {"hr": "bkpsdm", "permit": "dpmptsp", "social": "dinsos", "population": "dukcapil"}[
-            event_type.split(".")[0]
-        ]
+            return self._offices[payload.get("issuing_kelurahan_code") or payload["kelurahan_code"]]
+        mark = (id(payload), payload.get("nip"), payload.get("updated_at"))
+        if self._national and mark in self._national_ids:
+            self._national_ids.discard(mark)
+            return self._national
+        producer = self._producers.get(event_type)
+        if producer is None:
+            raise KeyError(f"no onboarded agency of {self.topology.city} produces {event_type}")
+        return producer
 
     def payload(self, event_type: str, now: dt.datetime) -> dict[str, Any]:
         rng = self.rng
         now = now.replace(microsecond=(now.microsecond // 1000) * 1000)
         if event_type == "hr.employee.updated":
+            if self._national and self._local_staff and rng.random() < 0.25:
+                return self._national_record(now)
             e = rng.choice(self.employees)
             self._known_employees.append(e)
-            return {
+            record = {
                 "nip": e.nip,
                 "name": e.name,
                 "unit_code": e.unit_code,
@@ -230,7 +305,11 @@ class PaluData:
                 "grade": rng.choice(GRADES),
                 "status": rng.choices(["ACTIVE", "ON_LEAVE", "RETIRED"], [90, 7, 3])[0],
                 "updated_at": now,
+                "bank_account_ref": bank_account_ref(self.topology.region_code, e.nip),
             }
+            if self._national:
+                self._local_staff[e.nip] = record
+            return record
         if event_type == "hr.performance.assessed":
             known = self._known_employees and rng.random() < 0.9
             e = rng.choice(self._known_employees if known else self.employees)
@@ -266,7 +345,7 @@ class PaluData:
                 [x for x in self.residents[:500] if x.kelurahan_code == kel] or self.residents
             )
             doc_type = rng.choices(list(PURPOSES), [35, 25, 20, 10, 10])[0]
-            return {
+            letter = {
                 "document_number": f"470/{self._next():05d}/{kel[-4:]}/{now.year}",
                 "document_type": doc_type,
                 "kelurahan_code": kel,
@@ -274,6 +353,15 @@ class PaluData:
                 "purpose": rng.choice(PURPOSES[doc_type]),
                 "issued_at": now,
             }
+            # Where any office may issue for any resident (Kota Kupang's Soda Molek), a
+            # third of letters are for residents of another kelurahan.
+            if self._any_office and rng.random() < 0.3:
+                other = rng.choice(self.residents)
+                if other.kelurahan_code != kel:
+                    letter["resident_nik"] = other.nik
+                    letter["kelurahan_code"] = other.kelurahan_code
+                    letter["issuing_kelurahan_code"] = kel
+            return letter
         if event_type == "social.recipient.updated":
             r = rng.choice(self.residents)
             self._recipients.append(r)
@@ -295,9 +383,21 @@ class PaluData:
                 "nik": r.nik,
                 "date_of_death": (now - dt.timedelta(days=rng.randrange(1, 30))).date(),
                 "kelurahan_code": r.kelurahan_code,
-                "certificate_number": f"7271-KM-{now:%d%m%Y}-{self._next():04d}",
+                "certificate_number": (
+                    f"{self.topology.region_code}-KM-{now:%d%m%Y}-{self._next():04d}"
+                ),
             }
         raise KeyError(f"no generator for event type {event_type!r}")
+
+    def _national_record(self, now: dt.datetime) -> dict[str, Any]:
+        """The national register's view of a known employee: the same master data mostly, a
+        rank already promoted there now and then, and no salary account (BKN holds none)."""
+        local = self._local_staff[self.rng.choice(sorted(self._local_staff))]
+        record = {**local, "updated_at": now, "bank_account_ref": None}
+        if self.rng.random() < 0.15:
+            record["grade"] = GRADES[min(GRADES.index(local["grade"]) + 1, len(GRADES) - 1)]
+        self._national_ids.add((id(record), record["nip"], now))
+        return record
 
     def corrupt(self, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
         """A payload broken in one known way (only for the payload-level kinds)."""
@@ -318,6 +418,9 @@ class PaluData:
             else:
                 broken["nip"] = "19" + broken["nip"][2:8] + "00" + broken["nip"][10:]
         return broken
+
+
+CityData = PaluData
 
 
 @dataclass
@@ -356,7 +459,7 @@ def simulate(
     rng = data.rng
     report = SimulationReport()
     total = limit if limit is not None else int(rate * duration)
-    types = list(WEIGHTS)
+    types = data.simulated_types
     weights = [WEIGHTS[t] for t in types]
     recent: list[tuple[str, str, dict[str, Any], str, dt.datetime]] = []
     started = time.monotonic()
@@ -402,7 +505,7 @@ def _publish_invalid(
     if kind in ("bad_nik", "bad_kelurahan"):
         publisher.publish(event_type, data.corrupt(kind, payload), time=now, validate=False)
     elif kind == "unauthorized":
-        intruder = "kominfo"
+        intruder = data.intruder(event_type)
         publishers(intruder).publish(event_type, payload, time=now, validate=False)
     elif kind == "undecodable":
         key = str(payload[etype.key]).encode()

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from simpul.connectors_model import ConnectorSpec, check_connectors
 from simpul.identifiers import check_kelurahan_code
 from simpul.joins_model import Join, check_joins
+from simpul.payroll_model import TppPolicy
 from simpul.subscriptions import Subscription, check_subscriptions
 
 _AGENCY_CODE = r"^[a-z][a-z0-9-]{1,40}$"
@@ -57,6 +58,9 @@ class Agency(BaseModel):
     #: Simpul's own producer identity (derived events), not an agency system: it is left
     #: out of the scorecard's "N of M agencies connected".
     system: bool = False
+    #: False: declared but not sending yet (a city onboarding its OPD in waves); the
+    #: simulator leaves it silent and the scorecard still counts it among the M agencies.
+    onboarded: bool = True
 
     @field_validator("cadence")
     @classmethod
@@ -131,12 +135,18 @@ class Topology(BaseModel):
     city: str
     region_code: Annotated[str, Field(pattern=r"^[0-9]{4}$")]
     replication: Annotated[int, Field(ge=1, le=5)] = 1
+    #: Whether a kelurahan/desa office may issue a letter for a resident of another kelurahan
+    #: (Kota Kupang's Soda Molek: any office, any resident). The letter then carries the
+    #: office's own code in ``issuing_kelurahan_code`` beside the resident's ``kelurahan_code``.
+    offices_issue_for_any_kelurahan: bool = False
     agencies: Annotated[list[Agency], Field(min_length=1)]
     event_types: Annotated[list[EventType], Field(min_length=1)]
     kelurahan: list[Kelurahan] = []
     joins: list[Join] = []
     connectors: list[ConnectorSpec] = []
     subscriptions: list[Subscription] = []
+    #: The TPP amounts BKD pays from hr.allowance.basis (`simpul payroll control`).
+    tpp: TppPolicy | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Topology:

@@ -25,14 +25,17 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Engine, and_, func, select
 
+from simpul.settings import PROJECT_ROOT
 from simpul.topology import Topology
+from simpul.wilayah import EDITION, timezone_for
 from sinks.central_store import documents, permits, recipients
 
 SUPPRESS_BELOW = 5
 SUPPRESSED = "<5"
 LICENSE = "CC-BY-4.0"
 LICENSE_URL = "https://creativecommons.org/licenses/by/4.0/"
-#: Kota Palu keeps Central Indonesia Time (WITA): a month is counted in local time.
+#: Kota Palu keeps Central Indonesia Time (WITA); a month is counted in the city's local time
+#: (`simpul.wilayah.timezone_for`: WIB, WITA or WIT by province).
 TIMEZONE = "Asia/Makassar"
 _PERIOD = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 #: A category value is published only if it looks like a code, never free text.
@@ -50,6 +53,19 @@ class Variable:
     type: str
     description: str
     unit: str | None = None
+    #: The event field the variable aggregates; its .avsc doc gives the Satu Data metadata.
+    field: str | None = None
+
+
+#: How each identifier kind is validated (simpul.identifiers), as a Satu Data validation rule.
+VALIDATION_RULES = {
+    "kelurahan_code": (
+        "10 digits: province (2), kabupaten/kota (2), kecamatan (2), then 1xxx for a "
+        "kelurahan or 2xxx for a desa; the code is in Kepmendagri's list"
+    ),
+}
+#: Peraturan BPS 5/2020 (metadata statistik): the variable metadata Satu Data asks for.
+SATU_DATA_STANDARD = "Peraturan BPS Nomor 5 Tahun 2020 tentang Petunjuk Teknis Metadata Statistik"
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +106,13 @@ def _category(value: Any) -> str:
 
 def _kelurahan_columns(topology: Topology) -> tuple[Variable, ...]:
     return (
-        Variable("kode_kelurahan", "Kode kelurahan", "string", "Kepmendagri 10-digit code"),
+        Variable(
+            "kode_kelurahan",
+            "Kode kelurahan",
+            "string",
+            "Kepmendagri 10-digit code",
+            field="kelurahan_code",
+        ),
         Variable("nama_kelurahan", "Nama kelurahan", "string", f"Kelurahan in {topology.city}"),
         Variable("kecamatan", "Kecamatan", "string", "District of the kelurahan"),
     )
@@ -129,7 +151,13 @@ def _permits(engine: Engine, topology: Topology, start: dt.datetime, end: dt.dat
         description="Permits issued in the month, by kelurahan of the business and permit type.",
         variables=(
             *_kelurahan_columns(topology),
-            Variable("jenis_izin", "Jenis izin", "string", "Permit type (PBG, SIP, SLF, ...)"),
+            Variable(
+                "jenis_izin",
+                "Jenis izin",
+                "string",
+                "Permit type (PBG, SIP, SLF, ...)",
+                field="permit_type",
+            ),
             COUNT,
         ),
         rows=rows,
@@ -155,7 +183,13 @@ def _letters(engine: Engine, topology: Topology, start: dt.datetime, end: dt.dat
         description="Letters (SKTM, domisili, SKU, ...) issued in the month, by kelurahan.",
         variables=(
             *_kelurahan_columns(topology),
-            Variable("jenis_surat", "Jenis surat", "string", "SKTM, DOMISILI, SKU, ..."),
+            Variable(
+                "jenis_surat",
+                "Jenis surat",
+                "string",
+                "SKTM, DOMISILI, SKU, ...",
+                field="document_type",
+            ),
             COUNT,
         ),
         rows=rows,
@@ -186,7 +220,7 @@ def _recipients(engine: Engine, topology: Topology) -> Dataset:
         ),
         variables=(
             *_kelurahan_columns(topology),
-            Variable("program", "Program", "string", "PKH, BPNT, PBI_JK, ATENSI"),
+            Variable("program", "Program", "string", "PKH, BPNT, PBI_JK, ATENSI", field="programs"),
             COUNT,
         ),
         rows=rows,
@@ -209,12 +243,90 @@ def _producer(topology: Topology, event_type: str) -> str:
     return f"{len(names)} kelurahan offices of {topology.city}" if names else topology.city
 
 
+def _schema(topology: Topology, event_type: str, schemas_dir: Path) -> dict[str, Any]:
+    path = schemas_dir / topology.event_type(event_type).schema_file
+    definition: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return definition
+
+
+def _enum(avro_type: Any) -> dict[str, Any] | None:
+    """The enum inside a field's type (itself, an array's items, a nullable union)."""
+    if isinstance(avro_type, dict):
+        if avro_type.get("type") == "enum":
+            return avro_type
+        if avro_type.get("type") == "array":
+            return _enum(avro_type.get("items"))
+    if isinstance(avro_type, list):
+        return next((e for t in avro_type if (e := _enum(t))), None)
+    return None
+
+
+def satu_data_metadata(
+    variable: Variable, dataset: Dataset, topology: Topology, schema: dict[str, Any]
+) -> dict[str, Any]:
+    """One variable's metadata as Satu Data Indonesia's variable metadata (Peraturan BPS
+    5/2020) names it: name, alias, concept, definition, classification, validation rule, unit,
+    data type, public access. Concept and definition come from the .avsc docs."""
+    fields = {f["name"]: f for f in schema.get("fields", [])}
+    source = fields.get(variable.field or "")
+    classification: dict[str, Any] | None
+    if variable is COUNT:
+        concept = f"{dataset.title}: {schema.get('doc', '').split(' Key:')[0]}"
+        definition = variable.description
+        classification = None
+        rule = f"Integer ≥ {SUPPRESS_BELOW}, or '{SUPPRESSED}' for 1 to {SUPPRESS_BELOW - 1}"
+    elif source is not None:
+        concept = schema.get("doc", "").split(" Key:")[0]
+        definition = source.get("doc", variable.description)
+        enum = _enum(source.get("type"))
+        if variable.field == "kelurahan_code":
+            classification = {
+                "name": f"Kode wilayah administrasi pemerintahan ({EDITION})",
+                "codes": {k.code: k.name for k in topology.kelurahan},
+            }
+        elif enum is not None:
+            classification = {
+                "name": f"{enum['name']} ({schema.get('namespace', '')})",
+                "codes": list(enum["symbols"]),
+                "description": enum.get("doc"),
+            }
+        else:
+            classification = {"name": "Codes as the producing agency's system records them"}
+        rule = VALIDATION_RULES.get(
+            source.get("simpul.identifier", ""),
+            "One of the codes listed" if enum else "A code: capitals, digits, _ . - (else OTHER)",
+        )
+    else:  # names looked up from the code (nama_kelurahan, kecamatan)
+        concept = f"Administrative areas of {topology.city}"
+        definition = variable.description
+        classification = {"name": f"Kode wilayah administrasi pemerintahan ({EDITION})"}
+        rule = "The name Kepmendagri's list gives the code in the same row"
+    return {
+        "nama_variabel": variable.name,
+        "alias": variable.title,
+        "konsep": concept,
+        "definisi": definition,
+        "klasifikasi": classification,
+        "aturan_validasi": rule,
+        "satuan": variable.unit,
+        "tipe_data": variable.type,
+        "akses_publik": "terbuka",
+        **({"sumber_field": f"{dataset.event_type}.{variable.field}"} if variable.field else {}),
+    }
+
+
 def _write(
-    dataset: Dataset, topology: Topology, period: str, directory: Path, now: dt.datetime
+    dataset: Dataset,
+    topology: Topology,
+    period: str,
+    directory: Path,
+    now: dt.datetime,
+    schemas_dir: Path,
 ) -> tuple[list[Path], int]:
     stem = f"{dataset.slug}-{period}"
     csv_path, meta_path = directory / f"{stem}.csv", directory / f"{stem}.json"
     suppressed = 0
+    schema = _schema(topology, dataset.event_type, schemas_dir)
     with csv_path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow([v.name for v in dataset.variables])
@@ -231,10 +343,16 @@ def _write(
         "region": {"name": topology.city, "code": topology.region_code},
         "period": period,
         "frequency": "monthly",
-        "timezone": TIMEZONE,
+        "timezone": timezone_for(topology.region_code),
         "source": f"Simpul central store, event type {dataset.event_type}",
         "variables": [
             {k: v for k, v in asdict(variable).items() if v is not None}
+            for variable in dataset.variables
+        ],
+        # Satu Data Indonesia's metadata per variable, so a walidata can publish as it is.
+        "metadata_standard": SATU_DATA_STANDARD,
+        "satu_data_variables": [
+            satu_data_metadata(variable, dataset, topology, schema)
             for variable in dataset.variables
         ],
         "rows": len(dataset.rows),
@@ -258,9 +376,10 @@ def export_open_data(
     period: str,
     out: Path,
     now: dt.datetime | None = None,
+    schemas_dir: Path = PROJECT_ROOT / "schemas",
 ) -> ExportResult:
     """Write the three datasets of ``period`` (YYYY-MM) to ``out`` as CSV + metadata JSON."""
-    start, end = parse_period(period)
+    start, end = parse_period(period, timezone_for(topology.region_code))
     out.mkdir(parents=True, exist_ok=True)
     now = now or dt.datetime.now(dt.UTC)
     datasets: Iterable[Dataset] = (
@@ -272,7 +391,7 @@ def export_open_data(
     rows: dict[str, int] = {}
     suppressed: dict[str, int] = {}
     for dataset in datasets:
-        written, hidden = _write(dataset, topology, period, out, now)
+        written, hidden = _write(dataset, topology, period, out, now, schemas_dir)
         files += written
         rows[dataset.slug] = len(dataset.rows)
         suppressed[dataset.slug] = hidden

@@ -169,6 +169,21 @@ def create_app(settings: Settings, topology: Topology) -> faust.App:
             return web.text(f"central store unavailable: {card}", status=503)
         return web.html(render_html(card))
 
+    @app.page("/readiness.html")
+    async def readiness_html_page(web: Any, request: Any) -> Any:
+        """Onboarding and data readiness per agency, and the weekly connected history."""
+        from sinks.readiness import build_readiness
+        from sinks.readiness import render_html as render_readiness
+
+        try:
+            report = await asyncio.to_thread(
+                lambda: build_readiness(engine, topology, connectors_dir=settings.connectors_dir)
+            )
+        except SQLAlchemyError as error:
+            reason = str(getattr(error, "orig", error)).splitlines()[0]
+            return web.text(f"central store unavailable: {reason}", status=503)
+        return web.html(render_readiness(report))
+
     return app
 
 

@@ -466,3 +466,50 @@ def http_case(stack: Any) -> Case:
         lambda bootstrap: bool(dead_lettered_by(bootstrap, "simpul.dlq.permit.issued", name)),
         [source.engine.dispose],
     )
+
+
+# -- a paged REST register (BKN's SIASN, faked over real HTTP) ----------------------------------
+def rest_case(stack: Any) -> Case:
+    """BKN's national register of civil servants, read by changed-since cursor and pages."""
+    from tests.fake_bkn import BKN_MAPPING, FakeBkn, bkn_record
+
+    name = f"contract-rest-{next(_serial)}"
+    bkn = FakeBkn().__enter__()
+    data = PaluData(stack.topology, seed=next(_serial) * 73, employees_count=1000)
+    employees = iter(data.employees)
+
+    def add(count: int) -> list[str]:
+        added = []
+        for _ in range(count):
+            employee = next(employees)
+            bkn.add(bkn_record(employee, dt.datetime.now(dt.UTC)))
+            added.append(employee.nip)
+            time.sleep(0.002)
+        return added
+
+    def add_bad() -> None:
+        employee = next(employees)
+        bkn.add(bkn_record(employee, dt.datetime.now(dt.UTC), nipBaru=employee.nip[:14]))
+
+    declaration = {
+        "name": name,
+        "connector.class": "rest",
+        "event.type": "hr.employee.updated",
+        "agency": "bkpsdm",
+        "url": bkn.url,
+        "page.size": 2,
+        "cursor.field": "tglPerubahan",
+        "id.field": "nipBaru",
+        "field.mapping": BKN_MAPPING,
+        "errors.tolerance": "all",
+        "poll.interval.ms": 200,
+    }
+    return Case(
+        name,
+        "hr.employee.updated",
+        declaration,
+        add,
+        add_bad,
+        lambda bootstrap: bool(dead_lettered_by(bootstrap, "simpul.dlq.hr.employee.updated", name)),
+        [lambda: bkn.__exit__(None, None, None)],
+    )

@@ -57,6 +57,10 @@ def test_all_expected_commands_exist() -> None:
         ("audit", "subject"),
         ("status",),
         ("export",),
+        ("init",),
+        ("readiness",),
+        ("staff", "reconcile"),
+        ("payroll", "control"),
     }
     assert expected <= set(COMMANDS)
 

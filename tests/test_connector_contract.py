@@ -22,6 +22,7 @@ from tests.connector_cases import (
     file_case,
     http_case,
     install_example_package,
+    rest_case,
     start_runtime,
     stored_keys,
     tail_case,
@@ -35,6 +36,7 @@ CASES = [
     "polling-sqlite",
     "file-csv",
     "http",
+    "rest",
     "tail-plugin",
 ]
 
@@ -59,6 +61,8 @@ def case(
         made = tail_case(workdir / "recipients.jsonl", pg_stack)
     elif request.param == "http":
         made = http_case(pg_stack)
+    elif request.param == "rest":
+        made = rest_case(pg_stack)
     elif request.param == "file-csv":
         made = file_case(workdir / "drop", pg_stack)
     else:

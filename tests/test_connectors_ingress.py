@@ -449,3 +449,46 @@ def test_rejected_batches_do_not_grow_the_ingress_process(ingress: Ingress, tmp_
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(30)
+
+
+def test_catalogue_lets_a_developer_integrate_from_it_alone(ingress: Ingress) -> None:
+    """Read the catalogue, take each type's example as it is, post it with the producing
+    agency's key: the ingress accepts it (Kota Yogyakarta's one gateway, Jogja Smart Service)."""
+    import jsonschema
+
+    catalogue = httpx.get(f"{ingress.url}/v1/catalogue").json()
+    assert catalogue["city"] == "Kota Palu"
+    types = {t["type"]: t for t in catalogue["event_types"]}
+    assert set(types) == {
+        "hr.employee.updated",
+        "hr.performance.assessed",
+        "permit.issued",
+        "kelurahan.document.issued",
+        "social.recipient.updated",
+        "population.death.registered",
+    }  # derived types are Simpul's own: not in the catalogue
+    for name, entry in types.items():
+        assert entry["description"]["id"] and entry["description"]["en"]
+        jsonschema.Draft202012Validator(entry["schema"]["json"]).validate(entry["example"])
+        openapi = httpx.get(f"{ingress.url}{entry['openapi']}").json()
+        assert openapi["openapi"] == "3.1.0"
+        post = openapi["paths"][f"/v1/events/{name}"]["post"]
+        example = post["requestBody"]["content"]["application/json"]["example"]
+        assert example == entry["example"]
+        producer = next(
+            p["code"]
+            for p in entry["producers"]
+            if ingress.stack.topology.agency(p["code"]).kelurahan_code
+            in (None, example.get("kelurahan_code"))
+        )
+        response = httpx.post(
+            f"{ingress.url}/v1/events/{name}",
+            json=example,
+            headers={"Authorization": f"Bearer {ingress.key(producer)}"},
+        )
+        assert response.status_code == 202, (name, response.text)
+    page = httpx.get(f"{ingress.url}/catalogue.html")
+    assert "Katalog jenis event / Event catalogue: Kota Palu" in page.text
+    assert "Kantor kelurahan/desa menerbitkan surat keterangan" in page.text
+    missing = httpx.get(f"{ingress.url}/v1/catalogue/hr.allowance.basis/openapi.json")
+    assert missing.status_code == 404

@@ -341,3 +341,35 @@ def test_scorecard_lists_connectors_from_topology_and_files_and_subscriptions(
     for subscription in loaded.topology.subscriptions:
         assert subscription.name in by_code[subscription.agency].subscriptions
         assert subscription.name in page
+
+
+def test_export_carries_satu_data_variable_metadata_from_the_schemas(
+    loaded: Loaded, tmp_path: Path
+) -> None:
+    export_open_data(loaded.engine, loaded.topology, "2026-11", tmp_path)
+    letters = json.loads((tmp_path / "surat-keterangan-per-jenis-2026-11.json").read_text())
+    assert letters["metadata_standard"].startswith("Peraturan BPS Nomor 5 Tahun 2020")
+    variables = {v["nama_variabel"]: v for v in letters["satu_data_variables"]}
+    assert list(variables) == [v["name"] for v in letters["variables"]]
+    required = {
+        "nama_variabel", "alias", "konsep", "definisi", "klasifikasi", "aturan_validasi",
+        "satuan", "tipe_data", "akses_publik",
+    }  # fmt: skip
+    assert all(required <= set(v) for v in variables.values())
+    kind = variables["jenis_surat"]
+    # From kelurahan.document.issued.v1.avsc: the record doc, the field doc, the enum symbols.
+    assert kind["konsep"] == "A kelurahan office issued a letter to a resident."
+    assert kind["definisi"] == "Kind of letter."
+    assert kind["klasifikasi"]["codes"][:3] == ["SKTM", "DOMISILI", "SKU"]
+    assert kind["aturan_validasi"] == "One of the codes listed"
+    assert kind["sumber_field"] == "kelurahan.document.issued.document_type"
+    code = variables["kode_kelurahan"]
+    assert "Kepmendagri" in code["klasifikasi"]["name"]
+    assert code["klasifikasi"]["codes"]["7271011004"] == "Besusu Barat"
+    assert code["aturan_validasi"].startswith("10 digits: province (2)")
+    assert variables["jumlah"]["satuan"] == "count"
+    assert all(v["akses_publik"] == "terbuka" for v in variables.values())
+    recipients = json.loads((tmp_path / "penerima-bansos-per-program-2026-11.json").read_text())
+    program = {v["nama_variabel"]: v for v in recipients["satu_data_variables"]}["program"]
+    assert program["klasifikasi"]["codes"] == ["PKH", "BPNT", "PBI_JK", "ATENSI"]
+    assert "PKH: conditional cash transfer" in program["klasifikasi"]["description"]

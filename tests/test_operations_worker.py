@@ -144,3 +144,14 @@ def test_status_page_in_headless_chromium_shows_what_a_person_needs(
         timeout=120,
     )
     assert shot.stat().st_size > 10_000  # a rendered page, not a blank one
+
+
+def test_readiness_page_shows_rejections_and_fields(pg_stack: Stack, traffic: dict) -> None:
+    content_type, body = _get(pg_stack, "/readiness.html")
+    assert content_type.startswith("text/html")
+    assert "Data readiness: Kota Palu" in body
+    row = next(line for line in body.split("<tr>") if "<small>dpmptsp</small>" in line)
+    assert "identifier.nik (1)" in row and "applicant_nik (0 missing, 1 malformed)" in row
+    assert "25.0 %" in row
+    assert "727101520388000" not in body  # the bad NIK itself never appears
+    assert "agencies connected</td>" in body
