@@ -117,25 +117,41 @@ def list_dead_letters(bootstrap: str, event_type: EventType) -> list[DeadLetter]
         reader.close()
 
 
-def replay_dead_letters(
+@dataclass(frozen=True, slots=True)
+class ReplayReport:
+    """What a replay sent back (the ``ce_id`` of each letter) and how many it left alone."""
+
+    replayed: list[str | None]
+    skipped: int
+
+
+def replay(
     bootstrap: str,
     event_type: EventType,
     *,
     ce_id: str | None = None,
     code: str | None = None,
-) -> tuple[int, int]:
+    agency: str | None = None,
+) -> ReplayReport:
     """Send dead letters back to ``simpul.in.<type>`` with their original headers.
 
     An unfiltered replay records its progress in a consumer group, so running it twice
-    replays nothing twice; a filtered one (by ``ce_id`` or reason ``code``) records nothing.
-    Returns (replayed, skipped by the filters).
+    replays nothing twice; a filtered one (by ``ce_id``, reason ``code`` or sending
+    ``agency``) records nothing.
     """
+    filtered = bool(ce_id or code or agency)
+    source = f"/agency/{agency}" if agency else None
     producer = KafkaProducer(bootstrap_servers=bootstrap.split(","), acks="all", linger_ms=5)
     reader = DeadLetterReader(bootstrap, event_type, group=replay_group(event_type))
-    replayed = skipped = 0
+    replayed: list[str | None] = []
+    skipped = 0
     try:
         for letter in reader:
-            if (ce_id and letter.ce_id != ce_id) or (code and letter.code != code):
+            if (
+                (ce_id and letter.ce_id != ce_id)
+                or (code and letter.code != code)
+                or (source and letter.source != source)
+            ):
                 skipped += 1
                 continue
             producer.send(
@@ -147,13 +163,25 @@ def replay_dead_letters(
                     ("simpul_replayed_at", str(time.time()).encode()),
                 ],
             )
-            replayed += 1
+            replayed.append(letter.ce_id)
         # Progress is recorded only for an unfiltered replay (a filtered one must not mark the
         # letters it skipped as done), and only after the broker has every replayed copy.
         producer.flush()
-        if not (ce_id or code):
+        if not filtered:
             reader.commit()
     finally:
         producer.close()
         reader.close()
-    return replayed, skipped
+    return ReplayReport(replayed, skipped)
+
+
+def replay_dead_letters(
+    bootstrap: str,
+    event_type: EventType,
+    *,
+    ce_id: str | None = None,
+    code: str | None = None,
+) -> tuple[int, int]:
+    """`replay`, counted: (replayed, skipped by the filters)."""
+    report = replay(bootstrap, event_type, ce_id=ce_id, code=code)
+    return len(report.replayed), report.skipped
