@@ -57,6 +57,10 @@ def test_all_expected_commands_exist() -> None:
         ("audit", "subject"),
         ("status",),
         ("export",),
+        ("console",),
+        ("console", "users", "add"),
+        ("console", "users", "list"),
+        ("console", "users", "remove"),
     }
     assert expected <= set(COMMANDS)
 
