@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from simpul.simulate import PaluData
 from sinks.audit import receipts_for
 from sinks.dead_letter_log import dead_letters
 from tests.conftest import SCHEMAS_DIR, Stack, wait_until
+from tests.connector_cases import LETTER_COLUMNS, LetterFiles
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = [
@@ -98,6 +98,9 @@ def console(pg_stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                         "event.type": "kelurahan.document.issued",
                         "agency": "kel-besusu-barat",
                         "input.path": str(drop),
+                        "field.mapping": LETTER_COLUMNS,
+                        "file.minimum.age.ms": 100,
+                        "poll.interval.ms": 200,
                         "errors.tolerance": "all",
                     }
                 ]
@@ -124,7 +127,12 @@ def console(pg_stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     served = Process(["console", "--port", str(console_port)], env, work / "console.log")
     base = f"http://127.0.0.1:{console_port}"
     served.wait_http(f"{base}/health")
-    yield {"base": base, "connect": f"http://127.0.0.1:{connect_port}", "env": env}
+    yield {
+        "base": base,
+        "connect": f"http://127.0.0.1:{connect_port}",
+        "env": env,
+        "letters": LetterFiles(drop, pg_stack.topology),
+    }
     assert served.stop() == 0, "the console did not stop cleanly on SIGTERM"
     connect.stop()
 
@@ -227,6 +235,11 @@ def test_pause_and_resume_a_connector(page: Any, console: dict[str, Any]) -> Non
     expect(state).to_have_text("RUNNING", timeout=WAIT_MS)
     status = httpx.get(f"{console['connect']}/connectors/{name}/status").json()
     assert status["tasks"][0]["state"] == "RUNNING"
+    # Resumed, it reads the kelurahan's next export; the console shows what it published.
+    console["letters"].add(3)
+    row = page.locator(f"tr[data-connector={name}]")
+    expect(row.locator("td.published")).to_have_text("3", timeout=WAIT_MS)
+    expect(row.locator("td.last-success")).not_to_have_text("-")
 
 
 def _permit_variant() -> str:
@@ -245,22 +258,25 @@ def test_replay_a_dead_letter_after_registering_its_schema(
     variant = _permit_variant()
     schema_id, _ = SchemaStore(engine).register("ptsp.staging-value", variant)
     data = PaluData(pg_stack.topology, seed=19, residents_count=20, employees_count=3)
-    payload = {**data.payload("permit.issued", dt.datetime.now(dt.UTC)), "catatan": None}
-    nik = payload["applicant_nik"]
-    ce_id = str(uuid.uuid4())
-    envelope = Envelope(type="permit.issued", source="/agency/dpmptsp", id=ce_id)
+    sent = []
     with Publisher("dpmptsp", settings=pg_stack.settings, catalog=pg_stack.catalog()) as pub:
-        pub.send_raw(
-            "simpul.in.permit.issued",
-            payload["permit_number"].encode(),
-            AvroSchema.from_text(schema_id, variant).encode(payload),
-            envelope.to_headers(),
-        ).get(30)
+        for _ in range(2):
+            payload = {**data.payload("permit.issued", dt.datetime.now(dt.UTC)), "catatan": None}
+            envelope = Envelope(type="permit.issued", source="/agency/dpmptsp")
+            pub.send_raw(
+                "simpul.in.permit.issued",
+                payload["permit_number"].encode(),
+                AvroSchema.from_text(schema_id, variant).encode(payload),
+                envelope.to_headers(),
+            ).get(30)
+            sent.append((envelope.id, payload))
+    (ce_id, payload), (other_id, _) = sent
+    nik = payload["applicant_nik"]
 
     def dead_lettered() -> bool:
         with engine.connect() as conn:
-            found = select(dead_letters.c.ce_id).where(dead_letters.c.ce_id == ce_id)
-            return conn.scalar(found) is not None
+            found = select(dead_letters.c.ce_id).where(dead_letters.c.ce_id.in_([ce_id, other_id]))
+            return len(conn.scalars(found).all()) == 2
 
     wait_until(dead_lettered, 60, "the permit dead-lettered")
 
@@ -297,8 +313,18 @@ def test_replay_a_dead_letter_after_registering_its_schema(
     expect(outcome).to_have_attribute("data-outcome", "stored", timeout=WAIT_MS)
     assert ce_id in pg_stack.store.event_ids()
     shoot(page, "replayed")
+
+    # Then the rest of the selection: every permit dead-lettered for the same reason.
+    page.goto(console["base"] + "/deadletters?type=permit.issued&code=schema.wrong_subject")
+    page.click("#replay-set")
+    expect(page.locator("#replay-summary")).to_contain_text("2 dikirim kembali")
+    for replayed in (ce_id, other_id):
+        expect(page.locator(f"#outcomes tr[data-ce-id='{replayed}']")).to_have_attribute(
+            "data-outcome", "stored", timeout=WAIT_MS
+        )
     page.goto(console["base"] + "/deadletters?type=permit.issued")
-    expect(page.locator(f"tr[data-ce-id='{ce_id}'] td.now")).to_contain_text("tersimpan")
+    for replayed in (ce_id, other_id):
+        expect(page.locator(f"tr[data-ce-id='{replayed}'] td.now")).to_contain_text("tersimpan")
 
 
 def test_data_protection_officer_finds_a_subjects_deliveries(

@@ -40,6 +40,7 @@ from simpul.console.auth import (
 from simpul.console.i18n import LANGUAGES, format_time, language, translations
 from simpul.db import make_engine
 from simpul.deadletters import replay
+from simpul.envelope import parse_time
 from simpul.identifiers import check_nik, check_nip
 from simpul.registry import IncompatibleSchema, SchemaResolver, SchemaStore
 from simpul.settings import Settings
@@ -162,6 +163,8 @@ class Console:
             if before is None or now - before[0] >= 1:
                 self.throughput[name] = (now, published, rate)
             status["throughput"] = rate
+            last = status.get("metrics", {}).get("last_success")
+            status["last_success_at"] = parse_time(last) if last else None
         return statuses, None
 
     def connector_action(self, name: str, action: str) -> str | None:
