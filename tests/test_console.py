@@ -336,3 +336,68 @@ def test_console_command_manages_users_and_stops_with_exit_0_on_sigterm(
 
 def test_palu_topology_loads_with_its_timezone() -> None:
     assert load_topology(TOPOLOGY_FILE).timezone == "Asia/Makassar"
+
+
+@pytest.mark.integration
+def test_trend_dead_letter_log_and_replay_outcomes_on_both_stores(store_url: str) -> None:
+    from sqlalchemy import insert
+
+    from sinks.central_store import event_log
+    from sinks.dead_letter_log import DeadLetterLog, DeadLetterRow
+
+    engine = make_engine(store_url)
+    now = dt.datetime.now(dt.UTC)
+
+    def event(ce_id: str, source: str, at: dt.datetime) -> dict[str, Any]:
+        return {
+            "ce_id": ce_id,
+            "type": "social.recipient.updated",
+            "source": source,
+            "key": "k",
+            "event_time": at,
+            "schema_id": 1,
+            "payload": {},
+            "received_at": at,
+            "stored_at": at,
+        }
+
+    with engine.begin() as conn:
+        conn.execute(
+            insert(event_log),
+            [
+                event("a", "/agency/dinsos", now),
+                event("b", "/agency/dinsos", now),
+                event("c", "/agency/dinsos", now - dt.timedelta(hours=3)),
+                event("d", "/agency/dukcapil", now - dt.timedelta(hours=30)),  # too old
+            ],
+        )
+    DeadLetterLog(engine).record(
+        [
+            DeadLetterRow(
+                "simpul.in.social.recipient.updated", 0, 7, "social.recipient.updated",
+                "dinsos", "validate", "key.mismatch",
+                "key: Kafka key '7271015203880004' is not the payload's nik", "b", now,
+            ),
+            DeadLetterRow(
+                "simpul.in.social.recipient.updated", 0, 8, "social.recipient.updated",
+                "dinsos", "validate", "identifier.nik", "nik: expected 16 digits", "x", now,
+            ),
+        ]
+    )  # fmt: skip
+    trend = queries.hourly_trend(engine, ["dinsos", "dukcapil"], now)
+    events, dead = trend["dinsos"]
+    assert len(events) == 24 and events[-1] == 2 and events[-4] == 1 and sum(events) == 3
+    assert dead[-1] == 2 and sum(dead) == 2
+    assert sum(trend["dukcapil"][0]) == 0
+
+    letters = queries.logged_dead_letters(engine, agency="dinsos", code="key.mismatch")
+    assert [item.row.ce_id for item in letters] == ["b"]
+    assert letters[0].stored_at is not None  # event b is in the store
+    assert "7271015203880004" not in letters[0].reason
+    assert queries.facets(engine)["code"] == ["identifier.nik", "key.mismatch"]
+    outcomes = queries.replay_outcomes(engine, ["a", "x", "y"], now - dt.timedelta(minutes=1))
+    assert [(o.ce_id, o.state) for o in outcomes] == [
+        ("a", "stored"),
+        ("x", "dead_lettered"),
+        ("y", "waiting"),
+    ]
