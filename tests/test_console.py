@@ -401,3 +401,51 @@ def test_trend_dead_letter_log_and_replay_outcomes_on_both_stores(store_url: str
         ("x", "dead_lettered"),
         ("y", "waiting"),
     ]
+
+
+@pytest.mark.integration
+def test_repeated_wrong_passwords_lock_the_name_for_a_while(client: TestClient) -> None:
+    for _ in range(5):
+        assert log_in(client, "ops", "wrong password!!").status_code == 401
+    locked = log_in(client, "ops")  # even the right password, for now
+    assert locked.status_code == 429 and 'id="login-throttled"' in locked.text
+    assert log_in(client, "ina").status_code == 303  # other names are not affected
+
+
+@pytest.mark.unit
+def test_login_throttle_forgets_failures_after_the_window() -> None:
+    from simpul.console.auth import LoginThrottle
+
+    throttle = LoginThrottle(attempts=2, window_s=60)
+    throttle.failed("ops", 0)
+    assert throttle.wait_s("ops", 1) == 0
+    throttle.failed("ops", 10)
+    assert throttle.wait_s("ops", 11) == pytest.approx(49)
+    assert throttle.wait_s("ops", 61) == 0
+
+
+@pytest.mark.integration
+def test_redirects_stay_on_the_console(client: TestClient) -> None:
+    token = _csrf(client.get("/login").text)
+    answer = client.post(
+        "/login",
+        data={"name": "ops", "password": PASSWORD, "csrf_token": token, "next": "//evil.example"},
+        follow_redirects=False,
+    )
+    assert answer.headers["location"] == "/"
+    token = _csrf(client.get("/agencies").text)
+    back = client.post(
+        "/language",
+        data={"csrf_token": token, "lang": "en", "back": "https://evil.example/"},
+        follow_redirects=False,
+    )
+    assert back.headers["location"] == "/"
+
+
+@pytest.mark.integration
+def test_connectors_page_says_when_the_runtime_does_not_answer(client: TestClient) -> None:
+    log_in(client, "ops")
+    page = client.get("/connectors")
+    assert page.status_code == 200 and 'id="unreachable"' in page.text
+    # The declared connectors are listed all the same, their state unknown.
+    assert 'data-connector="simpeg-pegawai"' in page.text and 'data-state="UNKNOWN"' in page.text

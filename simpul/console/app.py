@@ -30,6 +30,7 @@ from simpul.catalog import EventCatalog
 from simpul.console import charts, queries
 from simpul.console.auth import (
     RIGHTS,
+    LoginThrottle,
     User,
     UserStore,
     csrf_ok,
@@ -87,6 +88,7 @@ class Console:
             self.settings.console_connect_url or f"http://127.0.0.1:{self.settings.connect_port}"
         ).rstrip("/")
         self.throughput: dict[str, tuple[float, int, float | None]] = {}
+        self.throttle = LoginThrottle()
 
     # -- who is asking -----------------------------------------------------------------------
     def user(self, request: Request) -> User | None:
@@ -199,6 +201,13 @@ def _security_headers(response: Response) -> None:
     response.headers.setdefault("Cache-Control", "no-store")
 
 
+def _local(target: str) -> str:
+    """A path on this console, never another site (``//host``, ``/\\host``, ``https:``)."""
+    if not target.startswith("/") or target.startswith(("//", "/\\")):
+        return "/"
+    return target
+
+
 def _pretty(schema_text: str) -> str:
     try:
         return json.dumps(json.loads(schema_text), indent=2, ensure_ascii=False)
@@ -260,14 +269,25 @@ def create_app(settings: Settings, topology: Topology) -> FastAPI:
         form = await request.form()
         console.check_csrf(request, form)
         name, password = str(form.get("name", "")), str(form.get("password", ""))
-        target = str(form.get("next") or "/")
-        if not target.startswith("/") or target.startswith("//"):
-            target = "/"
+        target = _local(str(form.get("next") or "/"))
+        wait = console.throttle.wait_s(name, time.monotonic())
+        if wait > 0:
+            return console.render(
+                request,
+                "login.html",
+                None,
+                status_code=429,
+                next=target,
+                failed=False,
+                wait_minutes=max(1, round(wait / 60)),
+            )
         user = console.users.authenticate(name, password)
         if user is None:
+            console.throttle.failed(name, time.monotonic())
             return console.render(
                 request, "login.html", None, status_code=401, next=target, failed=True
             )
+        console.throttle.succeeded(name)
         lang = request.session.get("lang")
         request.session.clear()  # a new session on login: no fixation
         request.session.update({"user": user.name, "csrf": new_csrf_token()})
@@ -290,8 +310,7 @@ def create_app(settings: Settings, topology: Topology) -> FastAPI:
         if user is not None:
             console.users.set_language(user.name, lang)
         request.session["lang"] = lang
-        back = str(form.get("back") or "/")
-        return RedirectResponse(back if back.startswith("/") else "/", status_code=303)
+        return RedirectResponse(_local(str(form.get("back") or "/")), status_code=303)
 
     # -- agencies --------------------------------------------------------------------------
     def agencies_context() -> dict[str, Any]:

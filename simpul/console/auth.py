@@ -174,6 +174,44 @@ class UserStore:
         return self.get(name) if record else None
 
 
+class LoginThrottle:
+    """At most ``attempts`` failed logins per user name in ``window_s``; then that name is
+    refused, even with the right password, until the oldest failure ages out. In memory:
+    a restart forgets, which is acceptable against online guessing of argon2 hashes."""
+
+    def __init__(self, attempts: int = 5, window_s: float = 900.0) -> None:
+        self.attempts = attempts
+        self.window_s = window_s
+        self._failures: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, name: str, now: float) -> list[float]:
+        recent = [t for t in self._failures.get(name, []) if now - t < self.window_s]
+        if recent:
+            self._failures[name] = recent
+        else:
+            self._failures.pop(name, None)
+        return recent
+
+    def wait_s(self, name: str, now: float) -> float:
+        """Seconds until ``name`` may try again; 0 when it may now."""
+        with self._lock:
+            recent = self._recent(name, now)
+            if len(recent) < self.attempts:
+                return 0.0
+            return self.window_s - (now - recent[-self.attempts])
+
+    def failed(self, name: str, now: float) -> None:
+        with self._lock:
+            self._failures.setdefault(name, []).append(now)
+            if len(self._failures) > 10_000:  # names are attacker-chosen: bound the memory
+                self._failures.clear()
+
+    def succeeded(self, name: str) -> None:
+        with self._lock:
+            self._failures.pop(name, None)
+
+
 def new_csrf_token() -> str:
     return secrets.token_urlsafe(32)
 
