@@ -209,6 +209,9 @@ def test_agency_goes_from_never_to_connected_as_events_arrive(
     status = page.locator("tr[data-agency=dinsos] td.status")
     expect(status).to_have_attribute("data-status", "never")
     expect(status).to_have_text("belum pernah mengirim")
+    for process in ("worker", "connect"):
+        ready = page.locator(f"#readiness li[data-process={process}]")
+        expect(ready).to_have_attribute("data-state", "ready")
     data = PaluData(pg_stack.topology, seed=18, residents_count=20, employees_count=3)
     now = dt.datetime.now(dt.UTC)
     with Publisher("dinsos", settings=pg_stack.settings, catalog=pg_stack.catalog()) as pub:

@@ -13,6 +13,7 @@ import difflib
 import json
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -169,6 +170,18 @@ class Console:
             status["last_success_at"] = parse_time(last) if last else None
         return statuses, None
 
+    def readiness(self) -> list[Readiness]:
+        """Each process of the bus this console knows, asked for its ``/health`` at once."""
+        port = self.settings
+        targets = [
+            ("worker", f"http://127.0.0.1:{port.worker_web_port}/health"),
+            ("joins", f"http://127.0.0.1:{port.joins_web_port}/health"),
+            ("deliver", f"http://127.0.0.1:{port.deliver_web_port}/health"),
+            ("connect", f"{self.connect_url}/health"),
+        ]
+        with ThreadPoolExecutor(len(targets)) as pool:
+            return list(pool.map(lambda t: _ask_health(*t), targets))
+
     def connector_action(self, name: str, action: str) -> str | None:
         method = "POST" if action == "restart" else "PUT"
         try:
@@ -180,6 +193,31 @@ class Console:
         if response.status_code >= 400:
             return f"{response.status_code}: {response.text[:200]}"
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    name: str
+    state: str  # ready | degraded | down
+    detail: str
+
+
+def _ask_health(name: str, url: str) -> Readiness:
+    try:
+        response = httpx.get(url, timeout=2)
+        body = response.json()
+    except (httpx.HTTPError, ValueError):
+        return Readiness(name, "down", url)
+    if not isinstance(body, dict):
+        body = {}
+    if name == "connect":
+        failed = int(body.get("failed", 0))
+        detail = f"{body.get('running', 0)}/{body.get('connectors', 0)} running"
+        return Readiness(name, "degraded" if failed else "ready", detail)
+    if response.status_code != 200 or body.get("status", "ok") != "ok":
+        return Readiness(name, "degraded", str(body.get("store_error") or response.status_code))
+    partitions = body.get("assigned_partitions")
+    return Readiness(name, "ready", f"{partitions} partitions" if partitions is not None else "")
 
 
 def _environment() -> Environment:
@@ -318,7 +356,12 @@ def create_app(settings: Settings, topology: Topology) -> FastAPI:
         trend = queries.hourly_trend(
             console.engine, [a.code for a in card.agencies], card.generated_at
         )
-        return {"card": card, "trend": trend, "trend_svg": charts.trend_svg}
+        return {
+            "card": card,
+            "trend": trend,
+            "trend_svg": charts.trend_svg,
+            "readiness": console.readiness(),
+        }
 
     @app.get("/agencies")
     def agencies(request: Request) -> Response:
