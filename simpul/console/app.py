@@ -199,7 +199,9 @@ class Console:
 class Readiness:
     name: str
     state: str  # ready | degraded | down
-    detail: str
+    detail: str = ""  # the URL that did not answer, or the store's error
+    partitions: int | None = None  # worker, joins: partitions held
+    running: tuple[int, int] | None = None  # connect: (running, declared)
 
 
 def _ask_health(name: str, url: str) -> Readiness:
@@ -212,12 +214,12 @@ def _ask_health(name: str, url: str) -> Readiness:
         body = {}
     if name == "connect":
         failed = int(body.get("failed", 0))
-        detail = f"{body.get('running', 0)}/{body.get('connectors', 0)} running"
-        return Readiness(name, "degraded" if failed else "ready", detail)
+        running = (int(body.get("running", 0)), int(body.get("connectors", 0)))
+        return Readiness(name, "degraded" if failed else "ready", running=running)
     if response.status_code != 200 or body.get("status", "ok") != "ok":
         return Readiness(name, "degraded", str(body.get("store_error") or response.status_code))
     partitions = body.get("assigned_partitions")
-    return Readiness(name, "ready", f"{partitions} partitions" if partitions is not None else "")
+    return Readiness(name, "ready", partitions=int(partitions) if partitions is not None else None)
 
 
 def _environment() -> Environment:
