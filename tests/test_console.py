@@ -449,3 +449,16 @@ def test_connectors_page_says_when_the_runtime_does_not_answer(client: TestClien
     assert page.status_code == 200 and 'id="unreachable"' in page.text
     # The declared connectors are listed all the same, their state unknown.
     assert 'data-connector="simpeg-pegawai"' in page.text and 'data-state="UNKNOWN"' in page.text
+
+
+@pytest.mark.integration
+def test_a_language_chosen_on_the_login_page_is_kept_for_the_user(
+    client: TestClient, users: UserStore
+) -> None:
+    token = _csrf(client.get("/login").text)
+    client.post("/language", data={"csrf_token": token, "lang": "en", "back": "/login"})
+    assert "Log in to the Simpul console" in client.get("/login").text
+    log_in(client, "dpo")
+    assert "<h1>Data protection</h1>" in client.get("/privacy").text
+    user = users.get("dpo")
+    assert user is not None and user.language == "en"

@@ -328,11 +328,11 @@ def create_app(settings: Settings, topology: Topology) -> FastAPI:
                 request, "login.html", None, status_code=401, next=target, failed=True
             )
         console.throttle.succeeded(name)
-        lang = request.session.get("lang")
+        chosen = request.session.get("lang")  # picked on the login page
         request.session.clear()  # a new session on login: no fixation
         request.session.update({"user": user.name, "csrf": new_csrf_token()})
-        if lang and user.language != lang and "lang_chosen" in form:
-            console.users.set_language(user.name, language(lang))
+        if chosen and chosen != user.language:
+            console.users.set_language(user.name, language(chosen))
         return RedirectResponse(target, status_code=303)
 
     @app.post("/logout")
@@ -349,7 +349,8 @@ def create_app(settings: Settings, topology: Topology) -> FastAPI:
         user = console.user(request)
         if user is not None:
             console.users.set_language(user.name, lang)
-        request.session["lang"] = lang
+        else:
+            request.session["lang"] = lang
         return RedirectResponse(_local(str(form.get("back") or "/")), status_code=303)
 
     # -- agencies --------------------------------------------------------------------------
