@@ -51,7 +51,7 @@ def serve_console(
         return
     from simpul import dbmigrate
     from simpul.cli import _topology
-    from simpul.console.app import serve
+    from simpul.console.app import parse_health_urls, serve
     from simpul.console.auth import UserError, session_secret
 
     settings = _settings()
@@ -61,7 +61,8 @@ def serve_console(
         raise typer.Exit(2)
     try:
         session_secret(settings)
-    except UserError as error:
+        parse_health_urls(settings.console_health_urls)
+    except (UserError, ValueError) as error:
         err.print(f"[red]{error}[/red]")
         raise typer.Exit(2) from None
     users = _users(settings).list()

@@ -194,6 +194,12 @@ class Settings(BaseSettings):
         description="REST API of `simpul connect` the console steers; empty: "
         "http://127.0.0.1:connect_port",
     )
+    console_health_urls: str = Field(
+        default="",
+        description="Readiness probes as name=url pairs, comma-separated (e.g. "
+        "worker=http://worker:6066/health); empty: worker, joins, deliver and connect on "
+        "127.0.0.1 at their ports",
+    )
     console_refresh_s: float = Field(
         default=10.0, gt=0, description="How often console pages refresh their live parts"
     )

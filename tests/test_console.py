@@ -462,3 +462,30 @@ def test_a_language_chosen_on_the_login_page_is_kept_for_the_user(
     assert "<h1>Data protection</h1>" in client.get("/privacy").text
     user = users.get("dpo")
     assert user is not None and user.language == "en"
+
+
+@pytest.mark.unit
+def test_health_urls_setting_is_parsed_and_a_bad_entry_named() -> None:
+    from simpul.console.app import parse_health_urls
+
+    assert parse_health_urls("worker=http://worker:6066/health, connect=http://c:8083/health") == [
+        ("worker", "http://worker:6066/health"),
+        ("connect", "http://c:8083/health"),
+    ]
+    with pytest.raises(ValueError, match=r"SIMPUL_CONSOLE_HEALTH_URLS: 'worker:6066'"):
+        parse_health_urls("worker:6066")
+
+
+@pytest.mark.integration
+def test_readiness_asks_the_configured_processes(
+    settings: Settings, users: UserStore, topology: Topology
+) -> None:
+    port = free_port()
+    configured = settings.model_copy(
+        update={"console_health_urls": f"worker=http://127.0.0.1:{port}/health"}
+    )
+    with TestClient(create_app(configured, topology)) as test_client:
+        log_in(test_client, "ops")
+        page = test_client.get("/agencies").text
+    assert 'data-process="worker" data-state="down"' in page
+    assert 'data-process="joins"' not in page

@@ -170,16 +170,22 @@ class Console:
             status["last_success_at"] = parse_time(last) if last else None
         return statuses, None
 
-    def readiness(self) -> list[Readiness]:
-        """Each process of the bus this console knows, asked for its ``/health`` at once."""
+    def health_targets(self) -> list[tuple[str, str]]:
+        """(name, URL) of each process whose ``/health`` the agencies page shows."""
+        if self.settings.console_health_urls.strip():
+            return parse_health_urls(self.settings.console_health_urls)
         port = self.settings
-        targets = [
+        return [
             ("worker", f"http://127.0.0.1:{port.worker_web_port}/health"),
             ("joins", f"http://127.0.0.1:{port.joins_web_port}/health"),
             ("deliver", f"http://127.0.0.1:{port.deliver_web_port}/health"),
             ("connect", f"{self.connect_url}/health"),
         ]
-        with ThreadPoolExecutor(len(targets)) as pool:
+
+    def readiness(self) -> list[Readiness]:
+        """Each process of the bus this console knows, asked for its ``/health`` at once."""
+        targets = self.health_targets()
+        with ThreadPoolExecutor(max(1, len(targets))) as pool:
             return list(pool.map(lambda t: _ask_health(*t), targets))
 
     def connector_action(self, name: str, action: str) -> str | None:
@@ -204,6 +210,22 @@ class Readiness:
     running: tuple[int, int] | None = None  # connect: (running, declared)
 
 
+def parse_health_urls(text: str) -> list[tuple[str, str]]:
+    """``worker=http://worker:6066/health,connect=http://connect:8083/health`` → pairs;
+    raises ValueError naming the setting and the bad entry."""
+    pairs = []
+    for entry in (e.strip() for e in text.split(",")):
+        if not entry:
+            continue
+        name, _, url = entry.partition("=")
+        if not name.strip() or not url.strip().startswith(("http://", "https://")):
+            raise ValueError(
+                f"SIMPUL_CONSOLE_HEALTH_URLS: {entry!r} is not name=http(s)://host:port/path"
+            )
+        pairs.append((name.strip(), url.strip()))
+    return pairs
+
+
 def _ask_health(name: str, url: str) -> Readiness:
     try:
         response = httpx.get(url, timeout=2)
@@ -212,7 +234,7 @@ def _ask_health(name: str, url: str) -> Readiness:
         return Readiness(name, "down", url)
     if not isinstance(body, dict):
         body = {}
-    if name == "connect":
+    if "connectors" in body and "running" in body:  # the connector runtime's /health
         failed = int(body.get("failed", 0))
         running = (int(body.get("running", 0)), int(body.get("connectors", 0)))
         return Readiness(name, "degraded" if failed else "ready", running=running)
@@ -256,6 +278,7 @@ def _pretty(schema_text: str) -> str:
 
 
 def create_app(settings: Settings, topology: Topology) -> FastAPI:
+    parse_health_urls(settings.console_health_urls)  # a bad value fails at start
     console = Console(settings, topology, UserStore(users_path(settings)), _environment())
     app = FastAPI(title="Simpul console", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(
