@@ -56,8 +56,11 @@ class DeadLetterReader:
     """Reads a type's dead letters, oldest first; with ``group`` (a consumer group id), only
     those after that group's committed position, and `commit` records progress.
 
-    The read ends after ``idle_seconds`` without a new record rather than at the reported
-    end offsets, because the embedded broker's high watermark can read low.
+    The read ends after ``idle_seconds`` without a new record, and not before it reached the
+    end offsets reported at the start (unless ``max_seconds`` pass): the embedded broker's high
+    watermark can read low, so the end offsets alone would stop short there, and on Apache
+    Kafka a consumer's first fetch can take longer than the idle time, so the idle time alone
+    could read nothing.
     """
 
     def __init__(
@@ -67,14 +70,16 @@ class DeadLetterReader:
         *,
         group: str | None = None,
         idle_seconds: float = 1.5,
+        max_seconds: float = 30.0,
     ) -> None:
         self.topic = event_type.topic("dlq")
+        self.idle_seconds = idle_seconds
+        self.max_seconds = max_seconds
         self.consumer = KafkaConsumer(
             bootstrap_servers=bootstrap.split(","),
             group_id=group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            consumer_timeout_ms=int(idle_seconds * 1000),
             client_id="simpul-dlq",
         )
         partitions = self.consumer.partitions_for_topic(self.topic) or set()
@@ -86,18 +91,33 @@ class DeadLetterReader:
                 self.consumer.seek_to_beginning(tp)
             else:
                 self.consumer.seek(tp, committed)
+        self.ends: dict[TopicPartition, int] = self.consumer.end_offsets(tps) if tps else {}
         self.positions: dict[TopicPartition, int] = {}
 
+    def _behind(self) -> bool:
+        return any(self.consumer.position(tp) < end for tp, end in self.ends.items())
+
     def __iter__(self) -> Iterator[DeadLetter]:
-        for message in self.consumer:
-            self.positions[TopicPartition(self.topic, message.partition)] = message.offset + 1
-            yield DeadLetter(
-                message.partition,
-                message.offset,
-                message.key,
-                message.value,
-                list(message.headers or []),
-            )
+        started = idle_since = time.monotonic()
+        while True:
+            batch = self.consumer.poll(timeout_ms=200)
+            for tp, messages in batch.items():
+                for message in messages:
+                    self.positions[tp] = message.offset + 1
+                    yield DeadLetter(
+                        message.partition,
+                        message.offset,
+                        message.key,
+                        message.value,
+                        list(message.headers or []),
+                    )
+            now = time.monotonic()
+            if batch:
+                idle_since = now
+            elif now - idle_since >= self.idle_seconds and (
+                now - started >= self.max_seconds or not self._behind()
+            ):
+                return
 
     def commit(self) -> None:
         if self.positions:
