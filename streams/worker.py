@@ -20,6 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from simpul import metrics
 from simpul.catalog import EventCatalog
 from simpul.db import make_engine
+from simpul.kafka_clients import faust_credentials
 from simpul.registry import SchemaStore
 from simpul.registry_client import make_resolver
 from simpul.settings import Settings
@@ -48,6 +49,7 @@ def create_app(settings: Settings, topology: Topology) -> faust.App:
     app = faust.App(
         settings.worker_id,
         broker=broker_urls(settings.kafka_bootstrap),
+        broker_credentials=faust_credentials(settings),
         value_serializer="raw",
         key_serializer="raw",
         topic_allow_declare=False,

@@ -473,9 +473,7 @@ def create_app(settings: Settings, topology: Topology) -> FastAPI:
         user = console.require(request, "deadletters.view")
         etype = topology.types_by_name.get(event_type)
         found = (
-            queries.inspect_dead_letter(settings.kafka_bootstrap, etype, console.catalog, ce_id)
-            if etype
-            else None
+            queries.inspect_dead_letter(settings, etype, console.catalog, ce_id) if etype else None
         )
         return console.render(
             request,
@@ -500,7 +498,7 @@ def create_app(settings: Settings, topology: Topology) -> FastAPI:
             )
         started = dt.datetime.now(dt.UTC)
         report = replay(
-            settings.kafka_bootstrap,
+            settings,
             etype,
             ce_id=str(form.get("ce_id") or "") or None,
             code=str(form.get("code") or "") or None,

@@ -15,6 +15,7 @@ from simpul.catalog import EventCatalog
 from simpul.codec import unframe
 from simpul.deadletters import DeadLetter, list_dead_letters
 from simpul.errors import InvalidMessage
+from simpul.settings import Settings
 from simpul.subscriptions import mask
 from simpul.topology import EventType
 from sinks.central_store import event_log
@@ -136,7 +137,7 @@ class Inspected:
 
 
 def inspect_dead_letter(
-    bootstrap: str, event_type: EventType, catalog: EventCatalog, ce_id: str
+    bootstrap: str | Settings, event_type: EventType, catalog: EventCatalog, ce_id: str
 ) -> Inspected | None:
     """One dead letter from ``simpul.dlq.<type>``, decoded where possible, NIK/NIP and names
     masked. None when the topic holds no letter with that ``ce_id``."""
