@@ -1,4 +1,4 @@
-# One image for every Simpul process: registry, worker, joins, ingress, connect, deliver.
+# One image for every Simpul process: registry, worker, joins, ingress, connect, deliver, console.
 FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
@@ -13,5 +13,7 @@ ENV SIMPUL_SCHEMAS_DIR=/app/schemas \
     SIMPUL_TOPOLOGY_FILE=/app/topology/palu.yaml \
     SIMPUL_CONNECTORS_DIR=/app/topology/connectors \
     SIMPUL_DATA_DIR=/tmp/simpul
+# The console keeps its users file and cookie-signing key here (a volume in compose).
+RUN mkdir -p /var/lib/simpul/console && chown nobody /var/lib/simpul/console
 USER nobody
 ENTRYPOINT ["simpul"]

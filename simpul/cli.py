@@ -13,6 +13,7 @@ from rich.table import Table
 
 from simpul import cli_connectors
 from simpul.cli_audit import audit_app
+from simpul.cli_console import console_app
 from simpul.cli_deliver import deliver
 from simpul.settings import Settings, get_settings
 from simpul.topology import Topology, TopologyError, load_topology
@@ -52,6 +53,7 @@ app.command()(cli_registry.registry)
 schemas_app.command("register")(cli_registry.schemas_register)
 schemas_app.command("check")(cli_registry.schemas_check)
 app.add_typer(audit_app, name="audit")
+app.add_typer(console_app, name="console")
 app.command()(deliver)
 
 

@@ -58,8 +58,11 @@ class DeadLetterReader:
     """Reads a type's dead letters, oldest first; with ``group`` (a consumer group id), only
     those after that group's committed position, and `commit` records progress.
 
-    The read ends after ``idle_seconds`` without a new record rather than at the reported
-    end offsets, because the embedded broker's high watermark can read low.
+    The read ends after ``idle_seconds`` without a new record, and not before it reached the
+    end offsets reported at the start (unless ``max_seconds`` pass): the embedded broker's high
+    watermark can read low, so the end offsets alone would stop short there, and on Apache
+    Kafka a consumer's first fetch can take longer than the idle time, so the idle time alone
+    could read nothing.
     """
 
     def __init__(
@@ -69,14 +72,16 @@ class DeadLetterReader:
         *,
         group: str | None = None,
         idle_seconds: float = 1.5,
+        max_seconds: float = 30.0,
     ) -> None:
         self.topic = event_type.topic("dlq")
+        self.idle_seconds = idle_seconds
+        self.max_seconds = max_seconds
         self.consumer = KafkaConsumer(
             **kafka_python_options(bootstrap),
             group_id=group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            consumer_timeout_ms=int(idle_seconds * 1000),
             client_id="simpul-dlq",
         )
         partitions = self.consumer.partitions_for_topic(self.topic) or set()
@@ -88,18 +93,33 @@ class DeadLetterReader:
                 self.consumer.seek_to_beginning(tp)
             else:
                 self.consumer.seek(tp, committed)
+        self.ends: dict[TopicPartition, int] = self.consumer.end_offsets(tps) if tps else {}
         self.positions: dict[TopicPartition, int] = {}
 
+    def _behind(self) -> bool:
+        return any(self.consumer.position(tp) < end for tp, end in self.ends.items())
+
     def __iter__(self) -> Iterator[DeadLetter]:
-        for message in self.consumer:
-            self.positions[TopicPartition(self.topic, message.partition)] = message.offset + 1
-            yield DeadLetter(
-                message.partition,
-                message.offset,
-                message.key,
-                message.value,
-                list(message.headers or []),
-            )
+        started = idle_since = time.monotonic()
+        while True:
+            batch = self.consumer.poll(timeout_ms=200)
+            for tp, messages in batch.items():
+                for message in messages:
+                    self.positions[tp] = message.offset + 1
+                    yield DeadLetter(
+                        message.partition,
+                        message.offset,
+                        message.key,
+                        message.value,
+                        list(message.headers or []),
+                    )
+            now = time.monotonic()
+            if batch:
+                idle_since = now
+            elif now - idle_since >= self.idle_seconds and (
+                now - started >= self.max_seconds or not self._behind()
+            ):
+                return
 
     def commit(self) -> None:
         if self.positions:
@@ -119,25 +139,41 @@ def list_dead_letters(bootstrap: str | Settings, event_type: EventType) -> list[
         reader.close()
 
 
-def replay_dead_letters(
+@dataclass(frozen=True, slots=True)
+class ReplayReport:
+    """What a replay sent back (the ``ce_id`` of each letter) and how many it left alone."""
+
+    replayed: list[str | None]
+    skipped: int
+
+
+def replay(
     bootstrap: str | Settings,
     event_type: EventType,
     *,
     ce_id: str | None = None,
     code: str | None = None,
-) -> tuple[int, int]:
+    agency: str | None = None,
+) -> ReplayReport:
     """Send dead letters back to ``simpul.in.<type>`` with their original headers.
 
     An unfiltered replay records its progress in a consumer group, so running it twice
-    replays nothing twice; a filtered one (by ``ce_id`` or reason ``code``) records nothing.
-    Returns (replayed, skipped by the filters).
+    replays nothing twice; a filtered one (by ``ce_id``, reason ``code`` or sending
+    ``agency``) records nothing.
     """
+    filtered = bool(ce_id or code or agency)
+    source = f"/agency/{agency}" if agency else None
     producer = KafkaProducer(**kafka_python_options(bootstrap), acks="all", linger_ms=5)
     reader = DeadLetterReader(bootstrap, event_type, group=replay_group(event_type))
-    replayed = skipped = 0
+    replayed: list[str | None] = []
+    skipped = 0
     try:
         for letter in reader:
-            if (ce_id and letter.ce_id != ce_id) or (code and letter.code != code):
+            if (
+                (ce_id and letter.ce_id != ce_id)
+                or (code and letter.code != code)
+                or (source and letter.source != source)
+            ):
                 skipped += 1
                 continue
             producer.send(
@@ -149,13 +185,25 @@ def replay_dead_letters(
                     ("simpul_replayed_at", str(time.time()).encode()),
                 ],
             )
-            replayed += 1
+            replayed.append(letter.ce_id)
         # Progress is recorded only for an unfiltered replay (a filtered one must not mark the
         # letters it skipped as done), and only after the broker has every replayed copy.
         producer.flush()
-        if not (ce_id or code):
+        if not filtered:
             reader.commit()
     finally:
         producer.close()
         reader.close()
-    return replayed, skipped
+    return ReplayReport(replayed, skipped)
+
+
+def replay_dead_letters(
+    bootstrap: str | Settings,
+    event_type: EventType,
+    *,
+    ce_id: str | None = None,
+    code: str | None = None,
+) -> tuple[int, int]:
+    """`replay`, counted: (replayed, skipped by the filters)."""
+    report = replay(bootstrap, event_type, ce_id=ce_id, code=code)
+    return len(report.replayed), report.skipped

@@ -262,6 +262,37 @@ class Settings(BaseSettings):
         ge=1,
         description="Undelivered messages per endpoint before its partitions are paused",
     )
+    # --- console ---
+    console_port: int = Field(
+        default=8088, ge=1, le=65535, description="Port of `simpul console` (the web console)"
+    )
+    console_secret: str = Field(
+        default="",
+        description="Key that signs the console's session cookies; empty: generated once into "
+        "data_dir/console-secret (mode 0600)",
+    )
+    console_users_file: Path | None = Field(
+        default=None,
+        description="The console's users and password hashes (mode 0600); empty: "
+        "data_dir/console-users.json",
+    )
+    console_connect_url: str = Field(
+        default="",
+        description="REST API of `simpul connect` the console steers; empty: "
+        "http://127.0.0.1:connect_port",
+    )
+    console_health_urls: str = Field(
+        default="",
+        description="Readiness probes as name=url pairs, comma-separated (e.g. "
+        "worker=http://worker:6066/health); empty: worker, joins, deliver and connect on "
+        "127.0.0.1 at their ports",
+    )
+    console_refresh_s: float = Field(
+        default=10.0, gt=0, description="How often console pages refresh their live parts"
+    )
+    console_session_hours: float = Field(
+        default=12.0, gt=0, description="How long a console login lasts"
+    )
 
     def client_tuning(self) -> ClientTuning:
         """Consumer timings for the engine, each overridable by its own setting."""

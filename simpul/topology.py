@@ -11,7 +11,7 @@ import json
 import re
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -26,6 +26,10 @@ _AGENCY_CODE = r"^[a-z][a-z0-9-]{1,40}$"
 _TYPE_NAME = r"^[a-z]+(\.[a-z_]+)+$"
 
 TopicKind = str  # "in" | "valid" | "dlq"
+
+#: Indonesia's three time zones, by the abbreviation people read on a clock.
+TIME_ZONES = {"Asia/Jakarta": "WIB", "Asia/Makassar": "WITA", "Asia/Jayapura": "WIT"}
+TimeZoneName = Literal["Asia/Jakarta", "Asia/Makassar", "Asia/Jayapura"]
 
 _CADENCE = re.compile(r"^([1-9][0-9]{0,4})(m|h|d|w)$")
 _CADENCE_UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -134,6 +138,8 @@ class Topology(BaseModel):
 
     city: str
     region_code: Annotated[str, Field(pattern=r"^[0-9]{4}$")]
+    #: The city's clock, for dates shown to people (the console): WIB, WITA or WIT.
+    timezone: TimeZoneName = "Asia/Jakarta"
     replication: Annotated[int, Field(ge=1, le=5)] = 1
     #: Whether a kelurahan/desa office may issue a letter for a resident of another kelurahan
     #: (Kota Kupang's Soda Molek: any office, any resident). The letter then carries the
@@ -180,6 +186,11 @@ class Topology(BaseModel):
     def _subscriptions_consistent(self) -> Topology:
         check_subscriptions(self)
         return self
+
+    @property
+    def timezone_abbreviation(self) -> str:
+        """``WIB``, ``WITA`` or ``WIT``."""
+        return TIME_ZONES[self.timezone]
 
     @cached_property
     def agencies_by_code(self) -> dict[str, Agency]:

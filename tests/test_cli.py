@@ -61,6 +61,12 @@ def test_all_expected_commands_exist() -> None:
         ("readiness",),
         ("staff", "reconcile"),
         ("payroll", "control"),
+        ("console",),
+        ("acls", "plan"),
+        ("acls", "apply"),
+        ("console", "users", "add"),
+        ("console", "users", "list"),
+        ("console", "users", "remove"),
     }
     assert expected <= set(COMMANDS)
 

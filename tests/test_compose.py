@@ -68,6 +68,7 @@ SIMPUL_SERVICES = (
     "ingress",
     "connect",
     "deliverer",
+    "console",
 )
 ONE_SHOT = ("migrate", "setup")
 
@@ -137,5 +138,5 @@ def test_compose_commands_are_simpul_commands() -> None:
     wanted = {
         services[name]["command"][0] for name in SIMPUL_SERVICES if "command" in services[name]
     }
-    assert {"worker", "registry", "joins", "ingress", "connect", "deliver"} <= wanted
+    assert {"worker", "registry", "joins", "ingress", "connect", "deliver", "console"} <= wanted
     assert sorted(wanted - commands) == [], "a compose service runs a command simpul lacks"
