@@ -22,7 +22,7 @@ SCRAM_ITERATIONS = 8192
 
 #: Simpul's processes, each its own broker identity. Their consumer groups start with the
 #: worker id (`simpul` by default): `<worker_id>.ingest`, `.fanout`, `.joins`, `.deliver`.
-PROCESSES = ("worker", "joins", "deliver", "ingress", "connect")
+PROCESSES = ("worker", "joins", "deliver", "ingress", "connect", "console")
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -97,6 +97,12 @@ def plan(topology: Topology, worker_id: str = "simpul") -> list[Grant]:
         user = process_user(gateway)
         grants += _topic(user, "simpul.in.", "prefixed", "write")
     grants += _topic(process_user("connect"), "simpul.dlq.", "prefixed", "write")
+
+    # The console lists, inspects and replays dead letters (back to simpul.in.<type>).
+    console = process_user("console")
+    grants += _topic(console, "simpul.dlq.", "prefixed", "read")
+    grants += _topic(console, "simpul.in.", "prefixed", "write")
+    grants.append(_group(console, "simpul-dlq-replay."))
     return sorted(set(grants))
 
 
