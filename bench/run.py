@@ -68,6 +68,7 @@ TOPOLOGY_FILE = ROOT / "topology" / "palu.yaml"
 TOPOLOGY = load_topology(TOPOLOGY_FILE)
 SOURCE_TYPES = list(WEIGHTS)  # the six agency types
 DUPLICATES = 0.10
+PROFILE = False  # --profile
 WEBHOOK_SECRET = "bench-webhook-secret-0123456789"
 WORKLOADS = {
     "a": ("one type, no subscriber (social.recipient.updated)", {"social.recipient.updated": 1}),
@@ -428,11 +429,54 @@ def run_simpul(
 ) -> dict[str, Any]:
     url = new_database()
     procs = simpul_processes(bootstrap, url, workers, topology, extras)
+    spy = None
+    if PROFILE and workers == 1:
+        # py-spy samples the worker (its threads too) while it runs; read with profile_top().
+        raw = WORK / f"profile-{uuid.uuid4().hex[:4]}.txt"
+        spy = subprocess.Popen(
+            ["py-spy", "record", "-p", str(procs[0].process.pid), "-f", "raw", "-r", "200"]
+            + ["-o", str(raw), "--nonblocking", "--threads"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            executable=str(Path(sys.executable).parent / "py-spy"),
+        )
     try:
-        return measure(procs, url, load)
+        result = measure(procs, url, load)
     finally:
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(60)
         stop(procs)
         drop_database(url)
+    if spy is not None:
+        result["profile_top"] = profile_top(raw)
+        result["profile_file"] = str(raw)
+    return result
+
+
+def profile_top(raw: Path, limit: int = 25) -> list[tuple[str, float, float]]:
+    """From py-spy's collapsed stacks: the functions with the most samples, as (function,
+    % of samples on the stack, % of samples at the top)."""
+    total = 0
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack:
+            continue
+        count = int(count_text)
+        frames = [f for f in stack.split(";") if not f.startswith("thread (")]
+        frames = [
+            f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0] + ")" if " (" in f else f
+            for f in frames
+        ]
+        total += count
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + count
+        if frames:
+            own[frames[-1]] = own.get(frames[-1], 0) + count
+    top = sorted(own, key=own.get, reverse=True)[:limit]  # type: ignore[arg-type]
+    return [(f, 100 * inclusive[f] / total, 100 * own[f] / total) for f in top]
 
 
 # --- the webhook receiver ---------------------------------------------------------------
@@ -680,6 +724,8 @@ def print_table(results: dict[str, Any]) -> None:
             )
             for stage, value in run.get("stage_cpu_us_per_event", {}).items():
                 print(f"    {stage:56} {value:>8.1f} µs")
+            for function, inclusive, own in run.get("profile_top", []):
+                print(f"    py-spy {own:5.1f} % own {inclusive:5.1f} % total  {function[:90]}")
         if workload["note"]:
             print(f"  {workload['note']}")
     if lat := results.get("latency"):
@@ -744,7 +790,12 @@ def main() -> None:
     parser.add_argument("--no-rivals", action="store_true", help="skip Quix and bare Faust")
     parser.add_argument("--no-latency", action="store_true", help="skip latency and restart")
     parser.add_argument("--latency-seconds", type=int, default=15)
+    parser.add_argument(
+        "--profile", action="store_true", help="py-spy the one-worker runs; top functions"
+    )
     args = parser.parse_args()
+    global PROFILE
+    PROFILE = args.profile
     started = dt.datetime.now(dt.UTC)
     results: dict[str, Any] = {
         "machine": platform.platform(),

@@ -111,6 +111,10 @@ def _utc_naive(value: dt.datetime) -> dt.datetime:
 
 def row_hash(prev_hash: str, row: dict[str, object]) -> str:
     recorded = _utc_naive(row["recorded_at"])  # type: ignore[arg-type]
+    return _hash(prev_hash, row, recorded.isoformat(timespec="microseconds"))
+
+
+def _hash(prev_hash: str, row: dict[str, object], recorded: str) -> str:
     content = json.dumps(
         [
             row["chain_id"],
@@ -125,7 +129,7 @@ def row_hash(prev_hash: str, row: dict[str, object]) -> str:
             row["outcome"],
             row["detail"],
             row["subject_hash"],
-            recorded.isoformat(timespec="microseconds"),
+            recorded,
         ],
         ensure_ascii=False,
         separators=(",", ":"),
@@ -144,16 +148,30 @@ class AuditLog:
         self.seq = 0
         self.last_hash = GENESIS
         self._lock = threading.Lock()
+        self._fields: dict[tuple[str, ...], str] = {}
+        self._hmac = hmac.new(key.encode(), digestmod=hashlib.sha256)
+
+    def _subject_hash(self, identifier: str) -> str:
+        """`subject_hash` with the key schedule computed once."""
+        mac = self._hmac.copy()
+        mac.update(identifier.strip().encode())
+        return mac.hexdigest()
 
     def record(self, entries: Sequence[AuditEntry]) -> None:
         if not entries:
             return
         with self._lock:
             now = dt.datetime.now(dt.UTC)
+            # Once per batch, not per row: every row of a batch shares its time.
+            recorded = _utc_naive(now).isoformat(timespec="microseconds")
             seq, last = self.seq, self.last_hash
             rows = []
             for entry in entries:
                 seq += 1
+                names = tuple(entry.fields)
+                fields = self._fields.get(names)
+                if fields is None:
+                    fields = self._fields[names] = json.dumps(list(names), separators=(",", ":"))
                 row: dict[str, object] = {
                     "chain_id": self.chain_id,
                     "seq": seq,
@@ -162,16 +180,16 @@ class AuditLog:
                     "agency": entry.agency,
                     "subscription": entry.subscription,
                     "purpose": entry.purpose,
-                    "fields": json.dumps(list(entry.fields), separators=(",", ":")),
+                    "fields": fields,
                     "channel": entry.channel,
                     "outcome": entry.outcome,
                     "detail": entry.detail,
                     "subject_hash": entry.subject_hash
-                    or (subject_hash(self.key, entry.subject) if entry.subject else None),
+                    or (self._subject_hash(entry.subject) if entry.subject else None),
                     "recorded_at": now,
                 }
                 row["prev_hash"] = last
-                row["row_hash"] = last = row_hash(last, row)
+                row["row_hash"] = last = _hash(last, row, recorded)
                 rows.append(row)
             with self.engine.begin() as conn:
                 if self.seq == 0:
@@ -193,6 +211,7 @@ class AuditLog:
                 if self.engine.dialect.name == "postgresql":
                     # COPY: SQLAlchemy's executemany cost more than hashing the rows.
                     columns = list(rows[0])
+                    stamp = now.isoformat()  # COPY parses it; dumping datetimes cost more
                     raw: Any = conn.connection.driver_connection
                     with (
                         raw.cursor() as cursor,
@@ -201,7 +220,8 @@ class AuditLog:
                         ) as copy,
                     ):
                         for row in rows:
-                            copy.write_row([row[c] for c in columns])
+                            row["recorded_at"] = stamp
+                            copy.write_row(list(row.values()))
                 else:
                     conn.execute(delivery_audit.insert(), rows)
             # Only advance once the rows are in: a failed write is retried with the same links.
