@@ -434,8 +434,10 @@ def run_simpul(
         # py-spy samples the worker (its threads too) while it runs; read with profile_top().
         raw = WORK / f"profile-{uuid.uuid4().hex[:4]}.txt"
         spy = subprocess.Popen(
-            ["py-spy", "record", "-p", str(procs[0].process.pid), "-f", "raw", "-r", "200"]
-            + ["-o", str(raw), "--nonblocking", "--threads"],
+            [
+                *("py-spy", "record", "-p", str(procs[0].process.pid), "-f", "raw", "-r", "200"),
+                *("-o", str(raw), "--nonblocking", "--threads"),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             executable=str(Path(sys.executable).parent / "py-spy"),
