@@ -27,7 +27,7 @@ import yaml
 from kafka import KafkaConsumer, TopicPartition
 from sqlalchemy import select, text
 
-from simpul.broker import EmbeddedBroker, free_port
+from simpul.broker import Broker, free_port
 from simpul.codec import unframe
 from simpul.db import make_engine
 from simpul.publisher import Publisher
@@ -141,7 +141,7 @@ def endpoints() -> Iterator[Endpoints]:
 
 @pytest.fixture(scope="module")
 def stack(
-    broker: EmbeddedBroker,
+    broker: Broker,
     pg_url: str,
     endpoints: Endpoints,
     tmp_path_factory: pytest.TempPathFactory,
@@ -241,6 +241,7 @@ def read_topic(stack: Stack, topic: str, at_least: int) -> list[Any]:
     return decoded
 
 
+@pytest.mark.smoke
 def test_each_inbox_gets_exactly_its_projection_masked(stack: Stack, published: Published) -> None:
     dinsos = read_topic(stack, "simpul.out.dinsos", 2)
     by_subscription = {h["simpul_subscription"]: (m, r, h) for m, r, h in dinsos}
@@ -347,6 +348,7 @@ def deliverer(
         process.wait(60)
 
 
+@pytest.mark.smoke
 def test_webhooks_retry_honour_retry_after_and_dead_letter(
     stack: Stack, published: Published, endpoints: Endpoints, deliverer: Any
 ) -> None:
