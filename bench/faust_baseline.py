@@ -24,8 +24,8 @@ app = faust.App(
     topic_allow_declare=False,
     topic_disable_leader=True,
     consumer_auto_offset_reset="earliest",
-    broker_session_timeout=3,
-    broker_rebalance_timeout=3,
+    broker_session_timeout=6,  # Apache Kafka refuses less (group.min.session.timeout.ms)
+    broker_rebalance_timeout=6,
     broker_heartbeat_interval=1,
     web_enabled=False,
 )
