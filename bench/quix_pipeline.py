@@ -6,7 +6,11 @@ own `CentralStore` (the same SQL, so the pipelines differ only in what surrounds
 `BatchingSink` that Quix flushes at each checkpoint before it commits the offsets. Quix's
 defaults are kept (commit every 5 s, at-least-once): the bench does not tune the rival.
 
-Usage: quix_pipeline.py BOOTSTRAP DATABASE_URL TOPIC[,TOPIC...]
+Usage: quix_pipeline.py BOOTSTRAP DATABASE_URL TOPIC[,TOPIC...] MARKER TOTAL
+
+For the bench's clock it writes Unix times: MARKER.first on its first message, MARKER.last
+on message TOTAL, and one line per sink write to MARKER.writes (so the bench can leave out
+the idle wait for the last checkpoint, which a steady stream would not have).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import sys
+import time
 import uuid
 from collections import OrderedDict
 from pathlib import Path
@@ -48,11 +53,14 @@ class ConfluentAvro(Deserializer):  # type: ignore[misc]
 
 
 class CentralStoreSink(BatchingSink):  # type: ignore[misc]
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, writes: Path) -> None:
         super().__init__()
         self.store = CentralStore(make_engine(url))
+        self.writes = writes
 
     def write(self, batch: SinkBatch) -> None:
+        with self.writes.open("a") as log:
+            log.write(f"{time.time()!r}\n")
         received = dt.datetime.now(dt.UTC)
         events = []
         for item in batch:
@@ -77,6 +85,8 @@ class CentralStoreSink(BatchingSink):  # type: ignore[misc]
 
 def main() -> None:
     bootstrap, url, topics = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
+    marker, total = sys.argv[4], int(sys.argv[5])
+    consumed = [0]
     resolver = SchemaResolver(SchemaStore(make_engine(url)))
     schemas = {}
     for event_type in TOPOLOGY.event_types:
@@ -93,6 +103,11 @@ def main() -> None:
     seen: dict[tuple[str, int], OrderedDict[str, None]] = {}
 
     def first_time(value: Any, key: Any, timestamp: int, headers: Any) -> bool:
+        consumed[0] += 1
+        if consumed[0] == 1:
+            Path(f"{marker}.first").write_text(repr(time.time()))
+        if consumed[0] == total:
+            Path(f"{marker}.last").write_text(repr(time.time()))
         ce_id = next(v for k, v in headers if k == "ce_id").decode()
         ctx = message_context()
         window = seen.setdefault((ctx.topic, ctx.partition), OrderedDict())
@@ -103,7 +118,7 @@ def main() -> None:
             window.popitem(last=False)
         return True
 
-    sink = CentralStoreSink(url)
+    sink = CentralStoreSink(url, Path(f"{marker}.writes"))
     deserializer = ConfluentAvro(schemas)
     for name in topics:
         topic = app.topic(name, key_deserializer="bytes", value_deserializer=deserializer)

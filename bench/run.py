@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import io
+import itertools
 import json
 import os
 import platform
@@ -69,7 +70,7 @@ TOPOLOGY = load_topology(TOPOLOGY_FILE)
 SOURCE_TYPES = list(WEIGHTS)  # the six agency types
 DUPLICATES = 0.10
 PROFILE = False  # --profile
-ENGINE = "tansu"  # --broker
+ENGINE = "kafka"  # --broker
 WEBHOOK_SECRET = "bench-webhook-secret-0123456789"
 WORKLOADS = {
     "a": ("one type, no subscriber (social.recipient.updated)", {"social.recipient.updated": 1}),
@@ -95,9 +96,8 @@ def broker(engine: str) -> Iterator[str]:
             yield running.bootstrap
         return
     if engine == "kafka":
-        from kafka import KafkaAdminClient
-
         from simpul.kafka import KafkaCluster
+        from tests.conftest import warm_up  # one place: creates __consumer_offsets
 
         cluster = KafkaCluster(
             WORK / f"kafka-{uuid.uuid4().hex[:4]}",
@@ -106,10 +106,7 @@ def broker(engine: str) -> Iterator[str]:
         )
         cluster.start()
         try:
-            # FindCoordinator creates __consumer_offsets now, not in the first measured run.
-            admin = KafkaAdminClient(bootstrap_servers=cluster.bootstrap.split(","))
-            admin.describe_groups(["simpul-bench-warm-up"])
-            admin.close()
+            warm_up(cluster)  # now, not in the first measured run
             yield cluster.bootstrap
         finally:
             cluster.stop()
@@ -260,7 +257,6 @@ def rss_mb(pid: int) -> float:
 class Proc:
     process: subprocess.Popen[bytes]
     web_port: int | None = None
-    spawned: float = field(default_factory=time.perf_counter)
 
 
 def spawn(args: list[str], env: dict[str, str], name: str, web_port: int | None = None) -> Proc:
@@ -337,22 +333,29 @@ def stage_cpu(procs: list[Proc]) -> dict[str, float]:
     return total
 
 
-def measure(procs: list[Proc], url: str, load: Preloaded, timeout: float = 900) -> dict[str, Any]:
-    """Steady throughput from the first stored row to the last, and what it cost."""
+def measure(
+    procs: list[Proc], url: str, load: Preloaded, marker: Path | None = None
+) -> dict[str, Any]:
+    """Throughput from the first message consumed to the last row stored, and what it cost.
+
+    Every pipeline is timed alike, whatever its commit cadence (Quix flushes its sink every
+    5 s, so its stored rows grow in steps): the start is the first message a pipeline took
+    (Simpul: the earliest ``received_at`` in event_log, stamped when a batch arrives; Quix:
+    the time it noted on its first message), the end when the last row is visible (polled
+    every 0.1 s), less, for Quix, the idle wait between its last message and the checkpoint
+    that flushes it (a steady stream keeps it busy meanwhile). CPU is sampled every 0.1 s
+    and read at the start by interpolation, so imports and connecting are not charged.
+    """
     engine = make_engine(url)
     pids = [p.process.pid for p in procs]
-    spawned = min(p.spawned for p in procs)
-    first_at = first_count = cpu_first = None
-    stages_first: dict[str, float] = {}
+    samples: list[tuple[float, float]] = []  # (unix time, CPU seconds of the processes)
     rss = 0.0
     count = 0
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + 900
     while time.monotonic() < deadline:
+        samples.append((time.time(), sum(cpu_seconds(pid) for pid in pids)))
         count = stored(engine, load.types)
-        if count and first_at is None:
-            first_at, first_count = time.perf_counter(), count
-            cpu_first = sum(cpu_seconds(pid) for pid in pids)
-            stages_first = stage_cpu(procs)
+        visible = time.time()
         rss = max(rss, sum(rss_mb(pid) for pid in pids))
         if count >= load.distinct:
             break
@@ -360,36 +363,45 @@ def measure(procs: list[Proc], url: str, load: Preloaded, timeout: float = 900) 
             raise RuntimeError(f"a pipeline process exited early; logs in {WORK}")
         time.sleep(0.1)
     else:
-        raise TimeoutError(f"stored {count} of {load.distinct} in {timeout:.0f}s; logs in {WORK}")
-    seconds = time.perf_counter() - first_at  # type: ignore[operator]
-    cpu = sum(cpu_seconds(pid) for pid in pids) - cpu_first  # type: ignore[operator]
-    stages_last = stage_cpu(procs)
+        raise TimeoutError(f"stored {count} of {load.distinct} in 900s; logs in {WORK}")
+    cpu_end = sum(cpu_seconds(pid) for pid in pids)
+    stages = stage_cpu(procs)
+    with engine.connect() as conn:
+        first_received = conn.scalar(
+            text("select min(received_at) from event_log where type = any(:t)"),
+            {"t": load.types},
+        )
     engine.dispose()
-    # Messages consumed while the stored rows grew, duplicates included.
-    flowing = (load.distinct - first_count) * load.total / load.distinct  # type: ignore[operator]
-    if flowing < load.total * 0.2:
-        # A run too small to see the rows grow (one or two batches): count from the spawn,
-        # start-up included; use more --events for a steady figure.
-        seconds = time.perf_counter() - spawned
-        cpu = sum(cpu_seconds(pid) for pid in pids)
-        flowing = load.total
-        stages_first = {}
+    end = visible
+    if marker is not None:
+        began = float(Path(f"{marker}.first").read_text())
+        last = float(Path(f"{marker}.last").read_text())
+        writes = [float(w) for w in Path(f"{marker}.writes").read_text().split()]
+        flush = min((w for w in writes if w >= last), default=last)
+        end -= flush - last
+    else:
+        began = first_received.timestamp()
+    seconds = end - began
+    cpu_start = samples[0][1]
+    for (t0, c0), (t1, c1) in itertools.pairwise(samples):
+        if t0 <= began <= t1:
+            cpu_start = c0 + (c1 - c0) * (began - t0) / max(t1 - t0, 1e-9)
+            break
+        if t0 <= began:
+            cpu_start = c1
+    cpu = cpu_end - cpu_start
     result: dict[str, Any] = {
-        "events_per_s": flowing / seconds,
+        "events_per_s": load.total / seconds,
         "seconds": seconds,
-        "cpu_us_per_event": cpu * 1e6 / flowing,
+        "cpu_us_per_event": cpu * 1e6 / load.total,
         "rss_mb": rss,
     }
-    if stages_last:
-        per = {
-            stage: (value - stages_first.get(stage, 0.0)) * 1e6 / flowing
-            for stage, value in stages_last.items()
-        }
+    if stages:
+        per = {stage: value * 1e6 / load.total for stage, value in stages.items()}
         per["decode (bench process, same messages)"] = load.decode_us
         per["validate (without decode)"] = max(0.0, per.get("validate", 0.0) - load.decode_us)
-        measured = sum(v for k, v in stages_last.items()) - sum(stages_first.values())
         per["other (fetch, event loop, clients, joins, deliverer)"] = (
-            (cpu - measured) * 1e6 / flowing
+            (cpu - sum(stages.values())) * 1e6 / load.total
         )
         result["stage_cpu_us_per_event"] = per
     return result
@@ -397,6 +409,7 @@ def measure(procs: list[Proc], url: str, load: Preloaded, timeout: float = 900) 
 
 def run_quix(bootstrap: str, load: Preloaded) -> dict[str, Any]:
     url = new_database()
+    marker = WORK / f"quix-{uuid.uuid4().hex[:4]}"
     proc = spawn(
         [
             sys.executable,
@@ -404,12 +417,14 @@ def run_quix(bootstrap: str, load: Preloaded) -> dict[str, Any]:
             bootstrap,
             url,
             ",".join(load.topics),
+            str(marker),
+            str(load.total),
         ],
         dict(os.environ),
         "quix",
     )
     try:
-        return measure([proc], url, load)
+        return measure([proc], url, load, marker)
     finally:
         stop([proc])
         drop_database(url)
@@ -799,7 +814,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100_000, help="messages per workload")
     parser.add_argument(
         "--broker",
-        default=os.environ.get("SIMPUL_BENCH_BROKER", "tansu"),
+        default=os.environ.get("SIMPUL_BENCH_BROKER", "kafka"),
         help="broker engine: tansu (embedded) or kafka (SIMPUL_BENCH_BROKER)",
     )
     parser.add_argument("--workloads", default="a,b,c", help="which of a, b, c")
