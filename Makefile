@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/steps.py
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 	$(BIN)/python bench/audit_subject.py
+	$(BIN)/python bench/store_growth.py --sizes 0,1000000,3000000
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
