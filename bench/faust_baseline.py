@@ -1,6 +1,6 @@
 """`make bench` baseline: a bare Faust agent consuming the pre-loaded topic, doing nothing.
 
-Usage: faust_baseline.py BOOTSTRAP TOPIC COUNT RESULT_JSON
+Usage: faust_baseline.py BOOTSTRAP TOPIC[,TOPIC...] COUNT RESULT_JSON
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ app = faust.App(
     topic_allow_declare=False,
     topic_disable_leader=True,
     consumer_auto_offset_reset="earliest",
-    broker_session_timeout=3,
-    broker_rebalance_timeout=3,
+    broker_session_timeout=6,  # Apache Kafka refuses less (group.min.session.timeout.ms)
+    broker_rebalance_timeout=6,
     broker_heartbeat_interval=1,
     web_enabled=False,
 )
-topic = app.topic(topic_name, key_type=bytes, value_type=bytes)
+topic = app.topic(*topic_name.split(","), key_type=bytes, value_type=bytes)
 state: dict[str, float] = {"n": 0}
 
 
@@ -53,6 +53,7 @@ async def nothing(stream):  # type: ignore[no-untyped-def]
                         "seconds": seconds,
                         "events_per_s": (count - 1) / seconds,
                         "cpu_seconds": cpu() - state["cpu_first"],
+                        "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                     },
                     out,
                 )

@@ -1,116 +1,241 @@
-"""`make bench`: Simpul's full path against a bare Faust agent, on the embedded broker.
+"""`make bench`: Simpul's real path against Quix Streams and bare Faust, in one run.
 
-One run, one machine: every figure is reported with its ratio to the bare-Faust baseline
-measured in the same run, because absolute numbers move with the machine's load.
-Results are printed and written to bench/results/<time>.json.
+    .venv/bin/python bench/run.py [--events 100000] [--broker tansu|kafka] [--workloads a,b,c]
+
+Workloads, each on a fresh broker with ``--events`` events of which 10 % are re-sent copies
+(same key, value and ``ce_id``) of a recent event:
+
+* (a) one type without subscribers, ``social.recipient.updated``;
+* (b) ``permit.issued`` with its subscriptions (fan-out to the inboxes, audit rows);
+* (c) the Palu mix: the six agency types in the simulator's proportions, every subscription,
+  the joins process, and the webhook deliverer against a local HTTP receiver.
+
+On each, the same storage job runs in turn on its own fresh PostgreSQL database of the same
+server: Quix Streams (bench/quix_pipeline.py), a bare Faust agent that does nothing
+(bench/faust_baseline.py), and Simpul with one worker (and two on (b)). Reported: steady
+events/s (from the first stored row to the last), CPU µs per event (all of the pipeline's
+processes) and by stage (the worker's ``simpul_stage_cpu_seconds_total``), resident memory,
+and every throughput as a ratio to Quix's from the same run. Then, on the mix at a steady
+1 000 events/s: p50/p99 publish→stored and publish→webhook-delivered, and restart to
+processing. Results go to bench/results/run-<time>.json and a PNG chart beside it.
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
+import io
+import itertools
 import json
 import os
 import platform
+import random
+import re
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from statistics import quantiles
+from typing import Any
 
+import fastavro
+import yaml
 from sqlalchemy import create_engine, text
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from simpul import dbmigrate  # noqa: E402
-from simpul.broker import EmbeddedBroker, free_port  # noqa: E402
+from simpul.broker import free_port  # noqa: E402
 from simpul.db import make_engine  # noqa: E402
 from simpul.envelope import Envelope  # noqa: E402
 from simpul.registry import SchemaResolver, SchemaStore, register_all  # noqa: E402
-from simpul.settings import Settings  # noqa: E402
-from simpul.simulate import PaluData  # noqa: E402
+from simpul.simulate import WEIGHTS, PaluData  # noqa: E402
 from simpul.topics import apply_topics  # noqa: E402
 from simpul.topology import load_topology  # noqa: E402
 
-N = int(os.environ.get("BENCH_EVENTS", "100000"))
-TYPE = "social.recipient.updated"
-TOPIC = f"simpul.in.{TYPE}"
 PG_ADMIN = os.environ.get("SIMPUL_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 WORK = Path(tempfile.mkdtemp(prefix="simpul-bench-"))
-TOPOLOGY = load_topology(ROOT / "topology" / "palu.yaml")
+TOPOLOGY_FILE = ROOT / "topology" / "palu.yaml"
+TOPOLOGY = load_topology(TOPOLOGY_FILE)
+SOURCE_TYPES = list(WEIGHTS)  # the six agency types
+DUPLICATES = 0.10
+PROFILE = False  # --profile
+ENGINE = "kafka"  # --broker
+WEBHOOK_SECRET = "bench-webhook-secret-0123456789"
+WORKLOADS = {
+    "a": ("one type, no subscriber (social.recipient.updated)", {"social.recipient.updated": 1}),
+    "b": ("permit.issued with its subscriptions (fan-out, audit)", {"permit.issued": 1}),
+    "c": ("Palu mix: six types, every subscription, joins, webhooks", WEIGHTS),
+}
 
 
 def say(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def preload(bootstrap: str, schema_db: str) -> float:
-    """Produce N distinct valid events with librdkafka (the fastest client here)."""
-    from confluent_kafka import Producer
-
-    store = SchemaStore(make_engine(schema_db))
-    schema = SchemaResolver(store).latest(TOPOLOGY.event_type(TYPE).subject)
-    data = PaluData(TOPOLOGY, seed=11, residents_count=20_000)
-    producer = Producer(
-        {
-            "bootstrap.servers": bootstrap,
-            "linger.ms": 20,
-            "acks": "all",
-            "enable.idempotence": False,
-            "queue.buffering.max.messages": 200_000,
-        }
-    )
-    base = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
-    started = time.perf_counter()
-    for i in range(N):
-        when = base + dt.timedelta(milliseconds=i)
-        payload = data.payload(TYPE, when)
-        envelope = Envelope(type=TYPE, source="/agency/dinsos", time=when)
-        while True:
-            try:
-                producer.produce(
-                    TOPIC,
-                    key=payload["nik"].encode(),
-                    value=schema.encode(payload),
-                    headers=envelope.to_headers(),
-                )
-                break
-            except BufferError:
-                producer.poll(0.05)
-        if i % 10_000 == 0:
-            producer.poll(0)
-    producer.flush(60)
-    return N / (time.perf_counter() - started)
+# --- the broker -------------------------------------------------------------------------
 
 
-def new_pg_database() -> str:
+@contextmanager
+def broker(engine: str) -> Iterator[str]:
+    """A fresh broker of the named engine; yields its bootstrap address."""
+    if engine == "tansu":
+        from simpul.broker import EmbeddedBroker
+
+        with EmbeddedBroker(free_port(), WORK / f"broker-{uuid.uuid4().hex[:4]}.log") as running:
+            yield running.bootstrap
+        return
+    if engine == "kafka":
+        from simpul.kafka import KafkaCluster
+        from tests.conftest import warm_up  # one place: creates __consumer_offsets
+
+        cluster = KafkaCluster(
+            WORK / f"kafka-{uuid.uuid4().hex[:4]}",
+            1,
+            overrides={"offsets.topic.num.partitions": "4"},
+        )
+        cluster.start()
+        try:
+            warm_up(cluster)  # now, not in the first measured run
+            yield cluster.bootstrap
+        finally:
+            cluster.stop()
+        return
+    raise SystemExit(f"--broker: unknown engine {engine!r} (tansu or kafka)")
+
+
+# --- the store --------------------------------------------------------------------------
+
+
+def new_database() -> str:
     name = f"simpul_bench_{uuid.uuid4().hex[:8]}"
     admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     admin.dispose()
-    return PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+    url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+    dbmigrate.upgrade(url)
+    register_all(SchemaStore(make_engine(url)), TOPOLOGY, ROOT / "schemas")
+    return url
 
 
-def drop_pg_database(url: str) -> None:
+def drop_database(url: str) -> None:
     admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)'))
     admin.dispose()
 
 
-def prepared_store(kind: str) -> str:
-    if kind == "postgresql":
-        url = new_pg_database()
-    else:
-        url = f"sqlite:///{WORK / f'{uuid.uuid4().hex}.db'}"
-    dbmigrate.upgrade(url)
-    register_all(SchemaStore(make_engine(url)), TOPOLOGY, ROOT / "schemas")
-    return url
+def stored(engine: Any, types: list[str]) -> int:
+    with engine.connect() as conn:
+        return conn.scalar(
+            text("select count(*) from event_log where type = any(:t)"), {"t": types}
+        )
+
+
+# --- events -----------------------------------------------------------------------------
+
+
+@dataclass
+class Preloaded:
+    topics: list[str]
+    types: list[str]
+    total: int
+    distinct: int
+    produce_per_s: float
+    decode_us: float  # fastavro decode of these very messages, µs per event
+    sample: list[tuple[Any, bytes]] = field(default_factory=list)
+
+
+def producer(bootstrap: str) -> Any:
+    from confluent_kafka import Producer
+
+    return Producer(
+        {
+            "bootstrap.servers": bootstrap,
+            "linger.ms": 5,
+            "acks": "all",
+            "enable.idempotence": False,
+            "queue.buffering.max.messages": 500_000,
+        }
+    )
+
+
+class Events:
+    """Valid events of the given types in the given proportions, as (topic, key, value,
+    headers), each from the agency that may send it."""
+
+    def __init__(self, url: str, weights: dict[str, int], seed: int) -> None:
+        resolver = SchemaResolver(SchemaStore(make_engine(url)))
+        self.schemas = {t: resolver.latest(TOPOLOGY.event_type(t).subject) for t in weights}
+        self.data = PaluData(TOPOLOGY, seed=seed, residents_count=20_000)
+        self.rng = random.Random(seed)
+        self.types = list(weights)
+        self.weights = [weights[t] for t in self.types]
+
+    def make(self, when: dt.datetime) -> tuple[str, bytes, bytes, list[tuple[str, bytes]]]:
+        event_type = self.rng.choices(self.types, self.weights)[0]
+        payload = self.data.payload(event_type, when)
+        agency = self.data.producer_of(event_type, payload)
+        envelope = Envelope(type=event_type, source=f"/agency/{agency}", time=when)
+        key = str(payload[TOPOLOGY.event_type(event_type).key]).encode()
+        return (
+            f"simpul.in.{event_type}",
+            key,
+            self.schemas[event_type].encode(payload),
+            envelope.to_headers(),
+        )
+
+
+def preload(bootstrap: str, url: str, weights: dict[str, int], total: int) -> Preloaded:
+    """``total`` messages, a tenth of them copies of one of the last 5 000 events."""
+    events = Events(url, weights, seed=11)
+    out = producer(bootstrap)
+    rng = random.Random(7)
+    recent: list[tuple[str, bytes, bytes, list[tuple[str, bytes]]]] = []
+    base = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+    distinct = 0
+    started = time.perf_counter()
+    for i in range(total):
+        if recent and rng.random() < DUPLICATES:
+            message = recent[rng.randrange(max(0, len(recent) - 5000), len(recent))]
+        else:
+            message = events.make(base + dt.timedelta(milliseconds=i))
+            recent.append(message)
+            distinct += 1
+        topic, key, value, headers = message
+        while True:
+            try:
+                out.produce(topic, key=key, value=value, headers=headers)
+                break
+            except BufferError:
+                out.poll(0.05)
+        if i % 10_000 == 0:
+            out.poll(0)
+    out.flush(120)
+    rate = total / (time.perf_counter() - started)
+    parsed = {s.id: s.parsed for s in events.schemas.values()}
+    sample = [(parsed[int.from_bytes(v[1:5], "big")], v) for _, _, v, _ in recent[:20_000]]
+    began = time.process_time()
+    for schema, value in sample:
+        fastavro.schemaless_reader(io.BytesIO(value[5:]), schema, None)
+    decode_us = (time.process_time() - began) * 1e6 / len(sample)
+    return Preloaded(
+        sorted({m[0] for m in recent}), list(weights), total, distinct, rate, decode_us
+    )
+
+
+# --- processes --------------------------------------------------------------------------
 
 
 def cpu_seconds(pid: int) -> float:
@@ -119,160 +244,340 @@ def cpu_seconds(pid: int) -> float:
 
 
 def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except FileNotFoundError:
+        pass
     return 0.0
 
 
-def start_worker(bootstrap: str, url: str, group: str) -> tuple[subprocess.Popen[bytes], int]:
-    port = free_port()
-    env = {
+@dataclass
+class Proc:
+    process: subprocess.Popen[bytes]
+    web_port: int | None = None
+
+
+def spawn(args: list[str], env: dict[str, str], name: str, web_port: int | None = None) -> Proc:
+    log = open(WORK / f"{name}-{uuid.uuid4().hex[:4]}.log", "wb")  # noqa: SIM115
+    process = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return Proc(process, web_port)
+
+
+def simpul_env(bootstrap: str, url: str, worker_id: str, topology: Path) -> dict[str, str]:
+    return {
         **os.environ,
         "SIMPUL_KAFKA_BOOTSTRAP": bootstrap,
         "SIMPUL_DATABASE_URL": url,
-        "SIMPUL_WORKER_WEB_PORT": str(port),
-        "SIMPUL_WORKER_ID": group,
-        "SIMPUL_SESSION_TIMEOUT_S": "3",
-        "SIMPUL_REBALANCE_TIMEOUT_S": "3",
+        "SIMPUL_WORKER_ID": worker_id,
+        "SIMPUL_TOPOLOGY_FILE": str(topology),
+        "SIMPUL_BROKER_ENGINE": "kafka" if ENGINE == "kafka" else "embedded",
+        # Short on Tansu (its first fetch waits half of it); Kafka's smallest allowed.
+        "SIMPUL_SESSION_TIMEOUT_S": "6" if ENGINE == "kafka" else "3",
+        "SIMPUL_REBALANCE_TIMEOUT_S": "6" if ENGINE == "kafka" else "3",
         "SIMPUL_LOG_LEVEL": "warning",
-        "SIMPUL_DATA_DIR": str(WORK),
+        "SIMPUL_DATA_DIR": str(WORK / worker_id),
         # Ids straight from the central store: this measures the pipeline, not the registry
         # (once cached, both paths cost the same per message).
         "SIMPUL_REGISTRY_URL": "",
-    }
-    log = open(WORK / f"{group}-{port}.log", "wb")  # noqa: SIM115
-    process = subprocess.Popen(
-        [sys.executable, "-m", "simpul", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    return process, port
-
-
-def stored_count(engine) -> int:  # type: ignore[no-untyped-def]
-    with engine.connect() as conn:
-        return conn.scalar(text("select count(*) from event_log")) or 0
-
-
-def full_path(bootstrap: str, kind: str, workers: int) -> dict[str, float]:
-    url = prepared_store(kind)
-    engine = make_engine(url)
-    group = f"bench-{kind}-{workers}-{uuid.uuid4().hex[:4]}"
-    procs = [start_worker(bootstrap, url, group) for _ in range(workers)]
-    first_at = cpu_first = None
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        count = stored_count(engine)
-        if count and first_at is None:
-            first_at, cpu_first = time.perf_counter(), sum(cpu_seconds(p.pid) for p, _ in procs)
-            first_count = count
-        if count >= N:
-            break
-        time.sleep(0.05)
-    seconds = time.perf_counter() - first_at  # type: ignore[operator]
-    cpu = sum(cpu_seconds(p.pid) for p, _ in procs) - cpu_first  # type: ignore[operator]
-    rss = max(rss_mb(p.pid) for p, _ in procs)
-    for p, _ in procs:
-        p.send_signal(signal.SIGTERM)
-    for p, _ in procs:
-        p.wait(60)
-    engine.dispose()
-    if kind == "postgresql":
-        drop_pg_database(url)
-    flowing = N - first_count  # type: ignore[possibly-undefined]
-    return {
-        "events_per_s": flowing / seconds,
-        "seconds": seconds,
-        "cpu_seconds_per_100k": cpu * 100_000 / flowing,
-        "rss_mb_max": rss,
+        "SIMPUL_WEBHOOK_SECRET_DINSOS": WEBHOOK_SECRET,
+        "SIMPUL_WEBHOOK_SECRET_BENCH": WEBHOOK_SECRET,
     }
 
 
-def latency_and_restart(bootstrap: str) -> dict[str, float]:
-    """p50/p99 publish-to-stored at a steady 1 000 events/s, then restart-to-processing."""
-    from simpul.catalog import EventCatalog
-    from simpul.publisher import Publisher
+def simpul_processes(
+    bootstrap: str, url: str, workers: int, topology: Path, extras: bool, worker_id: str = ""
+) -> list[Proc]:
+    worker_id = worker_id or f"bench-{uuid.uuid4().hex[:6]}"
+    procs = []
+    for _ in range(workers):
+        port = free_port()
+        env = {**simpul_env(bootstrap, url, worker_id, topology)}
+        env["SIMPUL_WORKER_WEB_PORT"] = str(port)
+        procs.append(spawn([sys.executable, "-m", "simpul", "worker"], env, "worker", port))
+    if extras:
+        for command in ("joins", "deliver"):
+            env = {**simpul_env(bootstrap, url, worker_id, topology)}
+            env["SIMPUL_WORKER_WEB_PORT"] = str(free_port())
+            procs.append(spawn([sys.executable, "-m", "simpul", command], env, command))
+    return procs
 
-    url = prepared_store("postgresql")
+
+def stop(procs: list[Proc]) -> None:
+    for p in procs:
+        if p.process.poll() is None:
+            p.process.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.process.wait(60)
+        except subprocess.TimeoutExpired:
+            p.process.kill()
+
+
+STAGE_LINE = re.compile(r'^simpul_stage_cpu_seconds_total\{stage="(\w+)"\} ([0-9.e+-]+)$', re.M)
+
+
+def stage_cpu(procs: list[Proc]) -> dict[str, float]:
+    total: dict[str, float] = {}
+    for p in procs:
+        if p.web_port is None:
+            continue
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{p.web_port}/metrics", timeout=5) as r:
+                body = r.read().decode()
+        except OSError:
+            continue
+        for stage, value in STAGE_LINE.findall(body):
+            total[stage] = total.get(stage, 0.0) + float(value)
+    return total
+
+
+def measure(
+    procs: list[Proc], url: str, load: Preloaded, marker: Path | None = None
+) -> dict[str, Any]:
+    """Throughput from the first message consumed to the last row stored, and what it cost.
+
+    Every pipeline is timed alike, whatever its commit cadence (Quix flushes its sink every
+    5 s, so its stored rows grow in steps): the start is the first message a pipeline took
+    (Simpul: the earliest ``received_at`` in event_log, stamped when a batch arrives; Quix:
+    the time it noted on its first message), the end when the last row is visible (polled
+    every 0.1 s), less, for Quix, the idle wait between its last message and the checkpoint
+    that flushes it (a steady stream keeps it busy meanwhile). CPU is sampled every 0.1 s
+    and read at the start by interpolation, so imports and connecting are not charged.
+    """
     engine = make_engine(url)
-    group = f"bench-latency-{uuid.uuid4().hex[:4]}"
-    # Start after the pre-loaded backlog: a fresh group would read it from the beginning.
-    apply_group_at_end(bootstrap, f"{group}.ingest")
-    process, port = start_worker(bootstrap, url, group)
-    wait_assigned(port)
-    settings = Settings(kafka_bootstrap=bootstrap, database_url=url)
-    catalog = EventCatalog(TOPOLOGY, SchemaResolver(SchemaStore(engine)))
-    publisher = Publisher("dinsos", settings=settings, catalog=catalog)
-    data = PaluData(TOPOLOGY, seed=5)
-    rate, seconds = 1000, 15
-    run_started = dt.datetime.now(dt.UTC)
-    started = time.perf_counter()
-    for i in range(rate * seconds):
-        due = started + i / rate
-        if (delay := due - time.perf_counter()) > 0:
-            time.sleep(delay)
-        publisher.publish(TYPE, data.payload(TYPE, dt.datetime.now(dt.UTC)))
-    publisher.flush()
-    deadline = time.monotonic() + 60
-    while stored_count(engine) < rate * seconds and time.monotonic() < deadline:
-        time.sleep(0.2)
-    with engine.connect() as conn:
-        rows = conn.execute(
-            text("select published_at, stored_at from event_log where published_at >= :t"),
-            {"t": run_started},
-        ).all()
-    latencies = sorted((s - p).total_seconds() for p, s in rows)
-    cuts = quantiles(latencies, n=100)
-    # Restart: SIGTERM, start again, measure until an event published after the start is stored.
-    process.send_signal(signal.SIGTERM)
-    process.wait(60)
-    restarted = time.perf_counter()
-    process, port = start_worker(bootstrap, url, group)
-    marker_ids: list[str] = []
-    deadline = time.monotonic() + 60
-    restart_seconds = float("nan")
+    pids = [p.process.pid for p in procs]
+    samples: list[tuple[float, float]] = []  # (unix time, CPU seconds of the processes)
+    rss = 0.0
+    count = 0
+    deadline = time.monotonic() + 900
     while time.monotonic() < deadline:
-        marker = str(uuid.uuid4())
-        marker_ids.append(marker)
-        publisher.publish(TYPE, data.payload(TYPE, dt.datetime.now(dt.UTC)), id=marker)
-        publisher.flush()
-        with engine.connect() as conn:
-            found = conn.scalar(
-                text("select count(*) from event_log where ce_id = any(:ids)"), {"ids": marker_ids}
-            )
-        if found:
-            restart_seconds = time.perf_counter() - restarted
+        samples.append((time.time(), sum(cpu_seconds(pid) for pid in pids)))
+        count = stored(engine, load.types)
+        visible = time.time()
+        rss = max(rss, sum(rss_mb(pid) for pid in pids))
+        if count >= load.distinct:
             break
+        if any(p.process.poll() is not None for p in procs):
+            raise RuntimeError(f"a pipeline process exited early; logs in {WORK}")
         time.sleep(0.1)
-    rss = rss_mb(process.pid)
-    process.send_signal(signal.SIGTERM)
-    process.wait(60)
-    publisher.close()
+    else:
+        raise TimeoutError(f"stored {count} of {load.distinct} in 900s; logs in {WORK}")
+    cpu_end = sum(cpu_seconds(pid) for pid in pids)
+    stages = stage_cpu(procs)
+    with engine.connect() as conn:
+        first_received = conn.scalar(
+            text("select min(received_at) from event_log where type = any(:t)"),
+            {"t": load.types},
+        )
     engine.dispose()
-    drop_pg_database(url)
+    end = visible
+    if marker is not None:
+        began = float(Path(f"{marker}.first").read_text())
+        last = float(Path(f"{marker}.last").read_text())
+        writes = [float(w) for w in Path(f"{marker}.writes").read_text().split()]
+        flush = min((w for w in writes if w >= last), default=last)
+        end -= flush - last
+    else:
+        began = first_received.timestamp()
+    seconds = end - began
+    cpu_start = samples[0][1]
+    for (t0, c0), (t1, c1) in itertools.pairwise(samples):
+        if t0 <= began <= t1:
+            cpu_start = c0 + (c1 - c0) * (began - t0) / max(t1 - t0, 1e-9)
+            break
+        if t0 <= began:
+            cpu_start = c1
+    cpu = cpu_end - cpu_start
+    result: dict[str, Any] = {
+        "events_per_s": load.total / seconds,
+        "seconds": seconds,
+        "cpu_us_per_event": cpu * 1e6 / load.total,
+        "rss_mb": rss,
+    }
+    if stages:
+        per = {stage: value * 1e6 / load.total for stage, value in stages.items()}
+        per["decode (bench process, same messages)"] = load.decode_us
+        per["validate (without decode)"] = max(0.0, per.get("validate", 0.0) - load.decode_us)
+        per["other (fetch, event loop, clients, joins, deliverer)"] = (
+            (cpu - sum(stages.values())) * 1e6 / load.total
+        )
+        result["stage_cpu_us_per_event"] = per
+    return result
+
+
+def run_quix(bootstrap: str, load: Preloaded) -> dict[str, Any]:
+    url = new_database()
+    marker = WORK / f"quix-{uuid.uuid4().hex[:4]}"
+    proc = spawn(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "quix_pipeline.py"),
+            bootstrap,
+            url,
+            ",".join(load.topics),
+            str(marker),
+            str(load.total),
+        ],
+        dict(os.environ),
+        "quix",
+    )
+    try:
+        return measure([proc], url, load, marker)
+    finally:
+        stop([proc])
+        drop_database(url)
+
+
+def run_faust(bootstrap: str, load: Preloaded) -> dict[str, Any]:
+    result_file = WORK / f"faust-{uuid.uuid4().hex[:4]}.json"
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "faust_baseline.py"),
+            bootstrap,
+            ",".join(load.topics),
+            str(load.total),
+            str(result_file),
+        ],
+        timeout=900,
+        check=True,
+    )
+    raw = json.loads(result_file.read_text())
     return {
-        "p50_ms": cuts[49] * 1000,
-        "p99_ms": cuts[98] * 1000,
-        "events": len(latencies),
-        "restart_to_processing_s": restart_seconds,
-        "rss_mb_after_restart": rss,
+        "events_per_s": raw["events_per_s"],
+        "seconds": raw["seconds"],
+        "cpu_us_per_event": raw["cpu_seconds"] * 1e6 / load.total,
+        "rss_mb": raw.get("rss_mb", 0.0),
     }
 
 
-def apply_group_at_end(bootstrap: str, group: str) -> None:
+def run_simpul(
+    bootstrap: str, load: Preloaded, workers: int, topology: Path, extras: bool
+) -> dict[str, Any]:
+    url = new_database()
+    procs = simpul_processes(bootstrap, url, workers, topology, extras)
+    spy = None
+    if PROFILE and workers == 1:
+        # py-spy samples the worker (its threads too) while it runs; read with profile_top().
+        raw = WORK / f"profile-{uuid.uuid4().hex[:4]}.txt"
+        spy = subprocess.Popen(
+            [
+                *("py-spy", "record", "-p", str(procs[0].process.pid), "-f", "raw", "-r", "200"),
+                *("-o", str(raw), "--nonblocking", "--threads"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            executable=str(Path(sys.executable).parent / "py-spy"),
+        )
+    try:
+        result = measure(procs, url, load)
+    finally:
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(60)
+        stop(procs)
+        drop_database(url)
+    if spy is not None:
+        result["profile_top"] = profile_top(raw)
+        result["profile_file"] = str(raw)
+    return result
+
+
+def profile_top(raw: Path, limit: int = 25) -> list[tuple[str, float, float]]:
+    """From py-spy's collapsed stacks: the functions with the most samples, as (function,
+    % of samples on the stack, % of samples at the top)."""
+    total = 0
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack:
+            continue
+        count = int(count_text)
+        frames = [f for f in stack.split(";") if not f.startswith("thread (")]
+        frames = [
+            f.split(" (")[0] + " (" + f.split(" (")[1].split(":")[0] + ")" if " (" in f else f
+            for f in frames
+        ]
+        total += count
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + count
+        if frames:
+            own[frames[-1]] = own.get(frames[-1], 0) + count
+    top = sorted(own, key=own.get, reverse=True)[:limit]  # type: ignore[arg-type]
+    return [(f, 100 * inclusive[f] / total, 100 * own[f] / total) for f in top]
+
+
+# --- the webhook receiver ---------------------------------------------------------------
+
+
+class Receiver:
+    """A local HTTP endpoint that answers 200 and notes each event's id and arrival time."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.arrivals: dict[str, float] = {}
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                at = time.time()
+                try:
+                    event_id = json.loads(body).get("id")
+                except ValueError:
+                    event_id = None
+                if event_id:
+                    receiver.arrivals.setdefault(event_id, at)
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 128
+            daemon_threads = True
+
+        self.server = Server(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def webhook_topology(receiver: Receiver) -> Path:
+    """The Palu topology with every webhook pointed at the local receiver."""
+    raw = yaml.safe_load(TOPOLOGY_FILE.read_text())
+    for sub in raw["subscriptions"]:
+        if "webhook" in sub:
+            sub["webhook"] = {
+                "url": f"http://127.0.0.1:{receiver.port}/{sub['name']}",
+                "secret_env": "SIMPUL_WEBHOOK_SECRET_DINSOS",
+            }
+    path = WORK / f"palu-bench-{receiver.port}.yaml"
+    path.write_text(yaml.safe_dump(raw, allow_unicode=True))
+    return path
+
+
+# --- latency and restart ----------------------------------------------------------------
+
+
+def commit_at_end(bootstrap: str, group: str, topics: list[str]) -> None:
     from kafka import KafkaConsumer, TopicPartition
     from kafka.structs import OffsetAndMetadata
 
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
     offsets = {}
-    for event_type in TOPOLOGY.event_types:
-        topic = event_type.topic("in")
+    for topic in topics:
         tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
         consumer.assign(tps)
         consumer.seek_to_end(*tps)
         for tp in tps:
             offsets[tp] = OffsetAndMetadata(consumer.position(tp), "", -1)
-    # Tansu's end offset can read low (first offset of the last batch); the few records left
-    # before it are stored too and count as latency samples only if published in this run.
     consumer.commit(offsets)
     consumer.close()
 
@@ -290,78 +595,263 @@ def wait_assigned(port: int, timeout: float = 60) -> None:
     raise TimeoutError("worker got no partitions")
 
 
-def main() -> None:
-    with EmbeddedBroker(free_port(), WORK / "broker.log") as broker:
-        apply_topics(TOPOLOGY, broker.bootstrap)
-        schema_db = prepared_store("sqlite")
-        say(f"pre-loading {N} events into {TOPIC}")
-        produce_rate = preload(broker.bootstrap, schema_db)
-        say(f"pre-loaded at {produce_rate:,.0f} events/s")
-        result_file = WORK / "baseline.json"
-        say("baseline: bare Faust agent doing nothing")
-        subprocess.run(
-            [
-                sys.executable,
-                str(ROOT / "bench" / "faust_baseline.py"),
-                broker.bootstrap,
-                TOPIC,
-                str(N),
-                str(result_file),
-            ],
-            timeout=900,
-            check=True,
+def latency_and_restart(engine_name: str, rate: int, seconds: int) -> dict[str, Any]:
+    """p50/p99 publish→stored and publish→webhook-delivered at a steady rate on the mix,
+    with the joins and the deliverer running; then SIGTERM the worker and time until an event
+    published after its restart is stored."""
+    receiver = Receiver()
+    topology = webhook_topology(receiver)
+    with broker(engine_name) as bootstrap:
+        apply_topics(TOPOLOGY, bootstrap)
+        url = new_database()
+        engine = make_engine(url)
+        events = Events(url, WEIGHTS, seed=5)
+        worker_id = f"bench-latency-{uuid.uuid4().hex[:4]}"
+        procs = simpul_processes(bootstrap, url, 1, topology, True, worker_id)
+        worker = procs[0]
+        wait_assigned(worker.web_port)  # type: ignore[arg-type]
+        out = producer(bootstrap)
+        run_started = dt.datetime.now(dt.UTC)
+        began = time.perf_counter()
+        for i in range(rate * seconds):
+            due = began + i / rate
+            if (delay := due - time.perf_counter()) > 0:
+                time.sleep(delay)
+            topic, key, value, headers = events.make(dt.datetime.now(dt.UTC))
+            out.produce(topic, key=key, value=value, headers=headers)
+            out.poll(0)
+        out.flush(30)
+        deadline = time.monotonic() + 60
+        while stored(engine, SOURCE_TYPES) < rate * seconds and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(3)  # the webhook deliveries of the last events
+        with engine.connect() as conn:
+            rows = conn.execute(
+                text(
+                    "select ce_id, published_at, stored_at from event_log "
+                    "where published_at >= :t and type = any(:types)"
+                ),
+                {"t": run_started, "types": SOURCE_TYPES},
+            ).all()
+        store_ms = sorted((s - p).total_seconds() * 1000 for _, p, s in rows)
+        published = {ce_id: p.timestamp() for ce_id, p, _ in rows}
+        hook_ms = sorted(
+            (at - published[i]) * 1000 for i, at in receiver.arrivals.items() if i in published
         )
-        baseline = json.loads(result_file.read_text())
-        say(f"baseline {baseline['events_per_s']:,.0f} events/s")
-        runs: dict[str, dict[str, float]] = {}
-        for kind, workers in (("sqlite", 1), ("postgresql", 1), ("postgresql", 2), ("sqlite", 2)):
-            name = f"simpul full path → {kind}, {workers} worker{'s' if workers > 1 else ''}"
-            say(name)
-            runs[name] = full_path(broker.bootstrap, kind, workers)
-            say(f"  {runs[name]['events_per_s']:,.0f} events/s")
-        say("latency at 1 000 events/s and restart (PostgreSQL, 1 worker)")
-        latency = latency_and_restart(broker.bootstrap)
+        cut_store = quantiles(store_ms, n=100)
+        cut_hook = quantiles(hook_ms, n=100) if len(hook_ms) > 1 else [float("nan")] * 99
+        # Restart to processing.
+        worker.process.send_signal(signal.SIGTERM)
+        worker.process.wait(60)
+        restarted = time.perf_counter()
+        env = simpul_env(bootstrap, url, worker_id, topology)
+        env["SIMPUL_WORKER_WEB_PORT"] = str(free_port())
+        procs[0] = spawn([sys.executable, "-m", "simpul", "worker"], env, "worker")
+        marker_ids: list[str] = []
+        restart_s = float("nan")
+        deadline = time.monotonic() + 60
+        recipient = Events(url, {"social.recipient.updated": 1}, seed=9)
+        while time.monotonic() < deadline:
+            topic, key, value, headers = recipient.make(dt.datetime.now(dt.UTC))
+            marker_ids.append(dict(headers)["ce_id"].decode())
+            out.produce(topic, key=key, value=value, headers=headers)
+            out.flush(5)
+            with engine.connect() as conn:
+                found = conn.scalar(
+                    text("select count(*) from event_log where ce_id = any(:ids)"),
+                    {"ids": marker_ids},
+                )
+            if found:
+                restart_s = time.perf_counter() - restarted
+                break
+            time.sleep(0.1)
+        stop(procs)
+        engine.dispose()
+        drop_database(url)
+    receiver.close()
+    return {
+        "rate_per_s": rate,
+        "events": len(store_ms),
+        "stored_p50_ms": cut_store[49],
+        "stored_p99_ms": cut_store[98],
+        "webhook_events": len(hook_ms),
+        "webhook_p50_ms": cut_hook[49],
+        "webhook_p99_ms": cut_hook[98],
+        "restart_to_processing_s": restart_s,
+    }
 
-    base = baseline["events_per_s"]
-    print()
-    print(f"{N:,} events of {TYPE}, embedded broker, {os.cpu_count()} cores, one run")
-    print(f"{'run':46} {'events/s':>10} {'× baseline':>11} {'CPU s/100k':>11} {'RSS MB':>8}")
-    base_cpu = baseline["cpu_seconds"] * 100_000 / N
-    print(
-        f"{'baseline: bare Faust agent, does nothing':46} {base:>10,.0f} {1:>10.2f}x "
-        f"{base_cpu:>11.1f} {'':>8}"
-    )
-    for name, run in runs.items():
+
+# --- the run ----------------------------------------------------------------------------
+
+
+def run_workload(
+    engine_name: str, name: str, total: int, two_workers: bool, with_rivals: bool
+) -> dict[str, Any]:
+    title, weights = WORKLOADS[name]
+    receiver = Receiver() if name == "c" else None
+    topology = webhook_topology(receiver) if receiver else TOPOLOGY_FILE
+    runs: dict[str, dict[str, Any]] = {}
+    with broker(engine_name) as bootstrap:
+        apply_topics(TOPOLOGY, bootstrap)
+        schema_url = new_database()
+        say(f"({name}) {title}: pre-loading {total:,} events")
+        load = preload(bootstrap, schema_url, weights, total)
+        drop_database(schema_url)
+        say(f"    {load.distinct:,} distinct, at {load.produce_per_s:,.0f} events/s")
+        plan: list[tuple[str, Any]] = []
+        if with_rivals:
+            plan += [
+                (
+                    "Quix Streams (decode, dedup, event_log + state)",
+                    lambda: run_quix(bootstrap, load),
+                ),
+                ("bare Faust agent, does nothing", lambda: run_faust(bootstrap, load)),
+            ]
+        plan.append(
+            (
+                "Simpul, 1 worker" + (" + joins + deliverer" if receiver else ""),
+                lambda: run_simpul(bootstrap, load, 1, topology, receiver is not None),
+            )
+        )
+        if two_workers:
+            plan.append(
+                ("Simpul, 2 workers", lambda: run_simpul(bootstrap, load, 2, topology, False))
+            )
+        for label, run in plan:
+            say(f"    {label}")
+            runs[label] = run()
+            say(f"      {runs[label]['events_per_s']:,.0f} events/s")
+    if receiver:
+        runs_note = f"webhook deliveries received: {len(receiver.arrivals):,}"
+        receiver.close()
+    else:
+        runs_note = ""
+    quix = next((r["events_per_s"] for k, r in runs.items() if k.startswith("Quix")), None)
+    for run in runs.values():
+        run["ratio_to_quix"] = run["events_per_s"] / quix if quix else None
+    return {
+        "title": title,
+        "events": total,
+        "distinct": load.distinct,
+        "decode_us_per_event": load.decode_us,
+        "runs": runs,
+        "note": runs_note,
+    }
+
+
+def print_table(results: dict[str, Any]) -> None:
+    for name, workload in results["workloads"].items():
         print(
-            f"{name:46} {run['events_per_s']:>10,.0f} {run['events_per_s'] / base:>10.2f}x "
-            f"{run['cpu_seconds_per_100k']:>11.1f} {run['rss_mb_max']:>8.0f}"
+            f"\n({name}) {workload['title']} — {workload['events']:,} events, "
+            f"{workload['distinct']:,} distinct"
         )
-    print(
-        f"\npublish→stored at 1 000 events/s: p50 {latency['p50_ms']:.0f} ms, "
-        f"p99 {latency['p99_ms']:.0f} ms ({latency['events']} events)"
-    )
-    print(
-        f"restart to processing: {latency['restart_to_processing_s']:.1f} s; "
-        f"worker RSS after restart {latency['rss_mb_after_restart']:.0f} MB"
-    )
-    out = ROOT / "bench" / "results" / f"broker-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}.json"
-    out.write_text(
-        json.dumps(
-            {
-                "machine": platform.platform(),
-                "cores": os.cpu_count(),
-                "events": N,
-                "preload_events_per_s": produce_rate,
-                "baseline": baseline,
-                "runs": {
-                    k: {**v, "ratio_to_baseline": v["events_per_s"] / base} for k, v in runs.items()
-                },
-                "latency_and_restart": latency,
-            },
-            indent=2,
+        print(f"{'pipeline':52} {'events/s':>9} {'× Quix':>7} {'CPU µs/ev':>10} {'RSS MB':>7}")
+        for label, run in workload["runs"].items():
+            ratio = run["ratio_to_quix"]
+            print(
+                f"{label:52} {run['events_per_s']:>9,.0f} "
+                f"{(f'{ratio:.2f}' if ratio else '-'):>7} "
+                f"{run['cpu_us_per_event']:>10.0f} {run['rss_mb']:>7.0f}"
+            )
+            for stage, value in run.get("stage_cpu_us_per_event", {}).items():
+                print(f"    {stage:56} {value:>8.1f} µs")
+            for function, inclusive, own in run.get("profile_top", []):
+                print(f"    py-spy {own:5.1f} % own {inclusive:5.1f} % total  {function[:90]}")
+        if workload["note"]:
+            print(f"  {workload['note']}")
+    if lat := results.get("latency"):
+        print(
+            f"\nmix at {lat['rate_per_s']:,}/s: publish→stored p50 {lat['stored_p50_ms']:.0f} ms, "
+            f"p99 {lat['stored_p99_ms']:.0f} ms ({lat['events']:,} events); "
+            f"publish→webhook p50 {lat['webhook_p50_ms']:.0f} ms, "
+            f"p99 {lat['webhook_p99_ms']:.0f} ms ({lat['webhook_events']:,}); "
+            f"restart to processing {lat['restart_to_processing_s']:.1f} s"
         )
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    workloads = results["workloads"]
+    fig, axes = plt.subplots(1, len(workloads), figsize=(5 * len(workloads), 4.5), squeeze=False)
+    for ax, (name, workload) in zip(axes[0], workloads.items(), strict=True):
+        labels = list(workload["runs"])
+        values = [workload["runs"][k]["events_per_s"] for k in labels]
+        colors = [
+            "#888888" if k.startswith("Quix") else "#bbbbbb" if "Faust" in k else "#2a7ab0"
+            for k in labels
+        ]
+        bars = ax.bar(range(len(labels)), values, color=colors)
+        for bar, label in zip(bars, labels, strict=True):
+            ratio = workload["runs"][label]["ratio_to_quix"]
+            if ratio:
+                ax.annotate(
+                    f"{ratio:.2f}×",
+                    (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center",
+                    va="bottom",
+                    fontsize=8,
+                )
+        ax.set_xticks(range(len(labels)))
+        ax.set_xticklabels([k.split(" (")[0] for k in labels], rotation=25, ha="right", fontsize=7)
+        ax.set_title(f"({name}) {workload['title']}", fontsize=8)
+        ax.set_ylabel("events/s (steady)")
+    fig.suptitle(
+        f"{results['broker']} broker, {results['cores']} cores, {results['started']} "
+        "(× = ratio to Quix Streams, same run)",
+        fontsize=9,
     )
-    print(f"written {out.relative_to(ROOT)}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=100_000, help="messages per workload")
+    parser.add_argument(
+        "--broker",
+        default=os.environ.get("SIMPUL_BENCH_BROKER", "kafka"),
+        help="broker engine: tansu (embedded) or kafka (SIMPUL_BENCH_BROKER)",
+    )
+    parser.add_argument("--workloads", default="a,b,c", help="which of a, b, c")
+    parser.add_argument("--no-rivals", action="store_true", help="skip Quix and bare Faust")
+    parser.add_argument("--no-latency", action="store_true", help="skip latency and restart")
+    parser.add_argument("--latency-seconds", type=int, default=15)
+    parser.add_argument(
+        "--profile", action="store_true", help="py-spy the one-worker runs; top functions"
+    )
+    args = parser.parse_args()
+    global PROFILE, ENGINE
+    PROFILE, ENGINE = args.profile, args.broker
+    started = dt.datetime.now(dt.UTC)
+    results: dict[str, Any] = {
+        "machine": platform.platform(),
+        "cores": os.cpu_count(),
+        "broker": {"tansu": "embedded (Tansu)", "kafka": "Apache Kafka"}.get(
+            args.broker, args.broker
+        ),
+        "started": f"{started:%Y-%m-%d %H:%M} UTC",
+        "load_average_at_start": os.getloadavg(),
+        "workloads": {},
+    }
+    for name in args.workloads.split(","):
+        results["workloads"][name] = run_workload(
+            args.broker, name, args.events, two_workers=name == "b", with_rivals=not args.no_rivals
+        )
+    if not args.no_latency:
+        say("latency at 1 000 events/s on the mix, then restart")
+        results["latency"] = latency_and_restart(args.broker, 1000, args.latency_seconds)
+    results["load_average_at_end"] = os.getloadavg()
+    print_table(results)
+    stamp = f"{started:%Y%m%dT%H%M%SZ}"
+    out = ROOT / "bench" / "results" / f"run-{args.broker}-{stamp}.json"
+    out.write_text(json.dumps(results, indent=2))
+    chart(results, out.with_suffix(".png"))
+    print(f"\nwritten {out.relative_to(ROOT)} and {out.with_suffix('.png').name}")
 
 
 if __name__ == "__main__":

@@ -56,6 +56,13 @@ PUBLISH_TO_STORE_LATENCY = Histogram(
     ["type"],
     buckets=_LATENCY_BUCKETS,
 )
+STAGE_CPU = Counter(
+    "simpul_stage_cpu_seconds_total",
+    "CPU seconds the ingest path spent per stage (thread CPU time of the thread doing it): "
+    "validate (with decode), forward (dedup, store rows, forwards), fanout (filter, project, "
+    "encode), store, audit, produce (the event loop while sending).",
+    ["stage"],
+)
 CONSUMER_LAG = Gauge(
     "simpul_consumer_lag_messages",
     "Messages behind the partition's high watermark after the last batch.",

@@ -1,9 +1,11 @@
-"""The fan-out: batches from ``simpul.valid.<type>`` to each subscriber's ``simpul.out.<agency>``.
+"""The fan-out: each valid event to each subscriber's ``simpul.out.<agency>``, with its audit rows.
 
-Like the ingest service it takes whole batches from aiokafka's ``getmany()`` (no Faust
-per-message machinery): decode, apply each subscription's filter, projection and masks with
+The worker fans out from the ingest batch it has just decoded and validated (`InboxFanout`,
+called by ``streams/ingest.py``): apply each subscription's filter, projection and masks with
 the pure functions of `simpul.subscriptions`, encode under the subscription's derived schema,
-produce with acks=all, append the audit rows, and only then commit the batch's offsets.
+produce with acks=all beside the forward to ``simpul.valid``, append the audit rows, and only
+then commit the ingest batch's offsets. Consuming ``simpul.valid`` a second time and decoding
+every event again cost more CPU than ingest itself (bench/run.py).
 
 Delivery guarantee: at-least-once. A crash before the commit re-sends the batch to the
 inboxes (consumers dedup by ``ce_id``) and records it again in the audit log.
@@ -14,25 +16,20 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import Any
 
 from aiokafka.errors import KafkaError
 
 from simpul import metrics
-from simpul.codec import AvroSchema, unframe
+from simpul.codec import AvroSchema
 from simpul.envelope import header
-from simpul.errors import InvalidMessage
-from simpul.registry import SchemaResolver, SchemaStore
-from simpul.settings import Settings
+from simpul.registry import SchemaStore
 from simpul.subscriptions import Route, SubscriptionPlan, out_key, project
-from simpul.topology import Topology
 from sinks.audit import AuditEntry, AuditLog
-from sinks.central_store import TRANSIENT_ERRORS
-from streams.batching import Batch, BatchService, Outgoing
-from streams.pipeline import MAX_TIMESTAMP_S
+from streams.batching import Outgoing
 
 log = logging.getLogger("simpul.fanout")
 
@@ -101,127 +98,92 @@ def fan_out(
     return out, audit, filtered
 
 
-class FanoutService(BatchService):
-    """Consumes ``simpul.valid.<type>`` of every subscribed type in batches."""
+@dataclass(slots=True)
+class FanoutBatch:
+    """What one batch fans out: messages to the inboxes, their audit rows, and the counts."""
 
-    role: ClassVar[str] = "fanout"
+    outgoing: list[Outgoing] = field(default_factory=list)
+    entries: list[AuditEntry] = field(default_factory=list)
+    sent: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
+    filtered: dict[tuple[str, str], int] = field(default_factory=lambda: defaultdict(int))
 
-    def __init__(
+    def add(
         self,
-        settings: Settings,
-        topology: Topology,
-        plan: SubscriptionPlan,
-        store: SchemaStore,
-        resolver: SchemaResolver,
-        audit: AuditLog,
-        **kwargs: Any,
+        routes: Sequence[tuple[Route, AvroSchema]],
+        payload: dict[str, Any],
+        key: bytes | None,
+        headers: list[tuple[str, bytes]],
+        timestamp: float | None,
     ) -> None:
-        super().__init__(settings, **kwargs)
-        self.topology = topology
-        self.plan = plan
-        self.store = store
-        self.resolver = resolver
-        self.audit = audit
-        self._routes: dict[str, list[tuple[Route, AvroSchema]]] = {}
+        try:
+            out, audit, skipped = fan_out(routes, payload, key, headers, timestamp)
+        except (KeyError, TypeError, ValueError, OverflowError) as error:
+            # A projection or mask that cannot apply to this event: its subscribers do not
+            # get it, the others still do. The error's text may quote the payload, so only
+            # its type is logged.
+            log.error("fan-out skips an event: %s in a projection", type(error).__name__)
+            for route, _ in routes:
+                metrics.FANOUT_EVENTS.labels(
+                    route.subscription.name, route.event_type, "failed"
+                ).inc()
+            return
+        self.outgoing += out
+        self.entries += audit
+        for entry in audit:
+            self.sent[(entry.subscription, entry.event_type)] += 1
+        for route in skipped:
+            self.filtered[(route.subscription.name, route.event_type)] += 1
 
-    def topics(self) -> list[str]:
-        return sorted(self._routes)
-
-    async def on_start(self) -> None:
-        """Connects in `open` instead, so that the worker's ingest path does not wait for it."""
-
-    async def open(self) -> None:
-        """Register the derived schemas and connect; runs in the service's task."""
-        encoders = await asyncio.to_thread(register_out_schemas, self.store, self.plan)
-        for i, route in enumerate(self.plan.routes):
-            topic = self.topology.event_type(route.event_type).topic("valid")
-            self._routes.setdefault(topic, []).append((route, encoders[i]))
-        await self.start_producer()
-        for topic in sorted({route.subscription.topic for route in self.plan.routes}):
-            # Topics are declared, never auto-created: a missing inbox is a setup error.
-            try:
-                found = await asyncio.wait_for(self.producer.partitions_for(topic), 15)
-            except (TimeoutError, KafkaError):
-                found = None
-            if not found:
-                raise RuntimeError(f"{topic}: inbox topic is missing; run `simpul topics apply`")
-            self._partitions[topic] = sorted(found)
-        await self.start_consumer()
-        log.info("fan-out: %d routes over %d topics", len(self.plan.routes), len(self._routes))
-
-    async def process(self, batch: Batch) -> None:
-        outgoing: list[Outgoing] = []
-        entries: list[AuditEntry] = []
-        sent: dict[tuple[str, str], int] = defaultdict(int)
-        filtered: dict[tuple[str, str], int] = defaultdict(int)
-        for tp, messages in batch.items():
-            routes = self._routes[tp.topic]
-            for m in messages:
-                try:
-                    schema_id, body = unframe(m.value)
-                    payload = self.resolver.by_id(schema_id).decode_body(body)
-                except InvalidMessage as error:
-                    # simpul.valid holds only validated events; this is a bug or a hand-written
-                    # message, and the ingest path already dead-lettered its like.
-                    log.error(
-                        "fan-out skips %s[%d]@%d: %s", tp.topic, tp.partition, m.offset, error
-                    )
-                    continue
-                try:
-                    out, audit, skipped = fan_out(
-                        routes,
-                        payload,
-                        m.key,
-                        list(m.headers or ()),
-                        m.timestamp / 1000
-                        if 0 < (m.timestamp or 0) / 1000 < MAX_TIMESTAMP_S
-                        else None,
-                    )
-                except (KeyError, TypeError, ValueError, OverflowError) as error:
-                    # A projection or mask that cannot apply to this event: its subscribers do
-                    # not get it, the others still do. The text of the error may quote the
-                    # payload, so only its type is logged.
-                    log.error(
-                        "fan-out skips %s[%d]@%d: %s in a subscription's projection",
-                        tp.topic,
-                        tp.partition,
-                        m.offset,
-                        type(error).__name__,
-                    )
-                    for route, _ in routes:
-                        metrics.FANOUT_EVENTS.labels(
-                            route.subscription.name, route.event_type, "failed"
-                        ).inc()
-                    continue
-                outgoing += out
-                entries += audit
-                for entry in audit:
-                    sent[(entry.subscription, entry.event_type)] += 1
-                for route in skipped:
-                    filtered[(route.subscription.name, route.event_type)] += 1
-        await self.send_all(outgoing)
-        await self._record(entries)
-        await self.commit(batch)
-        for (name, type_name), count in sent.items():
+    def observe(self) -> None:
+        """The fan-out metrics, once the batch is delivered and audited."""
+        for (name, type_name), count in self.sent.items():
             metrics.FANOUT_EVENTS.labels(name, type_name, "sent").inc(count)
-        for (name, type_name), count in filtered.items():
+        for (name, type_name), count in self.filtered.items():
             metrics.FANOUT_EVENTS.labels(name, type_name, "filtered").inc(count)
         per_agency: dict[str, int] = defaultdict(int)
-        for entry in entries:
+        for entry in self.entries:
             per_agency[entry.agency] += 1
         for agency, count in per_agency.items():
             metrics.DELIVERIES.labels(agency, "inbox", "delivered").inc(count)
-        if entries:
-            metrics.AUDIT_ROWS.labels("inbox").inc(len(entries))
+        if self.entries:
+            metrics.AUDIT_ROWS.labels("inbox").inc(len(self.entries))
 
-    async def _record(self, entries: list[AuditEntry]) -> None:
-        """Append the audit rows; while the store is down, retry (the offsets wait too)."""
-        delay = 0.5
-        while True:
-            try:
-                await asyncio.to_thread(self.audit.record, entries)
-                return
-            except TRANSIENT_ERRORS as error:
-                log.warning("audit log unavailable (%s); retrying in %.1fs", error, delay)
-                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-                delay = min(delay * 2, self.settings.store_retry_max_s)
+
+class InboxFanout:
+    """The subscriptions' routes and the audit chain of one worker's ingest path.
+
+    `open` registers the derived schemas (blocking: run it in a thread); `routes_for` gives an
+    event type's routes, empty when nobody subscribed to it.
+    """
+
+    def __init__(self, plan: SubscriptionPlan, store: SchemaStore, audit: AuditLog) -> None:
+        self.plan = plan
+        self.store = store
+        self.audit = audit
+        self._routes: dict[str, list[tuple[Route, AvroSchema]]] = {}
+
+    def open(self) -> None:
+        encoders = register_out_schemas(self.store, self.plan)
+        for i, route in enumerate(self.plan.routes):
+            self._routes.setdefault(route.event_type, []).append((route, encoders[i]))
+
+    def inbox_topics(self) -> list[str]:
+        return sorted({route.subscription.topic for route in self.plan.routes})
+
+    def routes_for(self, event_type: str) -> list[tuple[Route, AvroSchema]]:
+        return self._routes.get(event_type, [])
+
+
+async def inbox_partitions(producer: Any, topics: Sequence[str]) -> dict[str, list[int]]:
+    """Each inbox topic's partitions; a missing inbox is a setup error (topics are declared,
+    never auto-created)."""
+    found_all = {}
+    for topic in topics:
+        try:
+            found = await asyncio.wait_for(producer.partitions_for(topic), 15)
+        except (TimeoutError, KafkaError):
+            found = None
+        if not found:
+            raise RuntimeError(f"{topic}: inbox topic is missing; run `simpul topics apply`")
+        found_all[topic] = sorted(found)
+    return found_all

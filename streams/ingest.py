@@ -3,10 +3,13 @@
 Faust's stream machinery costs about 200 µs of CPU per message (several event-loop turns);
 this service runs inside the Faust worker but takes whole batches from aiokafka's
 ``getmany()``, hands them to the pure pipeline, writes the store, produces the valid and dead
-letter messages, and only then commits the batch's offsets.
+letter messages and, for subscribed types, the subscribers' inbox messages (fanned out from
+the events already decoded here), appends their audit rows, and only then commits the batch's
+offsets.
 
 Delivery guarantee: at-least-once, effectively-once in the store. A crash at any point
-re-delivers the uncommitted batch; the store's ``ce_id`` key absorbs the copies.
+re-delivers the uncommitted batch; the store's ``ce_id`` key absorbs the copies, inbox
+consumers dedup by ``ce_id``, and the audit log records a re-delivery as one.
 """
 
 from __future__ import annotations
@@ -30,10 +33,12 @@ from simpul.errors import InvalidMessage
 from simpul.registry_client import RegistryUnavailable
 from simpul.settings import Settings
 from simpul.topology import EventType, Topology
+from sinks.audit import AuditEntry
 from sinks.central_store import TRANSIENT_ERRORS, CentralStore, StoredEvent, WriteResult
 from sinks.dead_letter_log import DeadLetterLog, DeadLetterRow
 from streams.batching import Batch, BatchService, Outgoing
 from streams.dlq_limit import DlqLimit
+from streams.fanout import FanoutBatch, InboxFanout, inbox_partitions
 from streams.pipeline import (
     Accepted,
     BatchOutcome,
@@ -88,6 +93,7 @@ class IngestService(BatchService):
         catalog: EventCatalog,
         store: CentralStore,
         health: Health,
+        fanout: InboxFanout | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(settings, **kwargs)
@@ -95,6 +101,7 @@ class IngestService(BatchService):
         self.catalog = catalog
         self.store = store
         self.health = health
+        self.fanout = fanout
         self.dead_letter_log = DeadLetterLog(store.engine)
         self.types_by_topic: dict[str, EventType] = {t.topic("in"): t for t in topology.event_types}
         self.dedup: dict[str, DedupWindow] = {
@@ -120,6 +127,14 @@ class IngestService(BatchService):
 
     def consumer_options(self) -> dict[str, Any]:
         return {"max_partition_fetch_bytes": 4 * 1024 * 1024}
+
+    async def open(self) -> None:
+        if self.fanout is not None:
+            await asyncio.to_thread(self.fanout.open)
+            self._partitions.update(
+                await inbox_partitions(self.producer, self.fanout.inbox_topics())
+            )
+            log.info("fan-out from ingest: %d routes", len(self.fanout.plan.routes))
 
     def on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         for tp in revoked:
@@ -151,6 +166,7 @@ class IngestService(BatchService):
             batch = {tp: messages for tp, messages in batch.items() if tp.topic not in held}
             for topic in held:
                 del validated[topic]
+        began = time.thread_time()
         outcomes: list[tuple[EventType, list[RawRecord], BatchOutcome]] = [
             (
                 self.types_by_topic[topic],
@@ -167,6 +183,7 @@ class IngestService(BatchService):
         now = dt.datetime.now(dt.UTC)
         outgoing: list[Outgoing] = []
         letters: list[DeadLetterRow] = []
+        fanned = FanoutBatch()
         for event_type, _, outcome in outcomes:
             valid_topic = event_type.topic("valid")
             outgoing += [
@@ -182,17 +199,36 @@ class IngestService(BatchService):
             ]
             outgoing += [self._dead_letter(event_type, r, now) for r in outcome.rejected]
             letters += [_letter_row(event_type, r, now) for r in outcome.rejected]
-        # The store write runs in a thread while the broker takes the forwarded messages.
-        sent = asyncio.ensure_future(self.send_all(outgoing))
-        result = await self._write(stored)
+        fanout_began = time.thread_time()
+        metrics.STAGE_CPU.labels("forward").inc(fanout_began - began)
+        for event_type, _, outcome in outcomes:
+            if self.fanout is not None and (routes := self.fanout.routes_for(event_type.name)):
+                for a in outcome.accepted:
+                    r = a.record
+                    fanned.add(routes, a.payload, r.key, r.headers, forwardable_timestamp(r))
+        send_began = time.thread_time()
+        metrics.STAGE_CPU.labels("fanout").inc(send_began - fanout_began)
+        # The store write runs in a thread while the broker takes the forwarded and inbox
+        # messages; the audit rows follow the inbox acks, in a thread of their own.
+        store_write = asyncio.ensure_future(self._write(stored))
+        await self.send_all(outgoing + fanned.outgoing)
+        metrics.STAGE_CPU.labels("produce").inc(time.thread_time() - send_began)
+        audited = (
+            asyncio.ensure_future(self._retrying(self._audit, fanned.entries))
+            if self.fanout is not None and fanned.entries
+            else None
+        )
+        result = await store_write
         rejects = self._store_rejects(outcomes, result, now, letters)
-        await sent
         if rejects:
             await self.send_all(rejects)
         if letters:
             # One statement per batch, and only for batches that had dead letters.
             await self._retrying(self.dead_letter_log.record, letters)
+        if audited is not None:
+            await audited
         await self.commit(batch)
+        fanned.observe()
         for event_type, records, outcome in outcomes:
             self._observe(event_type, records, outcome, result)
         self._observe_lag(batch)
@@ -293,16 +329,31 @@ class IngestService(BatchService):
     def _validate_all(
         self, by_topic: dict[str, list[RawRecord]]
     ) -> dict[str, tuple[list[Accepted], list[Rejected]]]:
-        return {
+        began = time.thread_time()
+        validated = {
             topic: validate_batch(records, self.types_by_topic[topic], self.catalog)
             for topic, records in by_topic.items()
         }
+        metrics.STAGE_CPU.labels("validate").inc(time.thread_time() - began)
+        return validated
+
+    def _audit(self, entries: list[AuditEntry]) -> None:
+        assert self.fanout is not None
+        began = time.thread_time()
+        self.fanout.audit.record(entries)
+        metrics.STAGE_CPU.labels("audit").inc(time.thread_time() - began)
+
+    def _store_write(self, stored: list[StoredEvent]) -> WriteResult:
+        began = time.thread_time()
+        result = self.store.write_isolating_bad_rows(stored)
+        metrics.STAGE_CPU.labels("store").inc(time.thread_time() - began)
+        return result
 
     async def _write(self, stored: list[StoredEvent]) -> WriteResult:
         if not stored:
             return WriteResult()
         started = time.perf_counter()
-        result = await self._retrying(self.store.write_isolating_bad_rows, stored)
+        result = await self._retrying(self._store_write, stored)
         metrics.STORE_BATCH_DURATION.observe(time.perf_counter() - started)
         metrics.STORE_BATCH_SIZE.observe(len(stored))
         if result.rejected:

@@ -32,7 +32,7 @@ from sinks.audit import AuditLog
 from sinks.central_store import CentralStore
 from sinks.scorecard import build_scorecard, export_gauges, render_html
 from streams import transport
-from streams.fanout import FanoutService
+from streams.fanout import InboxFanout
 from streams.ingest import Health, IngestService
 
 log = logging.getLogger("simpul.worker")
@@ -74,16 +74,17 @@ def create_app(settings: Settings, topology: Topology) -> faust.App:
     metrics.STORE_UP.set(1)
 
     ingest: list[IngestService] = []  # the instance Faust makes, for the web commands
+    fanout = (
+        inbox_fanout(settings, topology, engine)
+        if settings.fanout_enabled and topology.subscriptions
+        else None
+    )
 
     class Ingest(IngestService):
         def __init__(self, **kwargs: Any) -> None:
-            super().__init__(settings, topology, catalog, store, health, **kwargs)
+            super().__init__(settings, topology, catalog, store, health, fanout, **kwargs)
             ingest.append(self)
 
-    if settings.fanout_enabled and topology.subscriptions:
-        # Registered before ingest because mode stops services in reverse order: on SIGTERM
-        # the ingest path stops (and commits) first, without waiting for a fan-out batch.
-        app.service(fanout_service(settings, topology, engine))
     app.service(Ingest)
 
     class ScorecardGauges(Service):
@@ -187,18 +188,12 @@ def create_app(settings: Settings, topology: Topology) -> faust.App:
     return app
 
 
-def fanout_service(settings: Settings, topology: Topology, engine: Any) -> type[FanoutService]:
-    """The fan-out to simpul.out.<agency>, checked against the schemas before it starts."""
+def inbox_fanout(settings: Settings, topology: Topology, engine: Any) -> InboxFanout:
+    """The ingest path's fan-out to simpul.out.<agency>, checked against the schemas first."""
     plan = SubscriptionPlan.build(topology, settings.schemas_dir)
     store = SchemaStore(engine)  # derived schemas are registered in the store directly
-    resolver = make_resolver(settings)
     audit = AuditLog(engine, settings.audit_key, f"{settings.worker_id}.fanout")
-
-    class Fanout(FanoutService):
-        def __init__(self, **kwargs: Any) -> None:
-            super().__init__(settings, topology, plan, store, resolver, audit, **kwargs)
-
-    return Fanout
+    return InboxFanout(plan, store, audit)
 
 
 def run_worker(settings: Settings, topology: Topology) -> None:
