@@ -15,20 +15,20 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
 
 from simpul.broker import Broker
 from simpul.codec import frame
-from simpul.db import make_engine
 from simpul.envelope import Envelope
+from simpul.postgres import PostgresCluster
 from simpul.publisher import Publisher
 from tests.conftest import Stack, create_pg_database, drop_pg_database, make_stack, wait_until
+from tests.helpers import assert_store_matches as check_store
 from tests.helpers import (
-    STATE_KEYS,
-    PostgresCluster,
+    assert_topics_match,
     dead_letter_origins,
     plan_traffic,
     publish_plan,
+    stored_count,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -61,21 +61,7 @@ def metric(stack: Stack, name: str, **labels: str) -> float:
 
 
 def assert_store_matches(stack: Stack, expect) -> None:  # type: ignore[no-untyped-def]
-    engine = make_engine(stack.settings.database_url)
-    with engine.connect() as conn:
-        ids = list(conn.scalars(text("select ce_id from event_log")))
-        assert len(ids) == len(set(ids)), "a ce_id is in event_log twice"
-        missing = expect.valid_ids - set(ids)
-        extra = set(ids) - expect.valid_ids
-        assert not missing, f"{len(missing)} valid events lost, e.g. {sorted(missing)[:3]}"
-        assert not extra, f"{len(extra)} events stored that should not be, e.g. {sorted(extra)[:3]}"
-        for entity, key_column in STATE_KEYS.items():
-            rows = dict(conn.execute(text(f"select {key_column}, ce_id from {entity}")).all())
-            wanted = {
-                key: ce_id for (ent, key), (_, ce_id) in expect.newest.items() if ent == entity
-            }
-            assert rows == wanted, f"{entity}: current state differs from the newest events"
-    engine.dispose()
+    check_store(stack.settings.database_url, expect)
 
 
 def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
@@ -119,16 +105,12 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
     letters = dead_letter_origins(own_broker.bootstrap, stack.topology)
     assert len(letters) == expect.invalid
     assert all(h["simpul_dlq_reason"] for h in letters.values())
+    assert_topics_match(own_broker.bootstrap, stack.topology, expect)
     stack.stop_worker()
 
 
 def _stored(stack: Stack) -> int:
-    engine = make_engine(stack.settings.database_url)
-    try:
-        with engine.connect() as conn:
-            return conn.scalar(text("select count(*) from event_log")) or 0
-    finally:
-        engine.dispose()
+    return stored_count(stack.settings.database_url)
 
 
 def test_database_outage_is_waited_out_without_loss(own_broker: Broker, tmp_path: Path) -> None:
