@@ -209,6 +209,7 @@ def test_broker_killed_and_restarted_loses_nothing_acknowledged(
     tally = AckTally()
     publisher = threading.Thread(
         target=publish_until_acked,
+        daemon=True,  # a failed test must not wait for it
         args=(plan, catalog, stack.settings),
         kwargs={"chunk": 100, "pause_s": 0.05, "tally": tally},
     )
@@ -266,7 +267,7 @@ def _in_sync(bootstrap: str) -> bool:
         names = [n for n in admin.list_topics() if n.startswith("simpul.")]
         for topic in admin.describe_topics(names):
             for part in topic["partitions"]:
-                if len(part["isr"]) < len(part["replicas"]):
+                if len(part["isr_nodes"]) < len(part["replica_nodes"]):
                     return False
         return True
     except Exception:
@@ -297,7 +298,7 @@ class IngressLoad:
             stderr=subprocess.STDOUT,
         )
         wait_until(self._up, 60, "simpul ingress up")
-        self.thread = threading.Thread(target=self._run)
+        self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _up(self) -> bool:
         try:
@@ -366,6 +367,7 @@ def test_three_node_cluster_loses_a_node_then_another_and_nothing_is_lost(
     tally = AckTally()
     publisher = threading.Thread(
         target=publish_until_acked,
+        daemon=True,  # a failed test must not wait for it
         args=(plan, stack.catalog(), stack.settings),
         kwargs={"chunk": 100, "pause_s": 0.1, "tally": tally},
     )
@@ -432,6 +434,7 @@ def test_three_workers_on_twelve_partitions_one_killed_rebalance_and_conserve(
     tally = AckTally()
     publisher = threading.Thread(
         target=publish_until_acked,
+        daemon=True,  # a failed test must not wait for it
         args=(plan, stack.catalog(), stack.settings),
         kwargs={"chunk": 200, "pause_s": 0.05, "tally": tally},
     )
