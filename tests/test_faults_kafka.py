@@ -289,6 +289,7 @@ class IngressLoad:
         self.statuses: Counter[int | str] = Counter()
         self.accepted: dict[str, str] = {}  # ce_id -> permit number
         self.stop_event = threading.Event()
+        self.error: BaseException | None = None
         env = {**stack.env, "SIMPUL_INGRESS_PORT": str(self.port)}
         self.log = open(stack.workdir / "ingress.log", "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
@@ -307,16 +308,19 @@ class IngressLoad:
             return False
 
     def _run(self) -> None:
-        with httpx.Client(timeout=60) as client:
-            while not self.stop_event.is_set():
-                self._post_one(client)
-                time.sleep(0.05)
+        try:
+            with httpx.Client(timeout=60) as client:
+                while not self.stop_event.is_set():
+                    self._post_one(client)
+                    time.sleep(0.05)
+        except BaseException as error:  # reported by finish(), not lost with the thread
+            self.error = error
 
     def _post_one(self, client: httpx.Client) -> None:
         now = dt.datetime.now(dt.UTC)
         payload = self.data.payload("permit.issued", now)
         payload["permit_number"] = f"HTTP-{uuid.uuid4().hex[:10]}"
-        body = {k: v.isoformat() if isinstance(v, dt.datetime) else v for k, v in payload.items()}
+        body = json.loads(json.dumps(payload, default=lambda v: v.isoformat()))  # as JSON sends it
         ce_id = str(uuid.uuid4())
         for _ in range(20):
             try:
@@ -341,6 +345,7 @@ class IngressLoad:
         self.stop_event.set()
         self.thread.join(120)
         assert not self.thread.is_alive()
+        assert self.error is None, f"the ingress client failed: {self.error!r}"
         self.process.send_signal(signal.SIGTERM)
         self.process.wait(30)
         self.log.close()
