@@ -1,6 +1,7 @@
-"""Does a Faust table recover its full state from its changelog on the embedded broker (Tansu)?
+"""Does a Faust table recover its full state from its changelog, on the embedded broker (Tansu)
+or on Apache Kafka (simpul.kafka.KafkaCluster)?
 
-Usage: .venv/bin/python bench/faust_table_recovery.py [KEYS] [UPDATES_PER_KEY]
+Usage: .venv/bin/python bench/faust_table_recovery.py [--engine embedded|kafka] [KEYS] [UPDATES]
 
 Phase 1: a Faust worker counts events per key into a Table (memory store). Phase 2: after SIGTERM,
 a fresh worker with the same app id (its agent now ignores events, so only the changelog can fill
@@ -9,6 +10,8 @@ the table) recovers; the recovered table is compared with the expected keys and 
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import os
 import re
 import subprocess
@@ -17,6 +20,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 PARTITIONS = 4
 TABLE = "counts"
@@ -33,8 +37,9 @@ def worker() -> None:
         topic_disable_leader=True,
         topic_partitions=PARTITIONS,
         consumer_auto_offset_reset="earliest",
-        broker_session_timeout=3,
-        broker_rebalance_timeout=3,
+        # Apache Kafka refuses sessions under 6 s (group.min.session.timeout.ms).
+        broker_session_timeout=float(os.environ["SESSION_TIMEOUT_S"]),
+        broker_rebalance_timeout=float(os.environ["SESSION_TIMEOUT_S"]),
         broker_heartbeat_interval=1,
         web_enabled=False,
     )
@@ -129,23 +134,41 @@ def changelog_facts(bootstrap: str, topic: str) -> str:
     )
 
 
+def open_broker(engine: str, work: Path) -> contextlib.AbstractContextManager[Any]:
+    from simpul.broker import EmbeddedBroker, free_port
+    from simpul.kafka import KafkaCluster
+
+    if engine == "kafka":
+        return KafkaCluster(work / "kafka")
+    return EmbeddedBroker(free_port(), work / "broker.log")
+
+
 def main() -> None:
     from kafka import KafkaAdminClient, KafkaProducer
     from kafka.admin import NewTopic
 
-    from simpul.broker import EmbeddedBroker, free_port
-
-    keys = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
-    updates = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--engine", choices=["embedded", "kafka"], default="embedded")
+    parser.add_argument("keys", type=int, nargs="?", default=2000)
+    parser.add_argument("updates", type=int, nargs="?", default=3)
+    args = parser.parse_args()
+    keys, updates = args.keys, args.updates
     expected = (keys, keys * updates)
     work = Path(tempfile.mkdtemp(prefix="faust-recovery-"))
     app_id = f"recovery-{uuid.uuid4().hex[:6]}"
     source, changelog = f"{app_id}-events", f"{app_id}-{TABLE}-changelog"
-    with EmbeddedBroker(free_port(), work / "broker.log") as broker:
+    print(f"engine: {args.engine}, {keys} keys x {updates} updates")
+    with open_broker(args.engine, work) as broker:
         admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
         admin.create_topics([NewTopic(t, PARTITIONS, 1) for t in (source, changelog)])
         admin.close()
-        env = {**os.environ, "APP_ID": app_id, "BOOTSTRAP": broker.bootstrap, "SOURCE": source}
+        env = {
+            **os.environ,
+            "APP_ID": app_id,
+            "BOOTSTRAP": broker.bootstrap,
+            "SOURCE": source,
+            "SESSION_TIMEOUT_S": "6" if args.engine == "kafka" else "3",
+        }
         first, out1 = start_worker(env, 1, work)
         producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
         for round_ in range(updates):

@@ -39,8 +39,14 @@ class Outgoing:
     key: bytes | None
     value: bytes | None
     headers: list[tuple[str, bytes]]
-    timestamp: float | None
+    timestamp: float | None  # seconds since the epoch (the record's own), None for now
     partition_key: bytes | None
+
+    @property
+    def timestamp_ms(self) -> int | None:
+        """What the broker takes: milliseconds. Seconds there would date the record in January
+        1970, and Apache Kafka's time retention deletes such records within minutes."""
+        return None if self.timestamp is None else int(self.timestamp * 1000)
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -195,7 +201,7 @@ class BatchService(Service):
                     batch.append(
                         key=item.key,
                         value=item.value,
-                        timestamp=item.timestamp,
+                        timestamp=item.timestamp_ms,
                         headers=item.headers,
                     )
                     is None
@@ -207,7 +213,7 @@ class BatchService(Service):
                     batch.append(
                         key=item.key,
                         value=item.value,
-                        timestamp=item.timestamp,
+                        timestamp=item.timestamp_ms,
                         headers=item.headers,
                     )
             futures.append(await self.producer.send_batch(batch, topic, partition=partition))

@@ -307,6 +307,8 @@ class Stack:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+        # A failed test must not leave its workers running (they hold CPU and ports).
+        weakref.finalize(self, _terminate, self.worker)
         if not wait:
             return self.worker
         wait_until(lambda: _http_ok(self.settings.worker_web_port, "/health"), 60, "worker up")

@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import KafkaError
+from sqlalchemy import text
 
 from simpul.catalog import EventCatalog
 from simpul.codec import frame
+from simpul.db import make_engine
 from simpul.envelope import Envelope
 from simpul.publisher import PublisherPool
 from simpul.simulate import INVALID_KINDS, PaluData
@@ -36,6 +41,7 @@ class Expectation:
     valid_ids: set[str] = field(default_factory=set)
     newest: dict[tuple[str, str], tuple[dt.datetime, str]] = field(default_factory=dict)
     invalid: int = 0
+    invalid_ids: set[str] = field(default_factory=set)
     duplicates: int = 0
 
     def add_valid(self, entity: str, key: str, when: dt.datetime, ce_id: str) -> None:
@@ -88,8 +94,10 @@ def plan_traffic(
         agency = data.producer_of(event_type, payload)
         if roll < duplicates + invalid:
             kind = rng.choice(INVALID_KINDS)
-            plan.append(Planned(event_type, agency, payload, str(uuid.uuid4()), when, kind))
+            item = Planned(event_type, agency, payload, str(uuid.uuid4()), when, kind)
+            plan.append(item)
             expect.invalid += 1
+            expect.invalid_ids.add(item.ce_id)
             continue
         item = Planned(event_type, agency, payload, str(uuid.uuid4()), when, "valid")
         plan.append(item)
@@ -116,7 +124,8 @@ def publish_plan(
     publisher.close()
 
 
-def send_invalid(publisher: Any, catalog: EventCatalog, item: Planned) -> None:
+def send_invalid(publisher: Any, catalog: EventCatalog, item: Planned) -> Any:
+    """Send one planned invalid event; returns the send future."""
     et = catalog.topology.event_type(item.event_type)
     key = str(item.payload[et.key]).encode()
     envelope = Envelope(
@@ -157,25 +166,40 @@ def send_invalid(publisher: Any, catalog: EventCatalog, item: Planned) -> None:
     elif item.kind == "missing_header":
         value = schema.encode(item.payload)
         headers = [h for h in envelope.to_headers() if h[0] != "ce_time"]
-        publisher(item.agency).send_raw(et.topic("in"), key, value, headers)
-        return
+        return publisher(item.agency).send_raw(et.topic("in"), key, value, headers)
     else:
         raise ValueError(item.kind)
-    publisher(item.agency).send_raw(et.topic("in"), key, value, envelope.to_headers())
+    return publisher(item.agency).send_raw(et.topic("in"), key, value, envelope.to_headers())
 
 
 def read_topic(bootstrap: str, topic: str, idle_ms: int = 2000) -> Iterator[Any]:
+    """Every record of `topic` from the beginning, up to the end offsets taken at the start
+    (or until nothing arrives for `idle_ms`)."""
     consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
+        bootstrap_servers=bootstrap.split(","),
         consumer_timeout_ms=idle_ms,
         auto_offset_reset="earliest",
+        enable_auto_commit=False,
         max_poll_records=5000,
     )
     parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
     consumer.assign(parts)
     consumer.seek_to_beginning(*parts)
+    ends = consumer.end_offsets(parts)
     try:
-        yield from consumer
+        for tp in parts:
+            if consumer.position(tp) >= ends[tp]:
+                consumer.pause(tp)
+        while len(consumer.paused()) < len(parts):
+            batch = consumer.poll(timeout_ms=idle_ms)
+            if not batch:
+                return
+            for tp, records in batch.items():
+                for record in records:
+                    if record.offset < ends[tp]:
+                        yield record
+                if consumer.position(tp) >= ends[tp]:
+                    consumer.pause(tp)
     finally:
         consumer.close()
 
@@ -197,3 +221,141 @@ def dead_letter_origins(bootstrap: str, topology: Topology) -> dict[tuple[str, s
             )
             origins[origin] = headers
     return origins
+
+
+@dataclass
+class AckTally:
+    """What a publisher saw while the broker was failing: acks, failed sends, retries."""
+
+    acked: set[str] = field(default_factory=set)
+    failures: Counter[str] = field(default_factory=Counter)  # exception name -> count
+    rounds: int = 0
+    seconds: float = 0.0
+
+    @property
+    def failed_sends(self) -> int:
+        return sum(self.failures.values())
+
+
+def publish_until_acked(
+    plan: list[Planned],
+    catalog: EventCatalog,
+    settings: Any,
+    chunk: int = 200,
+    pause_s: float = 0.0,
+    timeout_s: float = 300.0,
+    tally: AckTally | None = None,
+) -> AckTally:
+    """Publish `plan` in chunks the way a careful agency system does: wait for each chunk's acks
+    (acks=all), and send again, with the same ce_id, whatever the broker did not acknowledge.
+
+    Counts every ce_id the broker acknowledged and every failed send by exception name. A resend
+    of a message the broker had stored after all is a duplicate the bus drops by ce_id.
+    """
+    tally = tally or AckTally()
+    started = time.monotonic()
+    by_id = {item.ce_id: item for item in plan}
+    pending = list(plan)
+    # A batch the broker never answers fails after 60 s (the least kafka-python allows with its
+    # 30 s request timeout), and is sent again.
+    pool = PublisherPool(settings, catalog, linger_ms=20, delivery_timeout_ms=60_000)
+    try:
+        while pending:
+            if time.monotonic() - started > timeout_s:
+                raise AssertionError(f"{len(pending)} events never acknowledged in {timeout_s}s")
+            tally.rounds += 1
+            failed: list[Planned] = []
+            for start in range(0, len(pending), chunk):
+                sent: list[tuple[Planned, Any]] = []
+                for item in pending[start : start + chunk]:
+                    try:
+                        sent.append((item, _send(pool, catalog, item)))
+                    except KafkaError as error:  # metadata unavailable, buffer full
+                        tally.failures[type(error).__name__] += 1
+                        failed.append(item)
+                for item, future in sent:
+                    try:
+                        future.get(timeout=60)
+                        tally.acked.add(item.ce_id)
+                    except KafkaError as error:
+                        tally.failures[type(error).__name__] += 1
+                        failed.append(item)
+                if pause_s:
+                    time.sleep(pause_s)
+            pending = [by_id[i.ce_id] for i in failed if i.ce_id not in tally.acked]
+            if pending:
+                time.sleep(1)
+    finally:
+        pool.close()
+    tally.seconds += time.monotonic() - started
+    return tally
+
+
+def _send(pool: PublisherPool, catalog: EventCatalog, item: Planned) -> Any:
+    if item.kind in ("valid", "duplicate"):
+        return pool(item.agency).publish(
+            item.event_type, item.payload, id=item.ce_id, time=item.time
+        )
+    return send_invalid(pool, catalog, item)
+
+
+def stored_count(database_url: str) -> int:
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            return conn.scalar(text("select count(*) from event_log")) or 0
+    finally:
+        engine.dispose()
+
+
+def assert_store_matches(database_url: str, expect: Expectation) -> None:
+    """Every valid ce_id stored exactly once, nothing else; each state row the newest of its key."""
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            ids = list(conn.scalars(text("select ce_id from event_log")))
+            assert len(ids) == len(set(ids)), "a ce_id is in event_log twice"
+            missing = expect.valid_ids - set(ids)
+            extra = set(ids) - expect.valid_ids
+            assert not missing, f"{len(missing)} valid events lost, e.g. {sorted(missing)[:3]}"
+            assert not extra, f"{len(extra)} events stored that should not be: {sorted(extra)[:3]}"
+            for entity, key_column in STATE_KEYS.items():
+                rows = dict(conn.execute(text(f"select {key_column}, ce_id from {entity}")).all())
+                wanted = {
+                    key: ce_id for (ent, key), (_, ce_id) in expect.newest.items() if ent == entity
+                }
+                assert rows == wanted, f"{entity}: current state differs from the newest events"
+    finally:
+        engine.dispose()
+
+
+def ce_ids_on(bootstrap: str, topics: list[str]) -> set[str]:
+    """Distinct ce_ids on `topics`, read from the beginning with a plain client."""
+    return {
+        dict(message.headers)["ce_id"].decode()
+        for topic in topics
+        for message in read_topic(bootstrap, topic)
+    }
+
+
+def assert_topics_match(bootstrap: str, topology: Topology, expect: Expectation) -> None:
+    """The same conservation read from the broker with a plain client: every valid ce_id on its
+    ``simpul.valid`` topic (at-least-once: copies allowed there), nothing else; the dead letters,
+    by ce_id, exactly the invalid events injected."""
+    valid: set[str] = set()
+    letters: set[str] = set()
+    for et in topology.event_types:
+        for message in read_topic(bootstrap, et.topic("valid")):
+            valid.add(dict(message.headers)["ce_id"].decode())
+        for message in read_topic(bootstrap, et.topic("dlq")):
+            letters.add(dict(message.headers)["ce_id"].decode())
+    missing = expect.valid_ids - valid
+    assert not missing, (
+        f"{len(missing)} valid events missing on simpul.valid.*: {sorted(missing)[:3]}"
+    )
+    extra = valid - expect.valid_ids
+    assert not extra, f"{len(extra)} unexpected events on simpul.valid.*: {sorted(extra)[:3]}"
+    assert letters == expect.invalid_ids, (
+        f"dead letters: {len(letters)} distinct ce_ids, {len(expect.invalid_ids)} injected; "
+        f"{len(expect.invalid_ids - letters)} missing, {len(letters - expect.invalid_ids)} extra"
+    )

@@ -16,6 +16,7 @@ from simpul.envelope import Envelope
 from simpul.errors import InvalidMessage
 from simpul.registry import SchemaResolver, SchemaStore, register_all
 from simpul.topology import Topology
+from streams.batching import Outgoing
 from streams.pipeline import DedupWindow, RawRecord, process_batch, validate_record
 
 pytestmark = pytest.mark.unit
@@ -175,3 +176,12 @@ def test_dedup_window_is_bounded_per_partition() -> None:
     assert not window.seen(0, "a")
     window.forget([0])
     assert not window.seen(0, "c")
+
+
+def test_forwarded_record_keeps_its_timestamp_in_milliseconds() -> None:
+    # Seconds handed to the producer dated forwarded events and dead letters in January 1970,
+    # and Apache Kafka's 7-day time retention deleted them within minutes.
+    sent_at = dt.datetime(2026, 12, 1, 8, 30, tzinfo=dt.UTC).timestamp() + 0.25
+    outgoing = Outgoing("simpul.valid.permit.issued", b"k", b"v", [], sent_at, b"k")
+    assert outgoing.timestamp_ms == 1_796_113_800_250
+    assert dataclasses.replace(outgoing, timestamp=None).timestamp_ms is None
