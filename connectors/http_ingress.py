@@ -42,6 +42,7 @@ from simpul import metrics
 from simpul.catalog import EventCatalog
 from simpul.envelope import parse_time
 from simpul.publisher import PublisherPool
+from simpul.signing import signer_for
 from simpul.settings import Settings
 
 JSON_TYPES = (
@@ -371,6 +372,8 @@ def serve(settings: Settings, topology: Any) -> None:
 
     engine = make_engine(settings.database_url)
     catalog = EventCatalog(topology, SchemaResolver(SchemaStore(engine)))
-    with PublisherPool(settings, catalog) as publishers:
+    # The ingress authenticated the agency by its API key and signs as the ingress gateway.
+    signer = signer_for(settings, "ingress")
+    with PublisherPool(settings, catalog, signer=signer) as publishers:
         app = create_app(settings, catalog, ApiKeyStore(engine), publishers)
         run(app, settings.ingress_port)

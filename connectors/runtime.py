@@ -43,6 +43,7 @@ from simpul.connectors_model import ConnectorSpec, located_connectors
 from simpul.db import make_engine
 from simpul.envelope import format_time
 from simpul.publisher import PublisherPool
+from simpul.signing import signer_for
 from simpul.registry import SchemaResolver, SchemaStore
 from simpul.settings import Settings
 from simpul.topology import Topology
@@ -314,7 +315,10 @@ class ConnectRuntime:
         context: ConnectorContext,
         catalog: EventCatalog,
     ) -> None:
-        self.publishers = PublisherPool(context.settings, catalog)
+        # The runtime signs as the connect gateway for each connector's agency.
+        self.publishers = PublisherPool(
+            context.settings, catalog, signer=signer_for(context.settings, "connect")
+        )
         self.tasks = {
             spec.name: ConnectorTask(spec, kind, options, context, catalog, self.publishers)
             for spec, (kind, options) in zip(specs, resolved, strict=True)

@@ -67,6 +67,9 @@ class Envelope:
         """Parse headers, raising `InvalidMessage` naming the header that is wrong."""
         values: dict[str, str] = {}
         for name, raw in headers or ():
+            if name in values and (name.startswith("ce_") or name == "content-type"):
+                # Readers taking the first and the last copy would see two different events.
+                raise InvalidMessage("headers", "header.repeated", f"{name}: header repeated")
             if name in values or raw is None:
                 continue
             try:
@@ -118,3 +121,12 @@ def header(headers: Iterable[tuple[str, bytes | None]] | None, name: str) -> str
         if key == name and raw is not None:
             return raw.decode("utf-8", errors="replace")
     return None
+
+
+SIMPUL_HEADER_PREFIX = "simpul_"
+
+
+def without_simpul_headers(headers: Iterable[tuple[str, bytes]]) -> Headers:
+    """The headers less every ``simpul_*`` one. That prefix is Simpul's: what a producer sent
+    under it is dropped at ingest, and every stage that adds its own starts from this."""
+    return [(k, v) for k, v in headers if not k.startswith(SIMPUL_HEADER_PREFIX)]

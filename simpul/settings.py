@@ -35,6 +35,16 @@ class Settings(BaseSettings):
     data_dir: Path = Field(
         default=PROJECT_ROOT / "var", description="Local working files (Faust data, logs)"
     )
+    keys_dir: Path = Field(
+        default=PROJECT_ROOT / "var" / "keys",
+        description="Private signing keys of this installation's agencies and gateways "
+        "(mode 0600; never in the repository or the image)",
+    )
+    public_keys_file: Path | None = Field(
+        default=None,
+        description="Public keys of every signer (YAML, committed); empty: "
+        "<topology name>.keys.yaml beside the topology file",
+    )
     worker_web_port: int = Field(
         default=6066, ge=1, le=65535, description="Worker HTTP port (/metrics, /health)"
     )
@@ -175,6 +185,13 @@ class Settings(BaseSettings):
         ge=1,
         description="Undelivered messages per endpoint before its partitions are paused",
     )
+
+    @property
+    def public_keys_path(self) -> Path:
+        """Where the public keys are: the setting, or beside the topology file."""
+        if self.public_keys_file is not None:
+            return self.public_keys_file
+        return self.topology_file.with_name(self.topology_file.stem + ".keys.yaml")
 
 
 @lru_cache(maxsize=1)

@@ -23,10 +23,11 @@ from aiokafka.errors import KafkaError
 
 from simpul import metrics
 from simpul.codec import AvroSchema, unframe
-from simpul.envelope import header
+from simpul.envelope import header, without_simpul_headers
 from simpul.errors import InvalidMessage
 from simpul.registry import SchemaResolver, SchemaStore
 from simpul.settings import Settings
+from simpul.signing import KEYID_HEADER, SIGNATURE_HEADER
 from simpul.subscriptions import Route, SubscriptionPlan, out_key, project
 from simpul.topology import Topology
 from sinks.audit import AuditEntry, AuditLog
@@ -61,6 +62,12 @@ def fan_out(
     routes that filtered it out. Pure."""
     out, audit, filtered = [], [], []
     ce_id = header(headers, "ce_id") or ""
+    # Simpul's own headers only, and no signature: it covers the event, not the projection.
+    base = [
+        (k, v)
+        for k, v in without_simpul_headers(headers)
+        if k not in (SIGNATURE_HEADER, KEYID_HEADER)
+    ]
     for route, encoder in routes:
         sub = route.subscription
         if not sub.matches(payload):
@@ -73,7 +80,7 @@ def fan_out(
                 out_key(route, payload, key),
                 encoder.encode(projected),
                 [
-                    *headers,
+                    *base,
                     (SUBSCRIPTION_HEADER, sub.name.encode()),
                     (PURPOSE_HEADER, sub.purpose.encode()),
                 ],

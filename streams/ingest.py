@@ -24,10 +24,11 @@ from aiokafka import TopicPartition
 
 from simpul import metrics
 from simpul.catalog import EventCatalog
-from simpul.envelope import header
+from simpul.envelope import header, without_simpul_headers
 from simpul.errors import InvalidMessage
 from simpul.registry_client import RegistryUnavailable
 from simpul.settings import Settings
+from simpul.signing import KeyRing
 from simpul.topology import EventType, Topology
 from sinks.central_store import TRANSIENT_ERRORS, CentralStore, StoredEvent, WriteResult
 from sinks.dead_letter_log import DeadLetterLog, DeadLetterRow
@@ -92,6 +93,13 @@ class IngestService(BatchService):
         self.store = store
         self.health = health
         self.dead_letter_log = DeadLetterLog(store.engine)
+        self.keyring = KeyRing(settings.public_keys_path)
+        if not self.keyring.key_ids():
+            log.warning(
+                "no public keys in %s: every event will be dead-lettered (stage authenticate); "
+                "create keys with `simpul agency keys create`",
+                settings.public_keys_path,
+            )
         self.types_by_topic: dict[str, EventType] = {t.topic("in"): t for t in topology.event_types}
         self.dedup: dict[str, DedupWindow] = {
             topic: DedupWindow(settings.dedup_window) for topic in self.types_by_topic
@@ -129,7 +137,8 @@ class IngestService(BatchService):
                         m.offset,
                         m.key,
                         m.value,
-                        list(m.headers or ()),
+                        # simpul_* headers are Simpul's: a producer's are dropped here.
+                        without_simpul_headers(m.headers or ()),
                         m.timestamp / 1000 if m.timestamp else None,
                     )
                 )
@@ -220,7 +229,7 @@ class IngestService(BatchService):
         self, by_topic: dict[str, list[RawRecord]]
     ) -> dict[str, tuple[list[Accepted], list[Rejected]]]:
         return {
-            topic: validate_batch(records, self.types_by_topic[topic], self.catalog)
+            topic: validate_batch(records, self.types_by_topic[topic], self.catalog, self.keyring)
             for topic, records in by_topic.items()
         }
 

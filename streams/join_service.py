@@ -43,6 +43,7 @@ from simpul.db import make_engine
 from simpul.envelope import Envelope, Headers, header
 from simpul.errors import InvalidMessage
 from simpul.settings import Settings
+from simpul.signing import signer_for
 from simpul.topology import Topology
 from sinks.dead_letter_log import DeadLetterLog, DeadLetterRow
 from streams.batching import FETCH_MAX_WAIT_MS, Batch, BatchService
@@ -79,6 +80,8 @@ class JoinService(BatchService):
         super().__init__(settings, **kwargs)
         self.topology = topology
         self.catalog = catalog
+        # Derived events are Simpul's own: the joins gateway signs them for /agency/simpul.
+        self.signer = signer_for(settings, "joins")
         self.dead_letter_log = DeadLetterLog(make_engine(settings.database_url))
         self.logics = [
             JoinLogic(j, topology.event_type(j.output), settings.join_wait_s)
@@ -245,14 +248,9 @@ class JoinService(BatchService):
                 )
                 sends.append(self._dead_letter(logic, derived.left, "join.output", reason, now))
                 continue
-            sends.append(
-                Send(
-                    output.topic("in"),
-                    derived.key.encode(),
-                    schema.encode(derived.payload),
-                    derived.envelope.to_headers([("simpul_join", logic.name.encode())]),
-                )
-            )
+            key, value = derived.key.encode(), schema.encode(derived.payload)
+            headers = self.signer.sign(derived.envelope.to_headers(), key, value)
+            sends.append(Send(output.topic("in"), key, value, headers))
             metrics.JOIN_DERIVED.labels(logic.name).inc()
         for left, reason in effects.expired:
             sends.append(self._dead_letter(logic, left, "join.timeout", reason, now))

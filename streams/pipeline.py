@@ -15,6 +15,7 @@ from simpul.catalog import EventCatalog
 from simpul.codec import unframe
 from simpul.envelope import Envelope, Headers, header
 from simpul.errors import InvalidMessage
+from simpul.signing import Attestation, KeyRing
 from simpul.topology import EventType
 from sinks.central_store import StoredEvent
 
@@ -38,6 +39,7 @@ class Accepted:
     envelope: Envelope
     schema_id: int
     payload: dict[str, Any]
+    attestation: Attestation | None = None
 
     def to_stored(self, event_type: EventType, received_at: dt.datetime) -> StoredEvent:
         published = (
@@ -56,6 +58,8 @@ class Accepted:
             payload=self.payload,
             published_at=published,
             received_at=received_at,
+            attestation=self.attestation,
+            value=self.record.value,
         )
 
 
@@ -81,6 +85,12 @@ def agency_label(headers: Headers) -> str:
     source = header(headers, "ce_source") or ""
     code = source.removeprefix("/agency/")
     return code if source.startswith("/agency/") and 0 < len(code) <= 40 else "unknown"
+
+
+def authenticate(record: RawRecord, keyring: KeyRing) -> Attestation:
+    """The first check: who signed this event, and may they speak for its ``ce_source``?
+    Raises `InvalidMessage` (stage ``authenticate``, or ``headers`` for a repeated one)."""
+    return keyring.verify(record.headers, record.key, record.value)
 
 
 def validate_record(record: RawRecord, event_type: EventType, catalog: EventCatalog) -> Accepted:
@@ -169,24 +179,40 @@ def process_batch(
     event_type: EventType,
     catalog: EventCatalog,
     dedup: DedupWindow,
+    keyring: KeyRing,
 ) -> BatchOutcome:
-    """Validate every record, then drop duplicates."""
-    valid, rejected = validate_batch(records, event_type, catalog)
+    """Authenticate and validate every record, then drop duplicates."""
+    valid, rejected = validate_batch(records, event_type, catalog, keyring)
     return drop_duplicates(valid, rejected, dedup)
 
 
 def validate_batch(
-    records: Sequence[RawRecord], event_type: EventType, catalog: EventCatalog
+    records: Sequence[RawRecord],
+    event_type: EventType,
+    catalog: EventCatalog,
+    keyring: KeyRing,
 ) -> tuple[list[Accepted], list[Rejected]]:
-    """Validation without side effects, so a batch that fails half-way (the store is down
-    while a schema is looked up) can be retried unchanged."""
+    """Authentication, then validation, without side effects, so a batch that fails
+    half-way (the store is down while a schema is looked up) can be retried unchanged."""
     valid: list[Accepted] = []
     rejected: list[Rejected] = []
+    keyring.refresh()
     for record in records:
         try:
-            valid.append(validate_record(record, event_type, catalog))
+            attestation = authenticate(record, keyring)
+            accepted = validate_record(record, event_type, catalog)
         except InvalidMessage as error:
             rejected.append(Rejected(record, error))
+            continue
+        valid.append(
+            Accepted(
+                accepted.record,
+                accepted.envelope,
+                accepted.schema_id,
+                accepted.payload,
+                attestation,
+            )
+        )
     return valid, rejected
 
 

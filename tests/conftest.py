@@ -51,6 +51,13 @@ def _pg_reachable() -> str | None:
     return None
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Every test, and every process a test starts, signs with one set of generated keys."""
+    from tests.helpers import install_test_keys
+
+    install_test_keys(TOPOLOGY_FILE)
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     global _pg_skip_reason
     _pg_skip_reason = _pg_reachable()
