@@ -42,8 +42,8 @@ from simpul import metrics
 from simpul.catalog import EventCatalog
 from simpul.envelope import parse_time
 from simpul.publisher import PublisherPool
-from simpul.signing import signer_for
 from simpul.settings import Settings
+from simpul.signing import signer_for
 
 JSON_TYPES = (
     "application/json",

@@ -43,9 +43,9 @@ from simpul.connectors_model import ConnectorSpec, located_connectors
 from simpul.db import make_engine
 from simpul.envelope import format_time
 from simpul.publisher import PublisherPool
-from simpul.signing import signer_for
 from simpul.registry import SchemaResolver, SchemaStore
 from simpul.settings import Settings
+from simpul.signing import signer_for
 from simpul.topology import Topology
 
 log = logging.getLogger("simpul.connect")

@@ -112,7 +112,9 @@ def keys_rotate(
 
 
 @keys_app.command("revoke")
-def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key id to refuse from now on")]) -> None:
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key id to refuse from now on")],
+) -> None:
     """Refuse KEY_ID at once (a leaked key); deletes its private key if it is here."""
     from simpul.signing import revoke_key
 

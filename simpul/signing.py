@@ -55,7 +55,7 @@ Kind = Literal["agency", "gateway"]
 Headers = Sequence[tuple[str, bytes | None]]
 
 
-class KeyError_(Exception):  # noqa: N818 (a user-facing error, not a lookup miss)
+class KeyError_(Exception):
     """A key file or key operation is wrong; the message says which and how to fix it."""
 
 
@@ -238,12 +238,19 @@ class Signer:
 def load_signer(public_file: Path, keys_dir: Path, owner: str) -> Signer:
     """The newest valid key of ``owner`` whose private half is in ``keys_dir``."""
     now = dt.datetime.now(dt.UTC)
+    entries = read_public_keys(public_file)
+    # Newest first: a key being rotated out (valid_until set) after those that are not, and
+    # among keys made in the same second the later entry of the file.
     candidates = sorted(
-        (e for e in read_public_keys(public_file) if e.owner == owner and e.state(now) == "valid"),
-        key=lambda e: e.created_at,
+        (
+            (e.valid_until is None, e.created_at, i, e)
+            for i, e in enumerate(entries)
+            if e.owner == owner and e.state(now) == "valid"
+        ),
+        key=lambda c: c[:3],
         reverse=True,
     )
-    for entry in candidates:
+    for *_, entry in candidates:
         path = private_key_path(keys_dir, entry.key_id)
         if path.exists():
             private = serialization.load_pem_private_key(path.read_bytes(), password=None)
@@ -258,9 +265,10 @@ def load_signer(public_file: Path, keys_dir: Path, owner: str) -> Signer:
 
 class KeyRing:
     """The public keys the worker verifies with, loaded once and reloaded when the file
-    changes (checked at most every ``reload_s``), so a rotation needs no restart."""
+    changes (a stat per batch by default; ``reload_s`` spaces the checks), so a rotation or
+    a revocation takes effect at the next batch without a restart."""
 
-    def __init__(self, path: Path, reload_s: float = 1.0) -> None:
+    def __init__(self, path: Path, reload_s: float = 0.0) -> None:
         self.path = path
         self.reload_s = reload_s
         self._lock = threading.Lock()

@@ -4,8 +4,8 @@ and a throw-away PostgreSQL cluster that a test may stop and start."""
 from __future__ import annotations
 
 import contextlib
-import functools
 import datetime as dt
+import functools
 import os
 import pwd
 import random

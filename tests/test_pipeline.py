@@ -15,9 +15,9 @@ from simpul.db import make_engine
 from simpul.envelope import Envelope
 from simpul.errors import InvalidMessage
 from simpul.registry import SchemaResolver, SchemaStore, register_all
-from simpul.topology import Topology
 from simpul.settings import Settings
 from simpul.signing import KeyRing
+from simpul.topology import Topology
 from streams.pipeline import DedupWindow, RawRecord, process_batch, validate_record
 from tests.helpers import sign
 
