@@ -5,7 +5,17 @@ from __future__ import annotations
 from typing import Literal
 
 #: Where in the path a message was rejected; the ``simpul_dlq_stage`` header.
-Stage = Literal["headers", "decode", "schema", "validate", "authorize", "store", "join", "deliver"]
+Stage = Literal[
+    "headers",
+    "authenticate",
+    "decode",
+    "schema",
+    "validate",
+    "authorize",
+    "store",
+    "join",
+    "deliver",
+]
 
 
 class InvalidMessage(Exception):

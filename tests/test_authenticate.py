@@ -36,6 +36,9 @@ def deceased() -> dict[str, object]:
     }
 
 
+SELECT_REFUSED = "SELECT ce_id, code FROM dead_letters WHERE stage IN ('authenticate', 'headers')"
+
+
 def plain_producer(stack: Stack) -> KafkaProducer:
     """Someone on the city network with a Kafka client and no keys."""
     return KafkaProducer(bootstrap_servers=stack.settings.kafka_bootstrap.split(","))
@@ -110,13 +113,7 @@ def test_forged_and_tampered_events_are_dead_lettered_never_stored(pg_stack: Sta
     assert letter["headers"]["simpul_dlq_code"] == "signature.missing"  # type: ignore[index]
     assert not stored(pg_stack, forged.id)
     with make_engine(pg_stack.settings.database_url).connect() as conn:
-        recorded = dict(
-            conn.execute(
-                text(
-                    "SELECT ce_id, code FROM dead_letters WHERE stage IN ('authenticate', 'headers')"
-                )
-            ).all()
-        )
+        recorded = dict(conn.execute(text(SELECT_REFUSED)).all())
     assert {recorded.get(i) for i in cases} == {code for code, _ in cases.values()}
 
 
