@@ -15,6 +15,7 @@ from simpul import cli_connectors
 from simpul.cli_audit import audit_app
 from simpul.cli_deliver import deliver
 from simpul.cli_keys import agency_app
+from simpul.cli_serving import HostOption, PortOption, listening
 from simpul.settings import Settings, get_settings
 from simpul.topology import Topology, TopologyError, load_topology
 
@@ -176,12 +177,13 @@ def topology_check(
 
 
 @app.command()
-def worker() -> None:
-    """Run the stream worker: validate, dedup, store, forward; /metrics on the web port."""
+def worker(host: HostOption = None, port: PortOption = None) -> None:
+    """Run the stream worker: authenticate, validate, dedup, store, forward; /health, /status
+    and /metrics on SIMPUL_WORKER_WEB_PORT (Bearer token, see README Security)."""
     from simpul.subscriptions import SubscriptionError, SubscriptionPlan
     from streams.worker import run_worker
 
-    settings = _settings()
+    settings = listening(_settings(), "worker_web_port", host, port)
     topology = _topology(settings)
     try:
         SubscriptionPlan.build(topology, settings.schemas_dir)
@@ -192,11 +194,12 @@ def worker() -> None:
 
 
 @app.command()
-def joins() -> None:
-    """Run the joins: derived events (docs/joins.md) from simpul.valid.*; /metrics, /health."""
+def joins(host: HostOption = None, port: PortOption = None) -> None:
+    """Run the joins: derived events (docs/joins.md) from simpul.valid.*; /metrics, /health
+    on SIMPUL_JOINS_WEB_PORT."""
     from streams.join_service import run_joins
 
-    settings = _settings()
+    settings = listening(_settings(), "joins_web_port", host, port)
     run_joins(settings, _topology(settings))
 
 

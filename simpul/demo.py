@@ -24,9 +24,11 @@ from rich.table import Table
 
 from simpul import dbmigrate
 from simpul.broker import EmbeddedBroker, free_port, port_is_free
+from simpul.cli_keys import installation_owners
 from simpul.db import make_engine
 from simpul.registry_client import RegistryClient
 from simpul.settings import PROJECT_ROOT, Settings
+from simpul.signing import ensure_keys
 from simpul.topics import apply_topics
 from simpul.topology import Topology, load_topology
 from sinks.central_store import CentralStore
@@ -35,9 +37,18 @@ from sinks.central_store import CentralStore
 DEMO_JOIN_WAIT_S = 5.0
 
 
+#: The demo's processes share one HTTP token (SIMPUL_HTTP_TOKEN), made per run.
+HTTP_TOKEN = secrets.token_urlsafe(24)
+
+
+def _request(port: int, path: str) -> urllib.request.Request:
+    url = f"http://127.0.0.1:{port}{path}"
+    return urllib.request.Request(url, headers={"Authorization": f"Bearer {HTTP_TOKEN}"})
+
+
 def scrape(port: int) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
     """Metric samples by name, then by sorted label pairs."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+    with urllib.request.urlopen(_request(port, "/metrics"), timeout=5) as response:
         text = response.read().decode()
     samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = defaultdict(dict)
     for family in text_string_to_metric_families(text):
@@ -80,7 +91,7 @@ def wait_http(port: int, path: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1).close()
+            urllib.request.urlopen(_request(port, path), timeout=1).close()
             return
         except OSError:
             time.sleep(0.2)
@@ -91,7 +102,7 @@ def wait_assigned(port: int, timeout: float) -> None:
     """Wait until the consumer group gave the worker its partitions (first join is slow)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        url = f"http://127.0.0.1:{port}/health"
+        url = _request(port, "/health")
         with contextlib.suppress(OSError, ValueError), urllib.request.urlopen(url, timeout=1) as r:
             if json.loads(r.read()).get("assigned_partitions", 0) > 0:
                 return
@@ -122,6 +133,10 @@ def run_demo(console: Console, *, duration: float, rate: float) -> int:
         "SIMPUL_REGISTRY_PORT": str(registry_port),
         "SIMPUL_REGISTRY_URL": registry_url,
         "SIMPUL_REGISTRY_ADMIN_TOKEN": token,
+        "SIMPUL_HTTP_TOKEN": HTTP_TOKEN,
+        # This run's own signing keys: every agency and gateway gets a key pair here.
+        "SIMPUL_KEYS_DIR": str(workdir / "keys"),
+        "SIMPUL_PUBLIC_KEYS_FILE": str(workdir / "keys" / "demo.keys.yaml"),
     }
     settings = Settings(
         kafka_bootstrap=env["SIMPUL_KAFKA_BOOTSTRAP"],
@@ -131,8 +146,12 @@ def run_demo(console: Console, *, duration: float, rate: float) -> int:
         registry_port=registry_port,
         registry_url=registry_url,
         registry_admin_token=token,
+        http_token=HTTP_TOKEN,
+        keys_dir=workdir / "keys",
+        public_keys_file=workdir / "keys" / "demo.keys.yaml",
     )
     topology = load_topology(settings.topology_file)
+    ensure_keys(settings.public_keys_path, settings.keys_dir, installation_owners(topology))
     console.rule(f"[bold]Simpul demo[/bold] — {topology.city}")
 
     broker = EmbeddedBroker(broker_port, workdir / "broker.log")

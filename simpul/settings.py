@@ -45,6 +45,24 @@ class Settings(BaseSettings):
         description="Public keys of every signer (YAML, committed); empty: "
         "<topology name>.keys.yaml beside the topology file",
     )
+    bind_host: str = Field(
+        default="127.0.0.1",
+        description="Address every Simpul HTTP server listens on (0.0.0.0 inside a container)",
+    )
+    http_token: str = Field(
+        default="",
+        description="Bearer token of the status, health and connect REST endpoints; empty: "
+        "generated once into data_dir/http-token (mode 0600)",
+    )
+    metrics_open: bool = Field(
+        default=False,
+        description="Serve /metrics without the token (for a Prometheus on a private network)",
+    )
+    http_max_body_bytes: int = Field(
+        default=1_048_576,
+        ge=1024,
+        description="Largest request body any Simpul HTTP endpoint reads (the ingress has its own)",
+    )
     worker_web_port: int = Field(
         default=6066, ge=1, le=65535, description="Worker HTTP port (/metrics, /health)"
     )

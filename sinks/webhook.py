@@ -511,6 +511,7 @@ async def serve(settings: Settings, topology: Topology) -> None:
     from prometheus_client import CONTENT_TYPE_LATEST, disable_created_metrics, generate_latest
 
     from simpul.db import make_engine
+    from simpul.httpauth import aiohttp_options
     from simpul.registry import SchemaStore
 
     disable_created_metrics()
@@ -530,12 +531,12 @@ async def serve(settings: Settings, topology: Topology) -> None:
     async def health_page(request: web.Request) -> web.Response:
         return web.json_response(deliverer.health())
 
-    site_app = web.Application()
+    site_app = web.Application(**aiohttp_options(settings))
     site_app.router.add_get("/metrics", metrics_page)
     site_app.router.add_get("/health", health_page)
     runner = web.AppRunner(site_app)
     await runner.setup()
-    await web.TCPSite(runner, "0.0.0.0", settings.deliver_web_port).start()
+    await web.TCPSite(runner, settings.bind_host, settings.deliver_web_port).start()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, deliverer.stopping.set)

@@ -42,6 +42,7 @@ from simpul.codec import unframe
 from simpul.db import make_engine
 from simpul.envelope import Envelope, Headers, header
 from simpul.errors import InvalidMessage
+from simpul.httpauth import aiohttp_options
 from simpul.settings import Settings
 from simpul.signing import signer_for
 from simpul.topology import Topology
@@ -429,7 +430,8 @@ def create_joins_app(settings: Settings, topology: Topology) -> Any:
         topic_allow_declare=False,
         web_enabled=True,
         web_port=settings.joins_web_port,
-        web_bind="0.0.0.0",
+        web_bind=settings.bind_host,
+        web_application_options=aiohttp_options(settings),
         store="memory://",
         datadir=str(settings.data_dir / f"faust-{settings.worker_id}-joins"),
     )

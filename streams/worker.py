@@ -20,6 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from simpul import metrics
 from simpul.catalog import EventCatalog
 from simpul.db import make_engine
+from simpul.httpauth import aiohttp_options
 from simpul.registry import SchemaStore
 from simpul.registry_client import make_resolver
 from simpul.settings import Settings
@@ -58,7 +59,9 @@ def create_app(settings: Settings, topology: Topology) -> faust.App:
         producer_acks=-1,
         web_enabled=True,
         web_port=settings.worker_web_port,
-        web_bind="0.0.0.0",
+        web_bind=settings.bind_host,
+        # Every page, Faust's own included, needs the token; bodies are bounded.
+        web_application_options=aiohttp_options(settings),
         store="memory://",
         datadir=str(settings.data_dir / f"faust-{settings.worker_id}"),
     )

@@ -181,7 +181,7 @@ class Stack:
     def health(self) -> dict[str, Any]:
         url = f"http://127.0.0.1:{self.settings.worker_web_port}/health"
         try:
-            with urllib.request.urlopen(url, timeout=5) as response:
+            with urllib.request.urlopen(_authorized(url), timeout=5) as response:
                 return json.loads(response.read())
         except urllib.error.HTTPError as error:  # 503 while the store is down
             return json.loads(error.read())
@@ -197,7 +197,7 @@ class Stack:
 
     def metrics(self) -> str:
         url = f"http://127.0.0.1:{self.settings.worker_web_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as response:
+        with urllib.request.urlopen(_authorized(url), timeout=5) as response:
             return response.read().decode()
 
     def worker_log(self) -> str:
@@ -213,9 +213,15 @@ def _terminate(process: subprocess.Popen[bytes]) -> None:
             process.kill()
 
 
+def _authorized(url: str) -> urllib.request.Request:
+    from tests.helpers import auth
+
+    return urllib.request.Request(url, headers=auth())
+
+
 def _http_ok(port: int, path: str) -> bool:
     try:
-        urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1).close()
+        urllib.request.urlopen(_authorized(f"http://127.0.0.1:{port}{path}"), timeout=1).close()
         return True
     except OSError:
         return False

@@ -193,7 +193,10 @@ def install_test_keys(topology_file: Path) -> Path:
     public, private = root / "public.keys.yaml", root / "private"
     ensure_keys(public, private, installation_owners(load_topology(topology_file)))
     os.environ.update(
-        SIMPUL_KEYS_DIR=str(private), SIMPUL_PUBLIC_KEYS_FILE=str(public), SIMPUL_TEST_KEYS="1"
+        SIMPUL_KEYS_DIR=str(private),
+        SIMPUL_PUBLIC_KEYS_FILE=str(public),
+        SIMPUL_HTTP_TOKEN=uuid.uuid4().hex,  # status, health and connect REST need it
+        SIMPUL_TEST_KEYS="1",
     )
     return public
 
@@ -207,6 +210,11 @@ def test_signer(owner: str) -> Signer:
 def sign(owner: str, headers: Headers, key: bytes | None, value: bytes | None) -> Headers:
     """The one helper raw test producers use to sign a valid event as ``owner``."""
     return test_signer(owner).sign(headers, key, value)
+
+
+def auth() -> dict[str, str]:
+    """The header Simpul's status, health, metrics and connect endpoints need in tests."""
+    return {"Authorization": f"Bearer {os.environ['SIMPUL_HTTP_TOKEN']}"}
 
 
 def read_topic(bootstrap: str, topic: str, idle_ms: int = 2000) -> Iterator[Any]:

@@ -23,7 +23,7 @@ from simpul.publisher import PublisherPool
 from simpul.simulate import make_nik, make_nip
 from streams.joins import derived_id
 from tests.conftest import TOPOLOGY_FILE, Stack, make_stack, wait_until
-from tests.helpers import read_topic
+from tests.helpers import auth, read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -58,7 +58,8 @@ class JoinsProcess:
         self.process = None
 
     def _get(self, path: str) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as reply:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", headers=auth())
+        with urllib.request.urlopen(request, timeout=5) as reply:
             return reply.read().decode()
 
     def health(self) -> dict[str, Any]:

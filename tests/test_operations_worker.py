@@ -20,12 +20,15 @@ from simpul.simulate import PaluData
 from sinks.central_store import event_log
 from sinks.dead_letter_log import dead_letters
 from tests.conftest import Stack, wait_until
+from tests.helpers import auth
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def _get(stack: Stack, path: str, accept: str | None = None) -> tuple[str, str]:
-    request = urllib.request.Request(f"http://127.0.0.1:{stack.settings.worker_web_port}{path}")
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{stack.settings.worker_web_port}{path}", headers=auth()
+    )
     if accept:
         request.add_header("Accept", accept)
     with urllib.request.urlopen(request, timeout=30) as response:

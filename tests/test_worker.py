@@ -19,6 +19,7 @@ from simpul.errors import PayloadError
 from simpul.publisher import Publisher
 from simpul.registry import SchemaStore
 from tests.conftest import Stack, wait_until
+from tests.helpers import auth
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -290,5 +291,6 @@ def test_metrics_and_health_are_served(pg_stack: Stack) -> None:
     import urllib.request
 
     url = f"http://127.0.0.1:{pg_stack.settings.worker_web_port}/health"
-    with urllib.request.urlopen(url, timeout=5) as response:
+    request = urllib.request.Request(url, headers=auth())
+    with urllib.request.urlopen(request, timeout=5) as response:
         assert json.loads(response.read())["store"] == "up"
