@@ -15,6 +15,7 @@ from simpul import cli_connectors
 from simpul.cli_audit import audit_app
 from simpul.cli_deliver import deliver
 from simpul.cli_keys import agency_app
+from simpul.cli_secrets import secrets_app
 from simpul.cli_serving import HostOption, PortOption, listening
 from simpul.settings import Settings, get_settings
 from simpul.topology import Topology, TopologyError, load_topology
@@ -39,6 +40,7 @@ app.add_typer(schemas_app, name="schemas")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(topology_app, name="topology")
 app.add_typer(agency_app, name="agency")
+app.add_typer(secrets_app, name="secrets")
 app.add_typer(cli_connectors.connectors_app, name="connectors")
 app.add_typer(cli_connectors.ingress_app, name="ingress")
 app.command()(cli_connectors.connect)

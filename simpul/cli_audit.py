@@ -58,7 +58,7 @@ def audit_subject(
     settings = _settings()
     started = time.perf_counter()
     receipts = receipts_for(
-        make_engine(settings.database_url), settings.audit_key, identifier, limit
+        make_engine(settings.database_url), settings.audit_secret(), identifier, limit
     )
     took = time.perf_counter() - started
     masked = identifier[:4] + "•" * (len(identifier) - 8) + identifier[-4:]

@@ -10,33 +10,13 @@ from __future__ import annotations
 
 import hmac
 import json
-import os
-import secrets
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
+from simpul.installation import installation_secret
 from simpul.settings import Settings
 
 HTTP_TOKEN_FILE = "http-token"
-
-
-def installation_secret(path: Path, *, create: bool, nbytes: int = 32) -> str | None:
-    """The secret in ``path``; with ``create``, made once (0600) if absent. Concurrent
-    first starts agree: the file is created exclusively and the loser reads the winner's."""
-    if path.exists():
-        return path.read_text(encoding="utf-8").strip() or None
-    if not create:
-        return None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    value = secrets.token_urlsafe(nbytes)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_text(encoding="utf-8").strip()
-    with os.fdopen(fd, "w", encoding="utf-8") as file:
-        file.write(value + "\n")
-    return value
 
 
 def http_token(settings: Settings, *, create: bool = False) -> str | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_BROKER_PORT = 19092
@@ -181,9 +181,9 @@ class Settings(BaseSettings):
         "topology has subscriptions)",
     )
     audit_key: str = Field(
-        default="simpul-dev-audit-key-change-me",
-        min_length=16,
-        description="Secret key of the HMAC that hashes NIK/NIP in the delivery audit log",
+        default="",
+        description="Secret key of the HMAC that hashes NIK/NIP in the delivery audit log; "
+        "empty: generated once into data_dir/audit-key (mode 0600)",
     )
     deliver_max_attempts: int = Field(
         default=8, ge=1, le=100, description="Webhook attempts before the dead letter"
@@ -203,6 +203,26 @@ class Settings(BaseSettings):
         ge=1,
         description="Undelivered messages per endpoint before its partitions are paused",
     )
+
+    @field_validator("audit_key", "registry_admin_token", "http_token")
+    @classmethod
+    def _no_known_secret(cls, value: str, info: ValidationInfo) -> str:
+        from simpul.installation import known_development_secret
+
+        if value and known_development_secret(value):
+            raise ValueError(
+                f"{info.field_name}: a published development value; generate this "
+                "installation's own with `simpul secrets init` (or leave it empty)"
+            )
+        if value and info.field_name == "audit_key" and len(value) < 16:
+            raise ValueError("audit_key: at least 16 characters")
+        return value
+
+    def audit_secret(self) -> str:
+        """The audit HMAC key: the setting, else this installation's generated one."""
+        from simpul.installation import installation_secret
+
+        return self.audit_key or installation_secret(self.data_dir / "audit-key", create=True) or ""
 
     @property
     def public_keys_path(self) -> Path:

@@ -41,6 +41,7 @@ from simpul import metrics
 from simpul.codec import unframe
 from simpul.envelope import header
 from simpul.errors import InvalidMessage
+from simpul.installation import known_development_secret
 from simpul.registry import SchemaResolver
 from simpul.settings import Settings
 from simpul.subscriptions import Subscription, inbox_topic, webhook_dlq_topic
@@ -167,7 +168,12 @@ def webhook_secrets(
         if sub.webhook is None:
             continue
         value = environ.get(sub.webhook.secret_env, "")
-        if not value:
+        if value and known_development_secret(value):
+            missing.append(
+                f"  subscriptions.{i}.webhook.secret_env: {sub.webhook.secret_env} holds a "
+                "published development value; generate one with `simpul secrets init`"
+            )
+        elif not value:
             missing.append(
                 f"  subscriptions.{i}.webhook.secret_env: environment variable "
                 f"{sub.webhook.secret_env} is not set"
@@ -521,7 +527,7 @@ async def serve(settings: Settings, topology: Topology) -> None:
         settings,
         topology,
         SchemaResolver(SchemaStore(engine)),
-        AuditLog(engine, settings.audit_key, f"{settings.worker_id}.deliver"),
+        AuditLog(engine, settings.audit_secret(), f"{settings.worker_id}.deliver"),
         secrets,
     )
 

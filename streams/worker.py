@@ -150,7 +150,7 @@ def fanout_service(settings: Settings, topology: Topology, engine: Any) -> type[
     plan = SubscriptionPlan.build(topology, settings.schemas_dir)
     store = SchemaStore(engine)  # derived schemas are registered in the store directly
     resolver = make_resolver(settings)
-    audit = AuditLog(engine, settings.audit_key, f"{settings.worker_id}.fanout")
+    audit = AuditLog(engine, settings.audit_secret(), f"{settings.worker_id}.fanout")
 
     class Fanout(FanoutService):
         def __init__(self, **kwargs: Any) -> None:

@@ -65,3 +65,25 @@ def test_registry_refuses_an_oversized_anonymous_body(pg_stack: Stack) -> None:
     assert httpx.get(f"{pg_stack.settings.registry_url}/metrics", timeout=10).status_code == 401
     # The legitimate reader still reads.
     assert httpx.get(f"{pg_stack.settings.registry_url}/subjects", timeout=10).status_code == 200
+
+
+@pytest.mark.unit
+def test_a_published_development_secret_is_refused() -> None:
+    from pydantic import ValidationError
+
+    for field, value in (
+        ("audit_key", "simpul-dev-audit-key-change-me"),
+        ("registry_admin_token", "change-me-registry-admin-token"),
+        ("http_token", "change-me"),
+    ):
+        with pytest.raises(ValidationError, match=f"{field}: a published development value"):
+            Settings(**{field: value})
+    assert Settings(audit_key="").audit_key == ""  # empty: generated per installation
+
+
+@pytest.mark.unit
+def test_audit_key_is_generated_per_installation(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    first = Settings(data_dir=tmp_path / "a", audit_key="").audit_secret()
+    again = Settings(data_dir=tmp_path / "a", audit_key="").audit_secret()
+    other = Settings(data_dir=tmp_path / "b", audit_key="").audit_secret()
+    assert first == again and first != other and len(first) >= 40
