@@ -25,7 +25,10 @@ def audit_verify() -> None:
     from sinks.audit import verify
 
     started = time.perf_counter()
-    report = verify(make_engine(_settings().database_url))
+    settings = _settings()
+    report = verify(
+        make_engine(settings.database_url), settings.audit_secret(), settings.audit_heads_file
+    )
     took = time.perf_counter() - started
     if report.problems:
         for problem in report.problems:

@@ -137,6 +137,7 @@ def run_demo(console: Console, *, duration: float, rate: float) -> int:
         # This run's own signing keys: every agency and gateway gets a key pair here.
         "SIMPUL_KEYS_DIR": str(workdir / "keys"),
         "SIMPUL_PUBLIC_KEYS_FILE": str(workdir / "keys" / "demo.keys.yaml"),
+        "SIMPUL_AUDIT_HEADS_FILE": str(workdir / "audit-heads.jsonl"),
     }
     settings = Settings(
         kafka_bootstrap=env["SIMPUL_KAFKA_BOOTSTRAP"],
@@ -149,6 +150,7 @@ def run_demo(console: Console, *, duration: float, rate: float) -> int:
         http_token=HTTP_TOKEN,
         keys_dir=workdir / "keys",
         public_keys_file=workdir / "keys" / "demo.keys.yaml",
+        audit_heads_file=workdir / "audit-heads.jsonl",
     )
     topology = load_topology(settings.topology_file)
     ensure_keys(settings.public_keys_path, settings.keys_dir, installation_owners(topology))
@@ -239,7 +241,7 @@ def _deliveries_summary(console: Console, settings: Settings, topology: Topology
     for agency, subscription, purpose, count in rows:
         table.add_row(agency, subscription, textwrap.shorten(purpose, 60), str(count))
     console.print(table)
-    report = verify(engine)
+    report = verify(engine, settings.audit_secret(), settings.audit_heads_file)
     console.print(
         f"{'✗' if report.problems else '✓'} delivery audit log: {report.rows} rows, hash chains "
         f"{'BROKEN' if report.problems else 'intact'} (simpul audit verify)"

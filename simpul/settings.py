@@ -185,6 +185,14 @@ class Settings(BaseSettings):
         description="Secret key of the HMAC that hashes NIK/NIP in the delivery audit log; "
         "empty: generated once into data_dir/audit-key (mode 0600)",
     )
+    audit_heads_file: Path = Field(
+        default=PROJECT_ROOT / "var" / "audit-heads.jsonl",
+        description="Where audit writers export their MAC'd chain heads, outside the database "
+        "(keep it on other storage; `simpul audit verify` reads it)",
+    )
+    audit_export_s: float = Field(
+        default=10.0, gt=0, description="How often an audit writer exports its chain head"
+    )
     deliver_max_attempts: int = Field(
         default=8, ge=1, le=100, description="Webhook attempts before the dead letter"
     )

@@ -527,7 +527,13 @@ async def serve(settings: Settings, topology: Topology) -> None:
         settings,
         topology,
         SchemaResolver(SchemaStore(engine)),
-        AuditLog(engine, settings.audit_secret(), f"{settings.worker_id}.deliver"),
+        AuditLog(
+            engine,
+            settings.audit_secret(),
+            f"{settings.worker_id}.deliver",
+            settings.audit_heads_file,
+            settings.audit_export_s,
+        ),
         secrets,
     )
 

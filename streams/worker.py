@@ -150,7 +150,13 @@ def fanout_service(settings: Settings, topology: Topology, engine: Any) -> type[
     plan = SubscriptionPlan.build(topology, settings.schemas_dir)
     store = SchemaStore(engine)  # derived schemas are registered in the store directly
     resolver = make_resolver(settings)
-    audit = AuditLog(engine, settings.audit_secret(), f"{settings.worker_id}.fanout")
+    audit = AuditLog(
+        engine,
+        settings.audit_secret(),
+        f"{settings.worker_id}.fanout",
+        settings.audit_heads_file,
+        settings.audit_export_s,
+    )
 
     class Fanout(FanoutService):
         def __init__(self, **kwargs: Any) -> None:
