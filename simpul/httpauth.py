@@ -8,6 +8,7 @@ ASGI ones (connect REST; `serving.run` bounds every ASGI app's request bodies).
 
 from __future__ import annotations
 
+import base64
 import hmac
 import json
 from collections.abc import Awaitable, Callable
@@ -33,9 +34,22 @@ def auth_headers(settings: Settings) -> dict[str, str]:
 
 
 def bearer_ok(authorization: str | None, token: str) -> bool:
-    if not authorization or not authorization.startswith("Bearer "):
+    """``Bearer <token>``, or HTTP Basic with the token as password (so that a person's
+    browser can open /status.html: it prompts on the 401's ``WWW-Authenticate``)."""
+    if not authorization or not token:
         return False
-    return hmac.compare_digest(authorization[7:].strip().encode(), token.encode())
+    scheme, _, value = authorization.strip().partition(" ")
+    if scheme.lower() == "basic":
+        try:
+            value = base64.b64decode(value, validate=True).decode().partition(":")[2]
+        except (ValueError, UnicodeDecodeError):
+            return False
+    elif scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(value.strip().encode(), token.encode())
+
+
+CHALLENGE = 'Basic realm="simpul", charset="UTF-8"'
 
 
 def open_paths(settings: Settings) -> frozenset[str]:
@@ -60,7 +74,9 @@ def aiohttp_guard(settings: Settings) -> Any:
         if request.path not in exempt and not bearer_ok(
             request.headers.get("Authorization"), token
         ):
-            return web.json_response(UNAUTHORIZED, status=401)
+            return web.json_response(
+                UNAUTHORIZED, status=401, headers={"WWW-Authenticate": CHALLENGE}
+            )
         return await handler(request)
 
     return guard
@@ -97,7 +113,7 @@ class TokenAuth:
             headers = dict(scope.get("headers") or ())
             given = headers.get(b"authorization", b"").decode("latin-1")
             if not bearer_ok(given, self.token):
-                await _json(send, 401, UNAUTHORIZED)
+                await _json(send, 401, UNAUTHORIZED, [(b"www-authenticate", CHALLENGE.encode())])
                 return
         await self.app(scope, receive, send)
 
@@ -148,7 +164,9 @@ class _TooLarge(Exception):
     pass
 
 
-async def _json(send: Any, status: int, body: dict[str, Any]) -> None:
+async def _json(
+    send: Any, status: int, body: dict[str, Any], extra: list[tuple[bytes, bytes]] | None = None
+) -> None:
     data = json.dumps(body).encode()
     await send(
         {
@@ -157,6 +175,7 @@ async def _json(send: Any, status: int, body: dict[str, Any]) -> None:
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", b"%d" % len(data)),
+                *(extra or []),
             ],
         }
     )

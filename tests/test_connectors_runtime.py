@@ -175,8 +175,8 @@ def test_rest_api_and_cli_list_pause_resume_restart(
     assert httpx.put(f"{connect.url}/connectors/simpeg-pegawai/pause").status_code == 401
     assert httpx.get(f"{connect.url}/connectors/simpeg-pegawai").status_code == 401
     assert connect.status("simpeg-pegawai")["tasks"][0]["state"] == "RUNNING"
-    url = str(config["config"].get("connection.url", config["config"]))
-    assert "@" not in url or "********" in url  # a password in the URL is redacted
+    shown = json.dumps(config["config"])
+    assert "********" in shown or "password" not in shown.lower()  # secrets come back redacted
 
     listed = connect.cli("list")
     assert listed.returncode == 0 and "simpeg-pegawai" in listed.stdout, listed.stderr
