@@ -361,6 +361,9 @@ app.command()(export)
 
 
 def main() -> None:
+    from simpul.identifiers import mask_log_records
+
+    mask_log_records()  # no raw NIK/NIP in any process's log
     try:
         app()
     except KeyboardInterrupt:

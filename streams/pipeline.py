@@ -15,6 +15,7 @@ from simpul.catalog import EventCatalog
 from simpul.codec import unframe
 from simpul.envelope import Envelope, Headers, header
 from simpul.errors import InvalidMessage
+from simpul.identifiers import mask_identifiers
 from simpul.signing import Attestation, KeyRing
 from simpul.topology import EventType
 from sinks.central_store import StoredEvent
@@ -231,10 +232,11 @@ def drop_duplicates(
 def dead_letter_headers(
     record: RawRecord, stage: str, code: str, reason: str, now: dt.datetime
 ) -> Headers:
-    """The original headers plus where and why the message was rejected."""
+    """The original headers plus where and why the message was rejected (a NIK or NIP in
+    the reason masked)."""
     return [
         *record.headers,
-        ("simpul_dlq_reason", reason.encode()),
+        ("simpul_dlq_reason", mask_identifiers(reason).encode()),
         ("simpul_dlq_stage", stage.encode()),
         ("simpul_dlq_code", code.encode()),
         ("simpul_dlq_topic", record.topic.encode()),
