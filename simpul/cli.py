@@ -85,19 +85,44 @@ def _event_type(topology: Topology, name: str):  # type: ignore[no-untyped-def]
         raise typer.Exit(2) from None
 
 
+EMBEDDED_LOSES = (
+    "memory only: stopping or restarting it loses every topic, every event not yet stored "
+    "(also those the ingress answered 202 for), the dead letters, the join state and the "
+    "consumer offsets. For a durable broker: simpul broker --engine kafka"
+)
+
+
 @app.command()
 def broker(
+    engine: Annotated[
+        str,
+        typer.Option(help="embedded (Tansu, memory only) or kafka (Apache Kafka, on disk)"),
+    ] = "embedded",
     port: Annotated[
         int | None, typer.Option(help="Port to listen on [default: SIMPUL_BROKER_PORT]")
     ] = None,
+    nodes: Annotated[int, typer.Option(min=1, max=5, help="Kafka nodes (kafka only)")] = 1,
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Kafka log directories [default: SIMPUL_KAFKA_DATA_DIR]")
+    ] = None,
 ) -> None:
-    """Run the embedded Kafka-protocol broker (Tansu, in memory) in the foreground."""
+    """Run a broker in the foreground until Ctrl-C or SIGTERM (then it stops cleanly, exit 0)."""
     import signal
     import subprocess
 
     from simpul.broker import BrokerError, broker_command, port_is_free
 
-    port = port or _settings().broker_port
+    settings = _settings()
+    port = port or settings.broker_port
+    if engine not in ("embedded", "kafka"):
+        err.print(f"[red]--engine: {engine!r} is not one of: embedded, kafka[/red]")
+        raise typer.Exit(2)
+    if engine == "kafka":
+        _run_kafka(settings, port, nodes, data_dir or settings.kafka_data_dir)
+        return
+    if nodes != 1:
+        err.print("[red]--nodes: the embedded broker runs one node; use --engine kafka[/red]")
+        raise typer.Exit(2)
     if not port_is_free(port):
         err.print(
             f"[red]port {port} is already in use[/red]: another broker may be running. "
@@ -109,14 +134,51 @@ def broker(
     except BrokerError as error:
         err.print(f"[red]{error}[/red]")
         raise typer.Exit(1) from None
-    console.print(f"embedded broker on [bold]127.0.0.1:{port}[/bold] (memory only; Ctrl-C stops)")
+    console.print(f"embedded broker on [bold]127.0.0.1:{port}[/bold] (Ctrl-C stops)")
+    console.print(f"[yellow]{EMBEDDED_LOSES}[/yellow]")
     process = subprocess.Popen(command)
     signal.signal(signal.SIGTERM, lambda *_: process.terminate())
     try:
-        raise typer.Exit(process.wait())
+        process.wait()
     except KeyboardInterrupt:
         process.terminate()
-        raise typer.Exit(process.wait()) from None
+        process.wait()
+    raise typer.Exit(0 if process.returncode in (0, -signal.SIGTERM) else process.returncode)
+
+
+def _run_kafka(settings: Settings, port: int, nodes: int, data_dir: Path) -> None:
+    import signal
+    import threading
+
+    from simpul.broker import BrokerError
+    from simpul.kafka import KAFKA_VERSION, KafkaCluster
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    cluster = KafkaCluster(data_dir, nodes, port=port, cache_dir=settings.kafka_cache_dir)
+    try:
+        console.print(f"Apache Kafka {KAFKA_VERSION}: resolving jars and starting {nodes} node(s)…")
+        cluster.start()
+    except BrokerError as error:
+        cluster.kill()
+        err.print(f"[red]{error}[/red]")
+        raise typer.Exit(1) from None
+    console.print(
+        f"Apache Kafka {KAFKA_VERSION} (KRaft, {nodes} node(s)) on [bold]{cluster.bootstrap}[/bold]"
+        f", data in {data_dir} (kept across restarts). Ctrl-C or SIGTERM stops it."
+    )
+    console.print(
+        f"Point Simpul at it: SIMPUL_BROKER_ENGINE=kafka SIMPUL_KAFKA_BOOTSTRAP={cluster.bootstrap}"
+    )
+    while not stop.wait(0.5):
+        for node in cluster.members:
+            if not node.running:
+                err.print(f"[red]Kafka node {node.node_id} exited[/red]:\n{cluster.log_tail(node)}")
+                cluster.stop()
+                raise typer.Exit(1)
+    cluster.stop()
+    console.print("Apache Kafka stopped")
 
 
 @topics_app.command("apply")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -20,6 +22,20 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = Field(
         default=f"127.0.0.1:{DEFAULT_BROKER_PORT}",
         description="Kafka bootstrap servers host:port[,host:port]; default: the embedded broker",
+    )
+    broker_engine: Literal["embedded", "kafka"] = Field(
+        default="embedded",
+        description="Which broker SIMPUL_KAFKA_BOOTSTRAP points at: `embedded` (Tansu, memory "
+        "only) or `kafka` (Apache Kafka); chooses the client tuning below",
+    )
+    kafka_data_dir: Path = Field(
+        default=PROJECT_ROOT / "var" / "kafka",
+        description="Log directories of `simpul broker --engine kafka` (kept across restarts)",
+    )
+    kafka_cache_dir: Path | None = Field(
+        default=None,
+        description="Where Apache Kafka's jars are cached after Maven resolves them; empty: "
+        "~/.cache/simpul/kafka",
     )
     broker_port: int = Field(
         default=DEFAULT_BROKER_PORT, ge=1, le=65535, description="Port of `simpul broker`"
@@ -74,12 +90,22 @@ class Settings(BaseSettings):
     dedup_window: int = Field(
         default=200_000, ge=0, description="ce_ids remembered per partition to drop duplicates"
     )
-    session_timeout_s: float = Field(
-        default=6.0,
+    session_timeout_s: float | None = Field(
+        default=None,
         gt=0,
-        description="Consumer session timeout; short joins on the embedded broker",
+        description="Consumer session timeout; empty: per engine (embedded 6 s, kafka 10 s)",
     )
-    rebalance_timeout_s: float = Field(default=6.0, gt=0, description="Consumer rebalance timeout")
+    rebalance_timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Consumer rebalance timeout; empty: per engine (embedded 6 s, kafka 30 s)",
+    )
+    fetch_max_wait_ms: int | None = Field(
+        default=None,
+        ge=1,
+        description="Longest wait of a consumer fetch for data; empty: per engine (embedded "
+        "100 ms, because Tansu answers a fetch only when it expires; kafka 500 ms)",
+    )
     store_retry_max_s: float = Field(
         default=30.0, gt=0, description="Longest back-off between central store retries"
     )
@@ -238,6 +264,48 @@ class Settings(BaseSettings):
         if self.public_keys_file is not None:
             return self.public_keys_file
         return self.topology_file.with_name(self.topology_file.stem + ".keys.yaml")
+
+    def client_tuning(self) -> ClientTuning:
+        """Consumer timings for the engine, each overridable by its own setting."""
+        base = ENGINE_TUNING[self.broker_engine]
+        session = self.session_timeout_s or base.session_timeout_s
+        return ClientTuning(
+            session_timeout_s=session,
+            rebalance_timeout_s=self.rebalance_timeout_s or base.rebalance_timeout_s,
+            fetch_max_wait_ms=self.fetch_max_wait_ms or base.fetch_max_wait_ms,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ClientTuning:
+    """How Simpul's consumers talk to one engine (Kafka clients' names, in milliseconds)."""
+
+    session_timeout_s: float
+    rebalance_timeout_s: float
+    fetch_max_wait_ms: int
+
+    @property
+    def heartbeat_interval_s(self) -> float:
+        return min(1.0, self.session_timeout_s / 3)  # members learn of a rebalance fast
+
+    def consumer_options(self) -> dict[str, int]:
+        """Keyword arguments for aiokafka's AIOKafkaConsumer."""
+        return {
+            "session_timeout_ms": int(self.session_timeout_s * 1000),
+            "rebalance_timeout_ms": int(self.rebalance_timeout_s * 1000),
+            "heartbeat_interval_ms": int(self.heartbeat_interval_s * 1000),
+            "fetch_max_wait_ms": self.fetch_max_wait_ms,
+        }
+
+
+# Tansu: a new group's first message comes after about half the session timeout, so keep it
+# short; its fetch is not answered early when records arrive, so wait briefly.
+# Apache Kafka: the broker refuses sessions under 6 s (group.min.session.timeout.ms) and
+# answers a fetch as soon as data arrives, so the fetch wait costs no latency.
+ENGINE_TUNING = {
+    "embedded": ClientTuning(session_timeout_s=6.0, rebalance_timeout_s=6.0, fetch_max_wait_ms=100),
+    "kafka": ClientTuning(session_timeout_s=10.0, rebalance_timeout_s=30.0, fetch_max_wait_ms=500),
+}
 
 
 @lru_cache(maxsize=1)

@@ -250,10 +250,7 @@ class WebhookDeliverer:
             client_id=client_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            fetch_max_wait_ms=100,
-            session_timeout_ms=int(self.settings.session_timeout_s * 1000),
-            rebalance_timeout_ms=int(self.settings.rebalance_timeout_s * 1000),
-            heartbeat_interval_ms=int(min(1.0, self.settings.session_timeout_s / 3) * 1000),
+            **self.settings.client_tuning().consumer_options(),
         )
         self.client = httpx.AsyncClient(
             timeout=self.settings.deliver_timeout_s,

@@ -25,8 +25,6 @@ from simpul.settings import Settings
 
 log = logging.getLogger("simpul.batching")
 
-#: aiokafka waits this long for data in a fetch; see streams/transport.py for why it is short.
-FETCH_MAX_WAIT_MS = 100
 
 Batch = dict[TopicPartition, list[Any]]
 
@@ -114,18 +112,14 @@ class BatchService(Service):
         await self.producer.start()
 
     async def start_consumer(self) -> None:
-        session_timeout_s = self.settings.session_timeout_s
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.kafka_bootstrap.split(","),
             group_id=f"{self.settings.worker_id}.{self.role}",
             client_id=f"{self.settings.worker_id}-{self.role}",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
             max_poll_records=self.settings.batch_size,
-            session_timeout_ms=int(session_timeout_s * 1000),
-            rebalance_timeout_ms=int(self.settings.rebalance_timeout_s * 1000),
-            heartbeat_interval_ms=int(min(1.0, session_timeout_s / 3) * 1000),
+            **self.settings.client_tuning().consumer_options(),
             **self.consumer_options(),
         )
         topics = self.topics()

@@ -47,7 +47,7 @@ from simpul.settings import Settings
 from simpul.signing import signer_for
 from simpul.topology import Topology
 from sinks.dead_letter_log import DeadLetterLog, DeadLetterRow
-from streams.batching import FETCH_MAX_WAIT_MS, Batch, BatchService
+from streams.batching import Batch, BatchService
 from streams.joins import Effects, JoinEvent, JoinLogic, JoinPartition, StateChange
 from streams.pipeline import RawRecord, agency_label, dead_letter_headers
 
@@ -342,7 +342,7 @@ class JoinService(BatchService):
             bootstrap_servers=self.settings.kafka_bootstrap.split(","),
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+            fetch_max_wait_ms=self.settings.client_tuning().fetch_max_wait_ms,
             client_id=f"{self.settings.worker_id}-joins-restore",
         )
         await reader.start()

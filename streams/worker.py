@@ -45,6 +45,7 @@ def create_app(settings: Settings, topology: Topology) -> faust.App:
     transport.register()
     disable_created_metrics()
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
+    tuning = settings.client_tuning()
     app = faust.App(
         settings.worker_id,
         broker=broker_urls(settings.kafka_bootstrap),
@@ -53,9 +54,9 @@ def create_app(settings: Settings, topology: Topology) -> faust.App:
         topic_allow_declare=False,
         topic_disable_leader=True,
         consumer_auto_offset_reset="earliest",
-        broker_session_timeout=settings.session_timeout_s,
-        broker_rebalance_timeout=settings.rebalance_timeout_s,
-        broker_heartbeat_interval=min(1.0, settings.session_timeout_s / 3),
+        broker_session_timeout=tuning.session_timeout_s,
+        broker_rebalance_timeout=tuning.rebalance_timeout_s,
+        broker_heartbeat_interval=tuning.heartbeat_interval_s,
         producer_acks=-1,
         web_enabled=True,
         web_port=settings.worker_web_port,

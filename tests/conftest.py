@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -21,9 +25,11 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from simpul import dbmigrate
-from simpul.broker import EmbeddedBroker, free_port
+from simpul.broker import Broker, EmbeddedBroker, free_port
 from simpul.catalog import EventCatalog
 from simpul.db import make_engine
+from simpul.kafka import KafkaCluster
+from simpul.postgres import PostgresCluster
 from simpul.registry import SchemaResolver, SchemaStore
 from simpul.registry_client import RegistryClient
 from simpul.settings import PROJECT_ROOT, Settings
@@ -31,24 +37,34 @@ from simpul.topics import apply_topics
 from simpul.topology import Topology, load_topology
 from sinks.central_store import CentralStore
 
-PG_ADMIN_URL = os.environ.get(
-    "SIMPUL_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
 TOPOLOGY_FILE = PROJECT_ROOT / "topology" / "palu.yaml"
 SCHEMAS_DIR = PROJECT_ROOT / "schemas"
 
-_pg_skip_reason: str | None = None
+#: The one setting that chooses the broker every broker-touching test runs on.
+BROKER_ENGINE = os.environ.get("SIMPUL_TEST_BROKER", "kafka")
+if BROKER_ENGINE not in ("kafka", "embedded"):
+    raise pytest.UsageError(
+        f"SIMPUL_TEST_BROKER={BROKER_ENGINE!r}: expected 'kafka' (Apache Kafka) or 'embedded'"
+    )
+#: Consumer session timeouts the test processes use: short on Tansu (its first fetch waits
+#: about half of it), Apache Kafka's smallest allowed (group.min.session.timeout.ms) on Kafka.
+TEST_SESSION_TIMEOUT_S = {"embedded": 3, "kafka": 6}[BROKER_ENGINE]
+
+# --- PostgreSQL: SIMPUL_TEST_PG_URL, or a private cluster started for this test session ---
+
+_pg_cluster: PostgresCluster | None = None
 
 
-def _pg_reachable() -> str | None:
-    try:
-        engine = create_engine(PG_ADMIN_URL, connect_args={"connect_timeout": 3})
-        with engine.connect() as conn:
-            conn.execute(text("select 1"))
-        engine.dispose()
-    except Exception as error:
-        return f"PostgreSQL at 127.0.0.1:5432 is unreachable ({type(error).__name__}: {error})"
-    return None
+def pg_admin_url() -> str:
+    """The maintenance database URL; starts the session's private cluster on first use."""
+    global _pg_cluster
+    if os.environ.get("SIMPUL_TEST_PG_URL"):
+        return os.environ["SIMPUL_TEST_PG_URL"]
+    if _pg_cluster is None:
+        cluster = PostgresCluster().init()
+        cluster.start(fast=True)
+        _pg_cluster = cluster
+    return _pg_cluster.url
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -58,10 +74,15 @@ def pytest_configure(config: pytest.Config) -> None:
     install_test_keys(TOPOLOGY_FILE)
 
 
-def pytest_report_header(config: pytest.Config) -> str:
-    global _pg_skip_reason
-    _pg_skip_reason = _pg_reachable()
-    return f"postgresql: {'SKIPPED: ' + _pg_skip_reason if _pg_skip_reason else PG_ADMIN_URL}"
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    where = os.environ.get("SIMPUL_TEST_PG_URL") or "a private cluster started by the tests"
+    return [f"broker: {BROKER_ENGINE} (SIMPUL_TEST_BROKER)", f"postgresql: {where}"]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _pg_cluster is not None:
+        _pg_cluster.destroy()
+    _pool.close()
 
 
 @pytest.fixture(scope="session")
@@ -70,20 +91,18 @@ def topology() -> Topology:
 
 
 def create_pg_database() -> str:
-    reason = _pg_skip_reason or _pg_reachable()
-    if reason:
-        pytest.skip(reason)
+    admin_url = pg_admin_url()
     name = f"simpul_test_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     admin.dispose()
-    return PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    return admin_url.rsplit("/", 1)[0] + f"/{name}"
 
 
 def drop_pg_database(url: str) -> None:
     name = url.rsplit("/", 1)[1]
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    admin = create_engine(pg_admin_url(), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
@@ -110,11 +129,113 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         drop_pg_database(url)
 
 
+# --- brokers: Apache Kafka or the embedded broker, one fresh broker per module ---
+
+#: Test brokers only: one offsets partition is created in a blink; everything else is the
+#: launcher's (and docker-compose.yml's) broker configuration.
+KAFKA_TEST_OVERRIDES = {"offsets.topic.num.partitions": "4"}
+
+
+def new_broker(workdir: Path, nodes: int = 1) -> Broker:
+    """A started broker of the chosen engine; `nodes` > 1 needs Apache Kafka."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    if BROKER_ENGINE == "embedded":
+        if nodes != 1:
+            pytest.skip("a multi-node cluster needs Apache Kafka (SIMPUL_TEST_BROKER=kafka)")
+        return EmbeddedBroker(free_port(), workdir / "broker.log").start()
+    cluster = KafkaCluster(workdir / "kafka", nodes, overrides=KAFKA_TEST_OVERRIDES)
+    try:
+        cluster.start()
+        warm_up(cluster)
+    except BaseException:
+        cluster.kill()
+        raise
+    return cluster
+
+
+def warm_up(cluster: KafkaCluster) -> None:
+    """Create __consumer_offsets now, so the first consumer group does not wait for it."""
+    from kafka import KafkaAdminClient
+
+    deadline = time.monotonic() + 60
+    while True:
+        admin = KafkaAdminClient(bootstrap_servers=cluster.bootstrap.split(","))
+        try:
+            admin.describe_groups(["simpul-test-warm-up"])  # FindCoordinator creates it
+            return
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+        finally:
+            admin.close()
+
+
+def discard_broker(broker: Broker) -> None:
+    """Test brokers hold nothing worth a controlled shutdown."""
+    if isinstance(broker, KafkaCluster):
+        broker.kill()
+        shutil.rmtree(broker.data_dir, ignore_errors=True)
+    else:
+        broker.stop()
+
+
+class _BrokerPool:
+    """Keeps one spare single-node broker starting in the background, so that a module's
+    broker is ready when it asks (a JVM takes several seconds to start on 2 cores)."""
+
+    def __init__(self) -> None:
+        self._spare: concurrent.futures.Future[Broker] | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._root = Path(tempfile.mkdtemp(prefix="simpul-brokers-"))
+
+    def _start_spare(self) -> None:
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(1, "broker-pool")
+        self._spare = self._executor.submit(new_broker, self._root / uuid.uuid4().hex[:8])
+
+    def take(self) -> Broker:
+        if self._spare is None:
+            self._start_spare()
+        assert self._spare is not None
+        broker = self._spare.result()
+        if BROKER_ENGINE == "kafka":
+            self._start_spare()
+        else:
+            self._spare = None  # Tansu starts in milliseconds
+        return broker
+
+    def close(self) -> None:
+        if self._spare is not None:
+            with contextlib.suppress(Exception):
+                discard_broker(self._spare.result(timeout=180))
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+        shutil.rmtree(self._root, ignore_errors=True)
+
+
+_pool = _BrokerPool()
+
+
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
-    log = tmp_path_factory.mktemp("broker") / "broker.log"
-    with EmbeddedBroker(free_port(), log) as running:
-        yield running
+def broker() -> Iterator[Broker]:
+    running = _pool.take()
+    yield running
+    discard_broker(running)
+
+
+@pytest.fixture
+def broker_factory(tmp_path: Path) -> Iterator[Callable[..., Broker]]:
+    """Brokers a test owns (to kill or restart), discarded at its end."""
+    made: list[Broker] = []
+
+    def make(nodes: int = 1) -> Broker:
+        made.append(new_broker(tmp_path / f"broker-{len(made)}", nodes))
+        return made[-1]
+
+    yield make
+    for running in made:
+        discard_broker(running)
 
 
 @dataclass
@@ -239,7 +360,7 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str, every: float
 
 
 def make_stack(
-    broker: EmbeddedBroker, database_url: str, workdir: Path, topology_file: Path = TOPOLOGY_FILE
+    broker: Broker, database_url: str, workdir: Path, topology_file: Path = TOPOLOGY_FILE
 ) -> Stack:
     web_port = free_port()
     registry_port = free_port()
@@ -252,13 +373,15 @@ def make_stack(
         "SIMPUL_WORKER_ID": f"simpul-test-{uuid.uuid4().hex[:6]}",
         "SIMPUL_TOPOLOGY_FILE": str(topology_file),
         "SIMPUL_BATCH_SECONDS": "0.05",
-        "SIMPUL_SESSION_TIMEOUT_S": "3",
-        "SIMPUL_REBALANCE_TIMEOUT_S": "3",
+        "SIMPUL_BROKER_ENGINE": broker.engine,
+        "SIMPUL_SESSION_TIMEOUT_S": str(TEST_SESSION_TIMEOUT_S),
+        "SIMPUL_REBALANCE_TIMEOUT_S": str(TEST_SESSION_TIMEOUT_S),
         "SIMPUL_REGISTRY_PORT": str(registry_port),
         "SIMPUL_REGISTRY_URL": f"http://127.0.0.1:{registry_port}",
         "SIMPUL_REGISTRY_ADMIN_TOKEN": token,
     }
     settings = Settings(
+        broker_engine=broker.engine,  # type: ignore[arg-type]
         kafka_bootstrap=broker.bootstrap,
         database_url=database_url,
         worker_web_port=web_port,
@@ -282,7 +405,7 @@ def make_stack(
 
 @pytest.fixture(scope="module")
 def pg_stack(
-    broker: EmbeddedBroker, pg_url: str, tmp_path_factory: pytest.TempPathFactory
+    broker: Broker, pg_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
     """The real path: embedded broker, PostgreSQL central store, one worker process."""
     stack = make_stack(broker, pg_url, tmp_path_factory.mktemp("stack"))

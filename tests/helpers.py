@@ -3,14 +3,10 @@ and a throw-away PostgreSQL cluster that a test may stop and start."""
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import functools
 import os
-import pwd
 import random
-import shutil
-import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -20,7 +16,6 @@ from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
-from simpul.broker import free_port, wait_for_port
 from simpul.catalog import EventCatalog
 from simpul.codec import frame
 from simpul.envelope import Envelope, Headers
@@ -250,56 +245,3 @@ def dead_letter_origins(bootstrap: str, topology: Topology) -> dict[tuple[str, s
             )
             origins[origin] = headers
     return origins
-
-
-class PostgresCluster:
-    """A private PostgreSQL cluster (initdb + pg_ctl) on a free port, in a temp directory."""
-
-    def __init__(self) -> None:
-        candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
-        if not candidates:
-            raise FileNotFoundError("no PostgreSQL server binaries under /usr/lib/postgresql")
-        self.bin = candidates[-1].parent
-        self.port = free_port()
-        self.dir = Path(tempfile.mkdtemp(prefix="simpul-pg-"))
-        self.data = self.dir / "data"
-        self._as_postgres = os.geteuid() == 0
-        if self._as_postgres:  # PostgreSQL refuses to run as root
-            user = pwd.getpwnam("postgres")
-            os.chown(self.dir, user.pw_uid, user.pw_gid)
-
-    def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        command = [str(self.bin / args[0]), *args[1:]]
-        if self._as_postgres:
-            command = ["runuser", "-u", "postgres", "--", *command]
-        return subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
-
-    @property
-    def url(self) -> str:
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
-
-    def init(self) -> PostgresCluster:
-        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
-        return self
-
-    def start(self) -> None:
-        self._run(
-            "pg_ctl",
-            "-D",
-            str(self.data),
-            "-l",
-            str(self.dir / "server.log"),
-            "-w",
-            "-o",
-            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1",
-            "start",
-        )
-        wait_for_port(self.port, 30)
-
-    def stop(self) -> None:
-        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
-
-    def destroy(self) -> None:
-        with contextlib.suppress(subprocess.CalledProcessError):
-            self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from connectors.base import record_ce_id
-from simpul.broker import EmbeddedBroker
+from simpul.broker import Broker
 from simpul.envelope import header
 from tests.conftest import Stack, make_stack, wait_until
 from tests.connector_cases import LETTER_COLUMNS, LetterFiles, start_runtime
@@ -25,7 +25,7 @@ TOPIC = "simpul.in.kelurahan.document.issued"
 
 
 @pytest.fixture(scope="module")
-def stack(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> Stack:
+def stack(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Stack:
     workdir = tmp_path_factory.mktemp("filedrop")
     return make_stack(broker, f"sqlite:///{workdir / 'store.db'}", workdir)
 

@@ -18,7 +18,7 @@ import uvicorn
 
 from connectors.http_ingress import create_app
 from connectors.state import ApiKeyStore
-from simpul.broker import EmbeddedBroker, free_port
+from simpul.broker import Broker, free_port
 from simpul.db import make_engine
 from simpul.envelope import header
 from simpul.publisher import PublisherPool
@@ -56,7 +56,7 @@ class Ingress:
 
 
 @pytest.fixture(scope="module")
-def ingress(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ingress]:
+def ingress(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ingress]:
     workdir = tmp_path_factory.mktemp("ingress")
     stack = make_stack(broker, f"sqlite:///{workdir / 'store.db'}", workdir)
     settings = stack.settings.model_copy(

@@ -7,16 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from simpul.broker import EmbeddedBroker
+from simpul.broker import Broker
 from tests.conftest import make_stack, wait_until
 from tests.connector_cases import PEGAWAI_MAPPING, PegawaiSource, start_runtime
 
 pytestmark = pytest.mark.integration
 
 
-def test_a_source_that_is_not_ready_is_retried_until_it_is(
-    broker: EmbeddedBroker, tmp_path: Path
-) -> None:
+def test_a_source_that_is_not_ready_is_retried_until_it_is(broker: Broker, tmp_path: Path) -> None:
     stack = make_stack(broker, f"sqlite:///{tmp_path / 'store.db'}", tmp_path)
     agency_url = f"sqlite:///{tmp_path / 'simpeg.db'}"
     runtime = start_runtime(

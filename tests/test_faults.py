@@ -11,13 +11,13 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 
-from simpul.broker import EmbeddedBroker, free_port
+from simpul.broker import Broker
 from simpul.codec import frame
 from simpul.db import make_engine
 from simpul.envelope import Envelope
@@ -35,9 +35,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture
-def own_broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
-    with EmbeddedBroker(free_port(), tmp_path / "broker.log") as broker:
-        yield broker
+def own_broker(broker_factory: Callable[..., Broker]) -> Broker:
+    return broker_factory()
 
 
 @pytest.fixture
@@ -80,7 +79,7 @@ def assert_store_matches(stack: Stack, expect) -> None:  # type: ignore[no-untyp
 
 
 def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
-    own_broker: EmbeddedBroker, pg_database: str, tmp_path: Path
+    own_broker: Broker, pg_database: str, tmp_path: Path
 ) -> None:
     stack = make_stack(own_broker, pg_database, tmp_path)
     plan, expect = plan_traffic(stack.topology, 20_000, duplicates=0.10, invalid=0.01, seed=4)
@@ -132,9 +131,7 @@ def _stored(stack: Stack) -> int:
         engine.dispose()
 
 
-def test_database_outage_is_waited_out_without_loss(
-    own_broker: EmbeddedBroker, tmp_path: Path
-) -> None:
+def test_database_outage_is_waited_out_without_loss(own_broker: Broker, tmp_path: Path) -> None:
     cluster = PostgresCluster().init()
     cluster.start()
     try:
@@ -188,7 +185,7 @@ def _rss_mb(pid: int) -> float:
 
 
 def test_poison_is_dead_lettered_and_the_worker_never_stops(
-    own_broker: EmbeddedBroker, pg_database: str, tmp_path: Path
+    own_broker: Broker, pg_database: str, tmp_path: Path
 ) -> None:
     stack = make_stack(own_broker, pg_database, tmp_path)
     plan, expect = plan_traffic(stack.topology, 2000, duplicates=0.0, invalid=0.0, seed=3)
@@ -257,7 +254,7 @@ def _permit() -> dict[str, object]:
 
 
 def test_newest_event_wins_per_key_whatever_the_order_and_replays(
-    own_broker: EmbeddedBroker, pg_database: str, tmp_path: Path
+    own_broker: Broker, pg_database: str, tmp_path: Path
 ) -> None:
     stack = make_stack(own_broker, pg_database, tmp_path)
     plan, expect = plan_traffic(stack.topology, 3000, duplicates=0.0, invalid=0.0, seed=8)
@@ -278,7 +275,7 @@ def test_newest_event_wins_per_key_whatever_the_order_and_replays(
 
 
 def test_sigterm_finishes_the_batch_and_restart_reprocesses_nothing(
-    own_broker: EmbeddedBroker, pg_database: str, tmp_path: Path
+    own_broker: Broker, pg_database: str, tmp_path: Path
 ) -> None:
     stack = make_stack(own_broker, pg_database, tmp_path)
     stack.env["SIMPUL_BATCH_SIZE"] = "200"  # many small batches: SIGTERM lands mid-stream

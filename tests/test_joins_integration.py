@@ -18,7 +18,7 @@ import pytest
 import yaml
 from sqlalchemy import text
 
-from simpul.broker import EmbeddedBroker, free_port
+from simpul.broker import Broker, free_port
 from simpul.publisher import PublisherPool
 from simpul.simulate import make_nik, make_nip
 from streams.joins import derived_id
@@ -77,9 +77,7 @@ class JoinsProcess:
 
 
 @pytest.fixture(scope="module")
-def stack(
-    broker: EmbeddedBroker, pg_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stack]:
+def stack(broker: Broker, pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp("joins")
     raw = yaml.safe_load(TOPOLOGY_FILE.read_text())
     for join in raw["joins"]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from simpul.broker import EmbeddedBroker
+from simpul.broker import Broker
 from simpul.codec import AvroSchema
 from simpul.db import make_engine
 from simpul.envelope import Envelope
@@ -28,9 +28,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def stack(
-    broker: EmbeddedBroker, pg_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Stack]:
+def stack(broker: Broker, pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     stack = make_stack(broker, pg_url, tmp_path_factory.mktemp("outage"))
     stack.env["SIMPUL_STORE_RETRY_MAX_S"] = "2"  # retry the blocked batch often
     stack.start_worker()

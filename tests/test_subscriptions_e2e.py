@@ -27,7 +27,7 @@ import yaml
 from kafka import KafkaConsumer, TopicPartition
 from sqlalchemy import select, text
 
-from simpul.broker import EmbeddedBroker, free_port
+from simpul.broker import Broker, free_port
 from simpul.codec import unframe
 from simpul.db import make_engine
 from simpul.publisher import Publisher
@@ -142,7 +142,7 @@ def endpoints() -> Iterator[Endpoints]:
 
 @pytest.fixture(scope="module")
 def stack(
-    broker: EmbeddedBroker,
+    broker: Broker,
     pg_url: str,
     endpoints: Endpoints,
     tmp_path_factory: pytest.TempPathFactory,
