@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -28,15 +29,35 @@ def _compose_client() -> list[str] | None:
     return None
 
 
-def test_compose_config_validates() -> None:
+def test_compose_config_validates(tmp_path: Path) -> None:
+    """Valid with the generated env file; refused, naming the command, without it."""
+    from simpul.cli_secrets import COMPOSE_SECRETS, init_env_file
+
     client = _compose_client()
     if client is None:
         pytest.skip(
             "no Compose client (docker compose or docker-compose) on this machine; "
             "`apt-get install docker-compose` to run this check"
         )
+    clean = {k: v for k, v in os.environ.items() if k not in COMPOSE_SECRETS}
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
+    refused = subprocess.run(
+        [*client, "--env-file", str(empty), "-f", str(COMPOSE), "config", "-q"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=clean,
+    )
+    assert refused.returncode != 0 and "run simpul secrets init" in refused.stderr
+    env_file = tmp_path / ".env"
+    init_env_file(env_file, [*COMPOSE_SECRETS, "SIMPUL_WEBHOOK_SECRET_DINSOS"])
     result = subprocess.run(
-        [*client, "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True, cwd=ROOT
+        [*client, "--env-file", str(env_file), "-f", str(COMPOSE), "config", "-q"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=clean,
     )
     assert result.returncode == 0, result.stderr
 
