@@ -35,6 +35,9 @@ from simpul.settings import Settings  # noqa: E402
 from simpul.simulate import PaluData  # noqa: E402
 from simpul.topics import apply_topics  # noqa: E402
 from simpul.topology import load_topology  # noqa: E402
+from tests.helpers import install_test_keys, sign  # noqa: E402
+
+install_test_keys(ROOT / "topology" / "palu.yaml")  # signing keys; the workers inherit them
 
 N = int(os.environ.get("BENCH_EVENTS", "100000"))
 TYPE = "social.recipient.updated"
@@ -70,14 +73,11 @@ def preload(bootstrap: str, schema_db: str) -> float:
         when = base + dt.timedelta(milliseconds=i)
         payload = data.payload(TYPE, when)
         envelope = Envelope(type=TYPE, source="/agency/dinsos", time=when)
+        key, value = payload["nik"].encode(), schema.encode(payload)
+        headers = sign("dinsos", envelope.to_headers(), key, value)  # the worker verifies
         while True:
             try:
-                producer.produce(
-                    TOPIC,
-                    key=payload["nik"].encode(),
-                    value=schema.encode(payload),
-                    headers=envelope.to_headers(),
-                )
+                producer.produce(TOPIC, key=key, value=value, headers=headers)
                 break
             except BufferError:
                 producer.poll(0.05)

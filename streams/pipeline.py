@@ -16,7 +16,7 @@ from simpul.codec import unframe
 from simpul.envelope import Envelope, Headers, header
 from simpul.errors import InvalidMessage
 from simpul.identifiers import mask_identifiers
-from simpul.signing import Attestation, KeyRing
+from simpul.signing import Attestation, KeyRing, verify_many
 from simpul.topology import EventType
 from sinks.central_store import StoredEvent
 
@@ -86,12 +86,6 @@ def agency_label(headers: Headers) -> str:
     source = header(headers, "ce_source") or ""
     code = source.removeprefix("/agency/")
     return code if source.startswith("/agency/") and 0 < len(code) <= 40 else "unknown"
-
-
-def authenticate(record: RawRecord, keyring: KeyRing) -> Attestation:
-    """The first check: who signed this event, and may they speak for its ``ce_source``?
-    Raises `InvalidMessage` (stage ``authenticate``, or ``headers`` for a repeated one)."""
-    return keyring.verify(record.headers, record.key, record.value)
 
 
 def validate_record(record: RawRecord, event_type: EventType, catalog: EventCatalog) -> Accepted:
@@ -198,9 +192,12 @@ def validate_batch(
     valid: list[Accepted] = []
     rejected: list[Rejected] = []
     keyring.refresh()
-    for record in records:
+    checked = verify_many(keyring, [(r.headers, r.key, r.value) for r in records])
+    for record, attestation in zip(records, checked, strict=True):
+        if isinstance(attestation, InvalidMessage):  # authentication comes first
+            rejected.append(Rejected(record, attestation))
+            continue
         try:
-            attestation = authenticate(record, keyring)
             accepted = validate_record(record, event_type, catalog)
         except InvalidMessage as error:
             rejected.append(Rejected(record, error))
