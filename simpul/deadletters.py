@@ -89,15 +89,26 @@ class DeadLetterReader:
         self.positions: dict[TopicPartition, int] = {}
 
     def __iter__(self) -> Iterator[DeadLetter]:
-        for message in self.consumer:
-            self.positions[TopicPartition(self.topic, message.partition)] = message.offset + 1
-            yield DeadLetter(
-                message.partition,
-                message.offset,
-                message.key,
-                message.value,
-                list(message.headers or []),
-            )
+        # Idle alone can end too early on a busy machine (the first fetch after a seek is
+        # slow); so go on while a partition is short of the end offset the broker reported
+        # (which reads low on the embedded broker, so there the idle rule decides), for at
+        # most 30 s.
+        tps = list(self.consumer.assignment())
+        ends = self.consumer.end_offsets(tps) if tps else {}
+        deadline = time.monotonic() + 30
+        while True:
+            for message in self.consumer:
+                self.positions[TopicPartition(self.topic, message.partition)] = message.offset + 1
+                yield DeadLetter(
+                    message.partition,
+                    message.offset,
+                    message.key,
+                    message.value,
+                    list(message.headers or []),
+                )
+            behind = [tp for tp in tps if self.consumer.position(tp) < ends.get(tp, 0)]
+            if not behind or time.monotonic() > deadline:
+                return
 
     def commit(self) -> None:
         if self.positions:

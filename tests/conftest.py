@@ -379,6 +379,7 @@ def make_stack(
         "SIMPUL_REGISTRY_PORT": str(registry_port),
         "SIMPUL_REGISTRY_URL": f"http://127.0.0.1:{registry_port}",
         "SIMPUL_REGISTRY_ADMIN_TOKEN": token,
+        "SIMPUL_AUDIT_HEADS_FILE": str(workdir / "audit-heads.jsonl"),  # this stack's own
     }
     settings = Settings(
         broker_engine=broker.engine,  # type: ignore[arg-type]
