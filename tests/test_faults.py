@@ -21,11 +21,11 @@ from simpul.broker import Broker
 from simpul.codec import frame
 from simpul.db import make_engine
 from simpul.envelope import Envelope
+from simpul.postgres import PostgresCluster
 from simpul.publisher import Publisher
 from tests.conftest import Stack, create_pg_database, drop_pg_database, make_stack, wait_until
 from tests.helpers import (
     STATE_KEYS,
-    PostgresCluster,
     dead_letter_origins,
     plan_traffic,
     publish_plan,
