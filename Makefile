@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test test-smoke bench lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,9 +15,18 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/simpul demo
 
+# SIMPUL_TEST_BROKER chooses the engine: kafka (Apache Kafka, the default) or embedded (Tansu).
+# The tests start their own PostgreSQL unless SIMPUL_TEST_PG_URL names one.
+SIMPUL_TEST_BROKER ?= kafka
+export SIMPUL_TEST_BROKER
+
 test: $(STAMP)
 	$(BIN)/simpul schemas check
 	$(BIN)/python -m pytest
+
+# The smoke subset (publish -> stored, dedup, dead letter, a join, fan-out, webhook) on Tansu.
+test-smoke: $(STAMP)
+	SIMPUL_TEST_BROKER=embedded $(BIN)/python -m pytest -m smoke
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'

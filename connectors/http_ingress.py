@@ -151,7 +151,9 @@ def create_app(
         description=(
             "Publish events to the Simpul bus of "
             f"{topology.city} over HTTP. Authenticate with your agency's API key "
-            "(`Authorization: Bearer <key>`); 202 means the bus has the event (acks=all)."
+            "(`Authorization: Bearer <key>`); 202 means the broker acknowledged the event "
+            "(acks=all): on Apache Kafka it is on disk (replicated in a cluster); on the "
+            "embedded demo broker it is in memory only and a restart of that broker loses it."
         ),
     )
 

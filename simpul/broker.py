@@ -17,6 +17,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
+#: What the demo banner, `simpul broker` and the README say of the embedded broker.
+EMBEDDED_LOSES = (
+    "memory only: stopping or restarting it loses every topic, every event not yet stored "
+    "(also those the ingress answered 202 for), the dead letters, the join state and the "
+    "consumer offsets. For a durable broker: simpul broker --engine kafka"
+)
+
 
 class BrokerError(RuntimeError):
     """A broker could not be started."""

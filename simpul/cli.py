@@ -35,6 +35,10 @@ schemas_app = typer.Typer(help="Avro schemas of the event types.", no_args_is_he
 dlq_app = typer.Typer(help="Dead letters: list and replay.", no_args_is_help=True)
 topology_app = typer.Typer(help="The topology file.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
+acls_app = typer.Typer(
+    help="Broker users and ACLs on Apache Kafka, derived from the topology.", no_args_is_help=True
+)
+app.add_typer(acls_app, name="acls")
 app.add_typer(db_app, name="db")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(dlq_app, name="dlq")
@@ -85,13 +89,6 @@ def _event_type(topology: Topology, name: str):  # type: ignore[no-untyped-def]
         raise typer.Exit(2) from None
 
 
-EMBEDDED_LOSES = (
-    "memory only: stopping or restarting it loses every topic, every event not yet stored "
-    "(also those the ingress answered 202 for), the dead letters, the join state and the "
-    "consumer offsets. For a durable broker: simpul broker --engine kafka"
-)
-
-
 @app.command()
 def broker(
     engine: Annotated[
@@ -110,7 +107,7 @@ def broker(
     import signal
     import subprocess
 
-    from simpul.broker import BrokerError, broker_command, port_is_free
+    from simpul.broker import EMBEDDED_LOSES, BrokerError, broker_command, port_is_free
 
     settings = _settings()
     port = port or settings.broker_port
@@ -181,13 +178,55 @@ def _run_kafka(settings: Settings, port: int, nodes: int, data_dir: Path) -> Non
     console.print("Apache Kafka stopped")
 
 
+@acls_app.command("plan")
+def acls_plan() -> None:
+    """Show the users and ACLs the topology asks for (least privilege), without a broker."""
+    from simpul import acls
+
+    settings = _settings()
+    topology = _topology(settings)
+    table = Table("user", "operations", "resource", "name", "pattern")
+    grouped: dict[tuple[str, str, str, str], list[str]] = {}
+    for grant in acls.plan(topology, settings.worker_id):
+        key = (grant.principal, grant.resource, grant.name, grant.pattern)
+        grouped.setdefault(key, []).append(grant.operation)
+    for (user, resource, name, pattern), operations in grouped.items():
+        table.add_row(user, ",".join(operations), resource, name, pattern)
+    console.print(table)
+
+
+@acls_app.command("apply")
+def acls_apply() -> None:
+    """Create a SCRAM user per agency and per process, and their ACLs; safe to run again.
+
+    Runs as the broker's admin user (SIMPUL_KAFKA_USERNAME/PASSWORD, SASL PLAIN); passwords
+    are generated once into SIMPUL_KAFKA_USERS_FILE (mode 0600) and kept there."""
+    from simpul import acls
+    from simpul.kafka_clients import kafka_python_options
+
+    settings = _settings()
+    if settings.kafka_security_protocol == "PLAINTEXT":
+        err.print(
+            "[red]SIMPUL_KAFKA_SECURITY_PROTOCOL is PLAINTEXT[/red]: ACLs need a secured Apache "
+            "Kafka (SASL_PLAINTEXT or SASL_SSL) and its admin user in SIMPUL_KAFKA_USERNAME"
+        )
+        raise typer.Exit(2)
+    topology = _topology(settings)
+    passwords = acls.load_or_create_passwords(settings.kafka_users_file, topology)
+    report = acls.apply(topology, kafka_python_options(settings), passwords, settings.worker_id)
+    console.print(
+        f"{report.users} users; ACLs: {report.acls_created} created, "
+        f"{report.acls_existing} already there. Passwords: {settings.kafka_users_file}"
+    )
+
+
 @topics_app.command("apply")
 def topics_apply() -> None:
     """Create the topology's topics (in, valid, dlq per event type); safe to run again."""
     from simpul.topics import apply_topics
 
     settings = _settings()
-    changes = apply_topics(_topology(settings), settings.kafka_bootstrap)
+    changes = apply_topics(_topology(settings), settings)
     table = Table("topic", "partitions", "action")
     for change in changes:
         table.add_row(change.topic, str(change.partitions), change.action)
@@ -350,7 +389,7 @@ def dlq_list(
 
     settings = _settings()
     etype = _event_type(_topology(settings), event_type)
-    letters = list_dead_letters(settings.kafka_bootstrap, etype)
+    letters = list_dead_letters(settings, etype)
     if as_json:
         for letter in letters[:limit]:
             print(
@@ -396,9 +435,7 @@ def dlq_replay(
 
     settings = _settings()
     etype = _event_type(_topology(settings), event_type)
-    replayed, skipped = replay_dead_letters(
-        settings.kafka_bootstrap, etype, ce_id=ce_id, code=reason
-    )
+    replayed, skipped = replay_dead_letters(settings, etype, ce_id=ce_id, code=reason)
     console.print(
         f"replayed {replayed} dead letters to {etype.topic('in')}"
         + (f" ({skipped} skipped by the filter)" if skipped else "")

@@ -10,6 +10,8 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
 from simpul.envelope import Headers, header
+from simpul.kafka_clients import kafka_python_options
+from simpul.settings import Settings
 from simpul.topology import EventType
 
 DLQ_HEADER_PREFIX = "simpul_dlq_"
@@ -62,7 +64,7 @@ class DeadLetterReader:
 
     def __init__(
         self,
-        bootstrap: str,
+        bootstrap: str | Settings,
         event_type: EventType,
         *,
         group: str | None = None,
@@ -70,7 +72,7 @@ class DeadLetterReader:
     ) -> None:
         self.topic = event_type.topic("dlq")
         self.consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap.split(","),
+            **kafka_python_options(bootstrap),
             group_id=group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -120,7 +122,7 @@ class DeadLetterReader:
         self.consumer.close()
 
 
-def list_dead_letters(bootstrap: str, event_type: EventType) -> list[DeadLetter]:
+def list_dead_letters(bootstrap: str | Settings, event_type: EventType) -> list[DeadLetter]:
     reader = DeadLetterReader(bootstrap, event_type)
     try:
         return list(reader)
@@ -129,7 +131,7 @@ def list_dead_letters(bootstrap: str, event_type: EventType) -> list[DeadLetter]
 
 
 def replay_dead_letters(
-    bootstrap: str,
+    bootstrap: str | Settings,
     event_type: EventType,
     *,
     ce_id: str | None = None,
@@ -141,7 +143,7 @@ def replay_dead_letters(
     replays nothing twice; a filtered one (by ``ce_id`` or reason ``code``) records nothing.
     Returns (replayed, skipped by the filters).
     """
-    producer = KafkaProducer(bootstrap_servers=bootstrap.split(","), acks="all", linger_ms=5)
+    producer = KafkaProducer(**kafka_python_options(bootstrap), acks="all", linger_ms=5)
     reader = DeadLetterReader(bootstrap, event_type, group=replay_group(event_type))
     replayed = skipped = 0
     try:

@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from simpul import dbmigrate
-from simpul.broker import EmbeddedBroker, free_port, port_is_free
+from simpul.broker import EMBEDDED_LOSES, EmbeddedBroker, free_port, port_is_free
 from simpul.cli_keys import installation_owners
 from simpul.db import make_engine
 from simpul.registry_client import RegistryClient
@@ -163,6 +163,7 @@ def run_demo(console: Console, *, duration: float, rate: float) -> int:
     try:
         broker.start()
         console.print(f"✓ embedded broker (Tansu, in memory) on 127.0.0.1:{broker_port}")
+        console.print(f"  [yellow]{EMBEDDED_LOSES}[/yellow]")
         created = apply_topics(topology, settings.kafka_bootstrap)
         console.print(f"✓ {len(created)} topics declared (in, valid, dlq per event type)")
         dbmigrate.upgrade(database_url)

@@ -173,6 +173,9 @@ class KafkaCluster:
     overrides: Mapping[str, str] = field(default_factory=dict)
     cache_dir: Path | None = None
     heap: str = "768m"
+    #: With an admin password the cluster runs secured: SASL on every listener (PLAIN for the
+    #: admin user, SCRAM-SHA-512 for the users `simpul acls apply` creates) and ACLs enforced.
+    admin_password: str | None = None
     members: list[KafkaNode] = field(default_factory=list, init=False)
     engine: str = field(default="kafka", init=False)
 
@@ -209,22 +212,64 @@ class KafkaCluster:
     def _voters(self) -> str:
         return ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.members)
 
+    @property
+    def secured(self) -> bool:
+        return self.admin_password is not None
+
+    @property
+    def client_protocol(self) -> str:
+        return "SASL_PLAINTEXT" if self.secured else "PLAINTEXT"
+
     def _properties(self, node: KafkaNode) -> str:
+        client = self.client_protocol
         config = {
             "node.id": str(node.node_id),
             "process.roles": "broker,controller",
-            "listeners": f"PLAINTEXT://127.0.0.1:{node.port},"
+            "listeners": f"{client}://127.0.0.1:{node.port},"
             f"CONTROLLER://127.0.0.1:{node.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{node.port}",
+            "advertised.listeners": f"{client}://127.0.0.1:{node.port}",
             "controller.listener.names": "CONTROLLER",
-            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": f"CONTROLLER:{client},{client}:{client}",
+            "inter.broker.listener.name": client,
             "controller.quorum.voters": self._voters(),
             "log.dirs": str(node.data_dir / "log"),
             **broker_settings(self.nodes),
+            **(self._security() if self.secured else {}),
             **self.overrides,
         }
         return "".join(f"{key}={value}\n" for key, value in config.items())
+
+    def _security(self) -> dict[str, str]:
+        """docker-compose.yml's Kafka is configured the same way (KAFKA_* variables)."""
+        plain = (
+            "org.apache.kafka.common.security.plain.PlainLoginModule required "
+            f'username="admin" password="{self.admin_password}" user_admin="{self.admin_password}";'
+        )
+        return {
+            "sasl.enabled.mechanisms": "PLAIN,SCRAM-SHA-512",
+            "sasl.mechanism.inter.broker.protocol": "PLAIN",
+            "sasl.mechanism.controller.protocol": "PLAIN",
+            "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
+            "listener.name.controller.plain.sasl.jaas.config": plain,
+            "listener.name.sasl_plaintext.plain.sasl.jaas.config": plain,
+            "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config": (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+            ),
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "super.users": "User:admin",
+            "allow.everyone.if.no.acl.found": "false",
+        }
+
+    def admin_options(self) -> dict[str, str]:
+        """kafka-python / aiokafka options of the cluster's admin user."""
+        if not self.secured:
+            return {}
+        return {
+            "security_protocol": "SASL_PLAINTEXT",
+            "sasl_mechanism": "PLAIN",
+            "sasl_plain_username": "admin",
+            "sasl_plain_password": str(self.admin_password),
+        }
 
     def _java(self) -> list[str]:
         java = _require("java", "(17 or newer) to run", "apt-get install openjdk-17-jre-headless")
@@ -259,7 +304,14 @@ class KafkaCluster:
             if (node.data_dir / "log" / "meta.properties").exists():
                 continue
             result = subprocess.run(
-                [*java, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)],
+                [
+                    *java,
+                    "kafka.tools.StorageTool",
+                    "format",
+                    f"--cluster-id={cluster_id}",
+                    "-c",
+                    str(config),
+                ],
                 capture_output=True,
                 text=True,
                 timeout=120,
@@ -330,6 +382,7 @@ class KafkaCluster:
                     bootstrap_servers=[n.address for n in self.members if n.running],
                     client_id="simpul-broker-check",
                     request_timeout_ms=5000,
+                    **self.admin_options(),
                 )
                 try:
                     brokers = {

@@ -22,6 +22,7 @@ from kafka.producer.future import FutureRecordMetadata
 from simpul.catalog import EventCatalog
 from simpul.envelope import Envelope, Headers
 from simpul.errors import PayloadError
+from simpul.kafka_clients import kafka_python_options
 from simpul.registry_client import make_resolver
 from simpul.settings import Settings, get_settings
 from simpul.signing import Signer, signer_for
@@ -49,7 +50,7 @@ class Publisher:
         self.agency = catalog.topology.agency(agency)
         self.signer = signer or signer_for(self.settings, self.agency.code)
         config: dict[str, Any] = {
-            "bootstrap_servers": self.settings.kafka_bootstrap.split(","),
+            **kafka_python_options(self.settings),
             "acks": "all",
             "retries": 10,
             "linger_ms": 5,

@@ -28,6 +28,28 @@ class Settings(BaseSettings):
         description="Which broker SIMPUL_KAFKA_BOOTSTRAP points at: `embedded` (Tansu, memory "
         "only) or `kafka` (Apache Kafka); chooses the client tuning below",
     )
+    kafka_security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT",
+        description="How every Simpul client talks to the broker: PLAINTEXT (the embedded "
+        "broker), SASL_PLAINTEXT or SASL_SSL (Apache Kafka with users and ACLs)",
+    )
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "PLAIN"] = Field(
+        default="SCRAM-SHA-512",
+        description="SASL mechanism: SCRAM-SHA-512 for agencies and processes, PLAIN for the "
+        "broker's admin user",
+    )
+    kafka_username: str = Field(
+        default="", description="This process's SASL user (see `simpul acls apply`)"
+    )
+    kafka_password: str = Field(default="", description="Password of SIMPUL_KAFKA_USERNAME")
+    kafka_ssl_cafile: Path | None = Field(
+        default=None, description="CA certificate (PEM) that signed the broker's TLS certificate"
+    )
+    kafka_users_file: Path = Field(
+        default=PROJECT_ROOT / "var" / "secrets" / "kafka-users.json",
+        description="SASL users and passwords `simpul acls apply` creates (mode 0600; never "
+        "committed)",
+    )
     kafka_data_dir: Path = Field(
         default=PROJECT_ROOT / "var" / "kafka",
         description="Log directories of `simpul broker --engine kafka` (kept across restarts)",

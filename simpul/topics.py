@@ -9,6 +9,8 @@ from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType, NewPartitions, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
+from simpul.kafka_clients import kafka_python_options
+from simpul.settings import Settings
 from simpul.subscriptions import subscription_topics
 from simpul.topology import Topology
 
@@ -20,11 +22,11 @@ class TopicChange:
     action: str  # "created" | "exists" | "partitions increased" | "has more partitions"
 
 
-def admin_client(bootstrap: str) -> KafkaAdminClient:
-    return KafkaAdminClient(bootstrap_servers=bootstrap.split(","), client_id="simpul-admin")
+def admin_client(bootstrap: str | Settings) -> KafkaAdminClient:
+    return KafkaAdminClient(**kafka_python_options(bootstrap), client_id="simpul-admin")
 
 
-def apply_topics(topology: Topology, bootstrap: str) -> list[TopicChange]:
+def apply_topics(topology: Topology, bootstrap: str | Settings) -> list[TopicChange]:
     """Create missing topics and grow partition counts; never deletes or shrinks."""
     admin = admin_client(bootstrap)
     try:

@@ -42,6 +42,7 @@ from simpul.codec import unframe
 from simpul.envelope import header
 from simpul.errors import InvalidMessage
 from simpul.installation import known_development_secret
+from simpul.kafka_clients import aiokafka_options
 from simpul.registry import SchemaResolver
 from simpul.settings import Settings
 from simpul.subscriptions import Subscription, inbox_topic, webhook_dlq_topic
@@ -239,13 +240,11 @@ class WebhookDeliverer:
         self.client: httpx.AsyncClient
 
     async def start(self) -> None:
-        bootstrap = self.settings.kafka_bootstrap.split(",")
+        bootstrap = aiokafka_options(self.settings)
         client_id = f"{self.settings.worker_id}-deliver"
-        self.producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap, acks="all", client_id=client_id
-        )
+        self.producer = AIOKafkaProducer(**bootstrap, acks="all", client_id=client_id)
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
+            **bootstrap,
             group_id=f"{self.settings.worker_id}.deliver",
             client_id=client_id,
             enable_auto_commit=False,

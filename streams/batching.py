@@ -21,6 +21,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import OffsetAndMetadata
 from mode import Service
 
+from simpul.kafka_clients import aiokafka_options
 from simpul.settings import Settings
 
 log = logging.getLogger("simpul.batching")
@@ -103,7 +104,7 @@ class BatchService(Service):
 
     async def start_producer(self) -> None:
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.kafka_bootstrap.split(","),
+            **aiokafka_options(self.settings),
             acks="all",
             linger_ms=5,
             client_id=f"{self.settings.worker_id}-{self.role}",
@@ -113,7 +114,7 @@ class BatchService(Service):
 
     async def start_consumer(self) -> None:
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap.split(","),
+            **aiokafka_options(self.settings),
             group_id=f"{self.settings.worker_id}.{self.role}",
             client_id=f"{self.settings.worker_id}-{self.role}",
             enable_auto_commit=False,

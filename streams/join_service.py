@@ -43,6 +43,7 @@ from simpul.db import make_engine
 from simpul.envelope import Envelope, Headers, header
 from simpul.errors import InvalidMessage
 from simpul.httpauth import aiohttp_options
+from simpul.kafka_clients import aiokafka_options
 from simpul.settings import Settings
 from simpul.signing import signer_for
 from simpul.topology import Topology
@@ -339,7 +340,7 @@ class JoinService(BatchService):
         }
         records: dict[TopicPartition, list[Any]] = defaultdict(list)
         reader = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap.split(","),
+            **aiokafka_options(self.settings),
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             fetch_max_wait_ms=self.settings.client_tuning().fetch_max_wait_ms,
@@ -418,6 +419,7 @@ def create_joins_app(settings: Settings, topology: Topology) -> Any:
     from faust.app.base import BootStrategy
     from prometheus_client import CONTENT_TYPE_LATEST, disable_created_metrics, generate_latest
 
+    from simpul.kafka_clients import faust_credentials
     from simpul.registry_client import make_resolver
     from streams import transport
     from streams.worker import broker_urls
@@ -427,6 +429,7 @@ def create_joins_app(settings: Settings, topology: Topology) -> Any:
     app = faust.App(
         f"{settings.worker_id}-joins",
         broker=broker_urls(settings.kafka_bootstrap),
+        broker_credentials=faust_credentials(settings),
         topic_allow_declare=False,
         web_enabled=True,
         web_port=settings.joins_web_port,

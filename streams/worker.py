@@ -21,6 +21,7 @@ from simpul import metrics
 from simpul.catalog import EventCatalog
 from simpul.db import make_engine
 from simpul.httpauth import aiohttp_options
+from simpul.kafka_clients import faust_credentials
 from simpul.registry import SchemaStore
 from simpul.registry_client import make_resolver
 from simpul.settings import Settings
@@ -49,6 +50,7 @@ def create_app(settings: Settings, topology: Topology) -> faust.App:
     app = faust.App(
         settings.worker_id,
         broker=broker_urls(settings.kafka_bootstrap),
+        broker_credentials=faust_credentials(settings),
         value_serializer="raw",
         key_serializer="raw",
         topic_allow_declare=False,

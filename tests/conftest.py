@@ -79,6 +79,22 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return [f"broker: {BROKER_ENGINE} (SIMPUL_TEST_BROKER)", f"postgresql: {where}"]
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """With SIMPUL_FAIL_ON_SKIP=1 (CI sets it) a skipped test fails: a missing tool is a defect
+    of the machine's set-up, not a pass."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if (
+        os.environ.get("SIMPUL_FAIL_ON_SKIP") == "1"
+        and report.skipped
+        and not hasattr(report, "wasxfail")
+    ):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"skipped, and SIMPUL_FAIL_ON_SKIP=1 forbids skips: {reason}"
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     if _pg_cluster is not None:
         _pg_cluster.destroy()
@@ -136,14 +152,17 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 KAFKA_TEST_OVERRIDES = {"offsets.topic.num.partitions": "4"}
 
 
-def new_broker(workdir: Path, nodes: int = 1) -> Broker:
-    """A started broker of the chosen engine; `nodes` > 1 needs Apache Kafka."""
+def new_broker(workdir: Path, nodes: int = 1, admin_password: str | None = None) -> Broker:
+    """A started broker of the chosen engine; `nodes` > 1 and a secured broker (SASL users
+    and ACLs, when `admin_password` is given) need Apache Kafka."""
     workdir.mkdir(parents=True, exist_ok=True)
     if BROKER_ENGINE == "embedded":
-        if nodes != 1:
-            pytest.skip("a multi-node cluster needs Apache Kafka (SIMPUL_TEST_BROKER=kafka)")
+        if nodes != 1 or admin_password:
+            pytest.skip("needs Apache Kafka (SIMPUL_TEST_BROKER=kafka)")
         return EmbeddedBroker(free_port(), workdir / "broker.log").start()
-    cluster = KafkaCluster(workdir / "kafka", nodes, overrides=KAFKA_TEST_OVERRIDES)
+    cluster = KafkaCluster(
+        workdir / "kafka", nodes, overrides=KAFKA_TEST_OVERRIDES, admin_password=admin_password
+    )
     try:
         cluster.start()
         warm_up(cluster)
@@ -159,7 +178,9 @@ def warm_up(cluster: KafkaCluster) -> None:
 
     deadline = time.monotonic() + 60
     while True:
-        admin = KafkaAdminClient(bootstrap_servers=cluster.bootstrap.split(","))
+        admin = KafkaAdminClient(
+            bootstrap_servers=cluster.bootstrap.split(","), **cluster.admin_options()
+        )
         try:
             admin.describe_groups(["simpul-test-warm-up"])  # FindCoordinator creates it
             return
@@ -229,8 +250,8 @@ def broker_factory(tmp_path: Path) -> Iterator[Callable[..., Broker]]:
     """Brokers a test owns (to kill or restart), discarded at its end."""
     made: list[Broker] = []
 
-    def make(nodes: int = 1) -> Broker:
-        made.append(new_broker(tmp_path / f"broker-{len(made)}", nodes))
+    def make(nodes: int = 1, admin_password: str | None = None) -> Broker:
+        made.append(new_broker(tmp_path / f"broker-{len(made)}", nodes, admin_password))
         return made[-1]
 
     yield make
@@ -359,9 +380,27 @@ def wait_until(check: Callable[[], Any], timeout: float, what: str, every: float
         time.sleep(every)
 
 
+def admin_target(broker: Broker) -> str | Settings:
+    """What topic and ACL administration connects with: the admin user on a secured Kafka."""
+    if isinstance(broker, KafkaCluster) and broker.secured:
+        return Settings(
+            kafka_bootstrap=broker.bootstrap,
+            kafka_security_protocol="SASL_PLAINTEXT",
+            kafka_sasl_mechanism="PLAIN",
+            kafka_username="admin",
+            kafka_password=str(broker.admin_password),
+        )
+    return broker.bootstrap
+
+
 def make_stack(
-    broker: Broker, database_url: str, workdir: Path, topology_file: Path = TOPOLOGY_FILE
+    broker: Broker,
+    database_url: str,
+    workdir: Path,
+    topology_file: Path = TOPOLOGY_FILE,
+    client_env: dict[str, str] | None = None,
 ) -> Stack:
+    """`client_env`: SIMPUL_KAFKA_* identity of the stack's processes on a secured broker."""
     web_port = free_port()
     registry_port = free_port()
     token = uuid.uuid4().hex
@@ -380,6 +419,7 @@ def make_stack(
         "SIMPUL_REGISTRY_URL": f"http://127.0.0.1:{registry_port}",
         "SIMPUL_REGISTRY_ADMIN_TOKEN": token,
         "SIMPUL_AUDIT_HEADS_FILE": str(workdir / "audit-heads.jsonl"),  # this stack's own
+        **(client_env or {}),
     }
     settings = Settings(
         broker_engine=broker.engine,  # type: ignore[arg-type]
@@ -393,7 +433,7 @@ def make_stack(
         registry_admin_token=token,
     )
     topology = load_topology(topology_file)
-    apply_topics(topology, broker.bootstrap)
+    apply_topics(topology, admin_target(broker))
     dbmigrate.upgrade(database_url)
     stack = Stack(settings, topology, env, workdir)
     stack.start_registry()

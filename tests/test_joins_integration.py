@@ -194,6 +194,7 @@ def nik() -> str:
     return make_nik(RNG, "727102")
 
 
+@pytest.mark.smoke
 def test_assessment_before_employee_is_joined_when_the_employee_arrives(
     stack: Stack, joins: JoinsProcess, publish: Any
 ) -> None:

@@ -164,9 +164,8 @@ def test_scorecard_shows_connected_stale_never_and_receiving_agencies(loaded: Lo
     assert 'class="stale" data-agency="dpmptsp"' in page
 
 
+@pytest.mark.parametrize("loaded", ["postgresql"], indirect=True)  # plans are PostgreSQL's
 def test_scorecard_agency_queries_use_the_indexes(loaded: Loaded) -> None:
-    if loaded.engine.dialect.name != "postgresql":
-        pytest.skip("plan check on PostgreSQL only")
     with loaded.engine.connect() as conn:
         conn.execute(text("SET enable_seqscan = off"))
         plan = "\n".join(
@@ -246,9 +245,8 @@ def test_export_refuses_a_bad_period(tmp_path: Path) -> None:
     assert end == dt.datetime(2027, 1, 1, 0, 0, tzinfo=dt.timezone(dt.timedelta(hours=8)))
 
 
+@pytest.mark.parametrize("loaded", ["sqlite"], indirect=True)  # the CLI is exercised once
 def test_cli_status_and_export(loaded: Loaded, tmp_path: Path) -> None:
-    if loaded.engine.dialect.name != "sqlite":
-        pytest.skip("the CLI is exercised once, on SQLite")
     env = {**os.environ, "SIMPUL_DATABASE_URL": loaded.url}
     status = subprocess.run(
         [sys.executable, "-m", "simpul", "status", "--json"],

@@ -242,6 +242,7 @@ def read_topic(stack: Stack, topic: str, at_least: int) -> list[Any]:
     return decoded
 
 
+@pytest.mark.smoke
 def test_each_inbox_gets_exactly_its_projection_masked(stack: Stack, published: Published) -> None:
     dinsos = read_topic(stack, "simpul.out.dinsos", 2)
     by_subscription = {h["simpul_subscription"]: (m, r, h) for m, r, h in dinsos}
@@ -348,6 +349,7 @@ def deliverer(
         process.wait(60)
 
 
+@pytest.mark.smoke
 def test_webhooks_retry_honour_retry_after_and_dead_letter(
     stack: Stack, published: Published, endpoints: Endpoints, deliverer: Any
 ) -> None:

@@ -85,6 +85,7 @@ def dead_letter_for(stack: Stack, type_name: str, ce_id: str) -> dict[str, objec
     return wait_until(find, 30, f"dead letter {ce_id}")
 
 
+@pytest.mark.smoke
 def test_published_event_is_stored_with_current_state(pg_stack: Stack) -> None:
     ce_id = str(uuid.uuid4())
     payload = permit(number())
@@ -97,6 +98,7 @@ def test_published_event_is_stored_with_current_state(pg_stack: Stack) -> None:
     assert row["valid_until"] == dt.date(2031, 1, 31)
 
 
+@pytest.mark.smoke
 def test_same_ce_id_twice_is_stored_once(pg_stack: Stack) -> None:
     ce_id = str(uuid.uuid4())
     payload = permit(number())
@@ -147,6 +149,7 @@ def test_older_update_does_not_overwrite_newer(pg_stack: Stack) -> None:
     assert row is not None and row["grade"] == "III/c" and row["ce_id"] == newer
 
 
+@pytest.mark.smoke
 def test_invalid_nik_is_dead_lettered_and_the_next_event_stored(pg_stack: Stack) -> None:
     bad, good = str(uuid.uuid4()), str(uuid.uuid4())
     with publisher(pg_stack, "dpmptsp") as pub:
