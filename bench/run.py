@@ -58,10 +58,16 @@ from simpul import dbmigrate  # noqa: E402
 from simpul.broker import free_port  # noqa: E402
 from simpul.db import make_engine  # noqa: E402
 from simpul.envelope import Envelope  # noqa: E402
+from tests.helpers import auth, install_test_keys, sign  # noqa: E402
+
+install_test_keys(ROOT / "topology" / "palu.yaml")  # signing keys; the workers inherit them
 from simpul.registry import SchemaResolver, SchemaStore, register_all  # noqa: E402
 from simpul.simulate import WEIGHTS, PaluData  # noqa: E402
 from simpul.topics import apply_topics  # noqa: E402
 from simpul.topology import load_topology  # noqa: E402
+from tests.helpers import install_test_keys  # noqa: E402
+
+install_test_keys(ROOT / "topology" / "palu.yaml")  # signing keys; the workers inherit them
 
 PG_ADMIN = os.environ.get("SIMPUL_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 WORK = Path(tempfile.mkdtemp(prefix="simpul-bench-"))
@@ -192,8 +198,8 @@ class Events:
         return (
             f"simpul.in.{event_type}",
             key,
-            self.schemas[event_type].encode(payload),
-            envelope.to_headers(),
+            (value := self.schemas[event_type].encode(payload)),
+            sign(agency, envelope.to_headers(), key, value),  # the worker verifies first
         )
 
 
@@ -324,7 +330,10 @@ def stage_cpu(procs: list[Proc]) -> dict[str, float]:
         if p.web_port is None:
             continue
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{p.web_port}/metrics", timeout=5) as r:
+            with urllib.request.urlopen(
+                urllib.request.Request(f"http://127.0.0.1:{p.web_port}/metrics", headers=auth()),
+                timeout=5,
+            ) as r:
                 body = r.read().decode()
         except OSError:
             continue
@@ -586,7 +595,10 @@ def wait_assigned(port: int, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
+            with urllib.request.urlopen(
+                urllib.request.Request(f"http://127.0.0.1:{port}/health", headers=auth()),
+                timeout=1,
+            ) as r:
                 if json.loads(r.read()).get("assigned_partitions", 0) > 0:
                     return
         except OSError:

@@ -30,10 +30,15 @@ from simpul.catalog import EventCatalog  # noqa: E402
 from simpul.db import make_engine  # noqa: E402
 from simpul.envelope import Envelope  # noqa: E402
 from simpul.registry import SchemaResolver, SchemaStore, register_all  # noqa: E402
+from simpul.settings import Settings  # noqa: E402
+from simpul.signing import KeyRing  # noqa: E402
 from simpul.simulate import PaluData  # noqa: E402
 from simpul.topology import load_topology  # noqa: E402
 from sinks.central_store import CentralStore  # noqa: E402
 from streams.pipeline import DedupWindow, RawRecord, process_batch  # noqa: E402
+from tests.helpers import install_test_keys, sign  # noqa: E402
+
+install_test_keys(ROOT / "topology" / "palu.yaml")
 
 N = 20_000
 BATCH = 1000
@@ -67,17 +72,19 @@ def main() -> None:
     for i in range(N):
         payload = data.payload(TYPE, now)
         envelope = Envelope(type=TYPE, source="/agency/dinsos", time=now)
+        key, value = payload["nik"].encode(), schema.encode(payload)
         records.append(
             RawRecord(
                 f"simpul.in.{TYPE}",
                 i % 4,
                 i,
-                payload["nik"].encode(),
-                schema.encode(payload),
-                envelope.to_headers(),
+                key,
+                value,
+                sign("dinsos", envelope.to_headers(), key, value),
                 now.timestamp(),
             )
         )
+    keyring = KeyRing(Settings().public_keys_path)
 
     def baseline() -> None:
         for r in records:
@@ -86,9 +93,9 @@ def main() -> None:
     def pipeline() -> None:
         dedup = DedupWindow(200_000)
         for i in range(0, N, BATCH):
-            process_batch(records[i : i + BATCH], event_type, catalog, dedup)
+            process_batch(records[i : i + BATCH], event_type, catalog, dedup, keyring)
 
-    outcome = process_batch(records, event_type, catalog, DedupWindow(200_000))
+    outcome = process_batch(records, event_type, catalog, DedupWindow(200_000), keyring)
     assert len(outcome.accepted) == N, outcome.rejected[:1]
 
     def store_run(store_url: str):  # type: ignore[no-untyped-def]

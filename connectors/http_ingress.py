@@ -48,6 +48,7 @@ from simpul.catalog import EventCatalog
 from simpul.envelope import MAX_ID_LENGTH, parse_time
 from simpul.publisher import PublisherPool
 from simpul.settings import Settings
+from simpul.signing import signer_for
 
 JSON_TYPES = (
     "application/json",
@@ -496,11 +497,17 @@ def _invalid(problems: list[tuple[list[Any], str]]) -> JSONResponse:
 def serve(settings: Settings, topology: Any) -> None:
     """Run the ingress on ``settings.ingress_port`` until SIGINT/SIGTERM."""
     from simpul.db import make_engine
+    from simpul.httpauth import TokenAuth, http_token, open_paths
     from simpul.registry import SchemaResolver, SchemaStore
     from simpul.serving import run
 
     engine = make_engine(settings.database_url)
     catalog = EventCatalog(topology, SchemaResolver(SchemaStore(engine)))
-    with PublisherPool(settings, catalog) as publishers:
+    # The ingress authenticated the agency by its API key and signs as the ingress gateway.
+    signer = signer_for(settings, "ingress")
+    with PublisherPool(settings, catalog, signer=signer) as publishers:
         app = create_app(settings, catalog, ApiKeyStore(engine), publishers)
-        run(app, settings.ingress_port)
+        # Events authenticate by API key; /metrics by the installation token (or the setting).
+        token = http_token(settings, create=True) or ""
+        guarded = TokenAuth(app, token, only=frozenset({"/metrics"}) - open_paths(settings))
+        run(guarded, settings.ingress_port, settings.bind_host, settings.ingress_max_body_bytes)

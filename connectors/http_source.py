@@ -39,7 +39,7 @@ class HttpOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     listen_port: Annotated[int, Field(alias="listen.port", ge=1, le=65535)]
-    listen_host: Annotated[str, Field(alias="listen.host")] = "0.0.0.0"
+    listen_host: Annotated[str, Field(alias="listen.host")] = "127.0.0.1"
     max_records: Annotated[int, Field(alias="request.max.records", ge=1)] = 500
     max_bytes: Annotated[int, Field(alias="request.max.bytes", ge=1024)] = 1_048_576
     timeout_ms: Annotated[int, Field(alias="request.timeout.ms", ge=100)] = 30_000

@@ -43,8 +43,10 @@ from simpul.connectors_model import ConnectorSpec, located_connectors
 from simpul.db import make_engine
 from simpul.envelope import format_time
 from simpul.publisher import PublisherPool
+from simpul.redaction import redacted
 from simpul.registry import SchemaResolver, SchemaStore
 from simpul.settings import Settings
+from simpul.signing import signer_for
 from simpul.topology import Topology
 
 log = logging.getLogger("simpul.connect")
@@ -314,7 +316,10 @@ class ConnectRuntime:
         context: ConnectorContext,
         catalog: EventCatalog,
     ) -> None:
-        self.publishers = PublisherPool(context.settings, catalog)
+        # The runtime signs as the connect gateway for each connector's agency.
+        self.publishers = PublisherPool(
+            context.settings, catalog, signer=signer_for(context.settings, "connect")
+        )
         self.tasks = {
             spec.name: ConnectorTask(spec, kind, options, context, catalog, self.publishers)
             for spec, (kind, options) in zip(specs, resolved, strict=True)
@@ -363,7 +368,7 @@ def create_app(runtime: ConnectRuntime) -> FastAPI:
             return _not_found(name)
         return {
             "name": name,
-            "config": task.spec.declared(),
+            "config": redacted(task.spec.declared()),
             "tasks": [{"connector": name, "task": 0}],
             "type": "source",
         }
@@ -428,12 +433,15 @@ def build_runtime(settings: Settings, topology: Topology) -> ConnectRuntime:
 def serve(settings: Settings, topology: Topology) -> list[dict[str, Any]]:
     """Run every connector and the REST API until SIGINT/SIGTERM; then stop them cleanly and
     return their final status."""
+    from simpul.httpauth import TokenAuth, http_token, open_paths
     from simpul.serving import run
 
+    token = http_token(settings, create=True) or ""
     runtime = build_runtime(settings, topology)
     runtime.start()
     try:
-        run(create_app(runtime), settings.connect_port)
+        app = TokenAuth(create_app(runtime), token, open_paths(settings))
+        run(app, settings.connect_port, settings.bind_host, settings.http_max_body_bytes)
     finally:
         runtime.stop()
     return [task.status(runtime.worker_id) for task in runtime.tasks.values()]

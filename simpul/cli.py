@@ -15,6 +15,9 @@ from simpul import cli_connectors
 from simpul.cli_audit import audit_app
 from simpul.cli_console import console_app
 from simpul.cli_deliver import deliver
+from simpul.cli_keys import agency_app
+from simpul.cli_secrets import secrets_app
+from simpul.cli_serving import HostOption, PortOption, listening
 from simpul.settings import Settings, get_settings
 from simpul.topology import Topology, TopologyError, load_topology
 
@@ -43,6 +46,8 @@ app.add_typer(db_app, name="db")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(topology_app, name="topology")
+app.add_typer(agency_app, name="agency")
+app.add_typer(secrets_app, name="secrets")
 app.add_typer(cli_connectors.connectors_app, name="connectors")
 app.add_typer(cli_connectors.ingress_app, name="ingress")
 app.command()(cli_connectors.connect)
@@ -314,12 +319,13 @@ def init(
 
 
 @app.command()
-def worker() -> None:
-    """Run the stream worker: validate, dedup, store, forward; /metrics on the web port."""
+def worker(host: HostOption = None, port: PortOption = None) -> None:
+    """Run the stream worker: authenticate, validate, dedup, store, forward; /health, /status
+    and /metrics on SIMPUL_WORKER_WEB_PORT (Bearer token, see README Security)."""
     from simpul.subscriptions import SubscriptionError, SubscriptionPlan
     from streams.worker import run_worker
 
-    settings = _settings()
+    settings = listening(_settings(), "worker_web_port", host, port)
     topology = _topology(settings)
     try:
         SubscriptionPlan.build(topology, settings.schemas_dir)
@@ -330,11 +336,12 @@ def worker() -> None:
 
 
 @app.command()
-def joins() -> None:
-    """Run the joins: derived events (docs/joins.md) from simpul.valid.*; /metrics, /health."""
+def joins(host: HostOption = None, port: PortOption = None) -> None:
+    """Run the joins: derived events (docs/joins.md) from simpul.valid.*; /metrics, /health
+    on SIMPUL_JOINS_WEB_PORT."""
     from streams.join_service import run_joins
 
-    settings = _settings()
+    settings = listening(_settings(), "joins_web_port", host, port)
     run_joins(settings, _topology(settings))
 
 
@@ -549,6 +556,9 @@ payroll_app.command("control")(payroll_control)
 
 
 def main() -> None:
+    from simpul.identifiers import mask_log_records
+
+    mask_log_records()  # no raw NIK/NIP in any process's log
     try:
         app()
     except KeyboardInterrupt:

@@ -25,7 +25,10 @@ def audit_verify() -> None:
     from sinks.audit import verify
 
     started = time.perf_counter()
-    report = verify(make_engine(_settings().database_url))
+    settings = _settings()
+    report = verify(
+        make_engine(settings.database_url), settings.audit_secret(), settings.audit_heads_file
+    )
     took = time.perf_counter() - started
     if report.problems:
         for problem in report.problems:
@@ -58,7 +61,7 @@ def audit_subject(
     settings = _settings()
     started = time.perf_counter()
     receipts = receipts_for(
-        make_engine(settings.database_url), settings.audit_key, identifier, limit
+        make_engine(settings.database_url), settings.audit_secret(), identifier, limit
     )
     took = time.perf_counter() - started
     masked = identifier[:4] + "•" * (len(identifier) - 8) + identifier[-4:]
@@ -76,3 +79,43 @@ def audit_subject(
             f"{r.channel}: {r.outcome}",
         )
     console.print(table)
+
+
+@audit_app.command("event")
+def audit_event(
+    ce_id: Annotated[str, typer.Argument(help="The stored event's ce_id")],
+) -> None:
+    """Who signed a stored event (key, agency, gateway); its signature is verified again
+    from the stored bytes. Exit 1 when it does not verify, 2 when there is no such event."""
+    from simpul.cli import _settings
+    from simpul.db import make_engine
+    from simpul.signing import KeyRing
+    from sinks.evidence import verify_stored_event
+
+    settings = _settings()
+    evidence = verify_stored_event(
+        make_engine(settings.database_url), KeyRing(settings.public_keys_path), ce_id
+    )
+    if evidence is None:
+        err.print(f"[red]ce_id: no stored event {ce_id!r}[/red]")
+        raise typer.Exit(2)
+    table = Table(title=f"event {evidence.ce_id}", show_header=False)
+    table.add_column("what")
+    table.add_column("value", overflow="fold")
+    for name, value in (
+        ("type", evidence.type),
+        ("source", evidence.source),
+        ("received (UTC)", f"{evidence.received_at:%Y-%m-%d %H:%M:%S}"),
+        ("key id", evidence.key_id or "-"),
+        ("signed by", evidence.signer or "-"),
+        ("gateway", evidence.gateway or "- (signed by the agency itself)"),
+        ("key now", evidence.key_state_now or "-"),
+        ("signature", evidence.signature or "-"),
+    ):
+        table.add_row(name, value)
+    console.print(table)
+    if not evidence.verified:
+        for problem in evidence.problems:
+            err.print(f"[red]NOT VERIFIED[/red] {problem}")
+        raise typer.Exit(1)
+    console.print("[green]signature verified[/green] over the stored headers, key and value")

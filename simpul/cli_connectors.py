@@ -8,6 +8,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from simpul.cli_serving import HostOption, PortOption, listening
+from simpul.httpauth import auth_headers
 from simpul.settings import Settings, get_settings
 
 console = Console()
@@ -57,16 +59,18 @@ def declared_connectors(settings: Settings, topology: Any) -> list[Any]:
     return specs
 
 
-def connect() -> None:
-    """Run every declared connector (topology + connectors_dir) with the REST API and /metrics."""
+def connect(host: HostOption = None, port: PortOption = None) -> None:
+    """Run every declared connector (topology + connectors_dir) with the REST API and /metrics
+    on SIMPUL_CONNECT_PORT (Bearer token, see README Security)."""
     from connectors.runtime import serve
     from simpul.connectors_model import ConnectorConfigError
 
-    settings = _settings()
+    settings = listening(_settings(), "connect_port", host, port)
     topology = _topology(settings)
     specs = declared_connectors(settings, topology)
     console.print(
-        f"{len(specs)} connectors; REST API on [bold]http://127.0.0.1:{settings.connect_port}"
+        f"{len(specs)} connectors; REST API on "
+        f"[bold]http://{settings.bind_host}:{settings.connect_port}"
         "/connectors[/bold]"
     )
     try:
@@ -95,7 +99,7 @@ def _call(method: str, url: str) -> Any:
     import httpx
 
     try:
-        response = httpx.request(method, url, timeout=30)
+        response = httpx.request(method, url, timeout=30, headers=auth_headers(get_settings()))
     except httpx.HTTPError as error:
         err.print(f"[red]cannot reach {url}: {error}[/red] (is `simpul connect` running?)")
         raise typer.Exit(1) from None
@@ -167,16 +171,17 @@ def connectors_restart(
 
 
 @ingress_app.callback()
-def ingress(ctx: typer.Context) -> None:
+def ingress(ctx: typer.Context, host: HostOption = None, port: PortOption = None) -> None:
     """Run the HTTP ingress (POST /v1/events/{type}) on SIMPUL_INGRESS_PORT; OpenAPI at /docs."""
     if ctx.invoked_subcommand is not None:
         return
     from connectors.http_ingress import serve
 
-    settings = _settings()
+    settings = listening(_settings(), "ingress_port", host, port)
     topology = _topology(settings)
     console.print(
-        f"HTTP ingress on [bold]http://127.0.0.1:{settings.ingress_port}[/bold] (OpenAPI: /docs)"
+        f"HTTP ingress on [bold]http://{settings.bind_host}:{settings.ingress_port}[/bold] "
+        "(OpenAPI: /docs)"
     )
     serve(settings, topology)
 

@@ -8,17 +8,19 @@ import logging
 import typer
 from rich.console import Console
 
+from simpul.cli_serving import HostOption, PortOption, listening
+
 err = Console(stderr=True)
 
 
-def deliver() -> None:
+def deliver(host: HostOption = None, port: PortOption = None) -> None:
     """POST agency inbox messages to their webhooks (signed, retried, dead-lettered);
     /metrics and /health on SIMPUL_DELIVER_WEB_PORT."""
     from simpul.cli import _settings, _topology
     from simpul.subscriptions import SubscriptionError, SubscriptionPlan
     from sinks.webhook import WebhookConfigError, serve
 
-    settings = _settings()
+    settings = listening(_settings(), "deliver_web_port", host, port)
     topology = _topology(settings)
     try:
         SubscriptionPlan.build(topology, settings.schemas_dir)

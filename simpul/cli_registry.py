@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from simpul import compatibility
+from simpul.cli_serving import HostOption, PortOption, listening
 from simpul.settings import Settings
 from simpul.topology import EventType, Topology
 
@@ -31,17 +32,14 @@ def _topology(settings: Settings) -> Topology:
     return load(settings)
 
 
-def registry(
-    port: Annotated[
-        int | None, typer.Option(help="Port to listen on [default: SIMPUL_REGISTRY_PORT]")
-    ] = None,
-) -> None:
-    """Run the Confluent-compatible schema registry over the central store (0.0.0.0)."""
+def registry(host: HostOption = None, port: PortOption = None) -> None:
+    """Run the Confluent-compatible schema registry over the central store (on
+    SIMPUL_BIND_HOST:SIMPUL_REGISTRY_PORT)."""
     from simpul import dbmigrate
     from simpul.registry_api import serve
     from simpul.registry_client import admin_token, token_path
 
-    settings = _settings()
+    settings = listening(_settings(), "registry_port", host, port)
     if dbmigrate.current(settings.database_url) is None:
         err.print("[red]the central store is not migrated[/red]: run `simpul db upgrade` first")
         raise typer.Exit(2)
@@ -51,12 +49,12 @@ def registry(
         if settings.registry_admin_token
         else str(token_path(settings))
     )
-    port = port or settings.registry_port
     console.print(
-        f"schema registry on [bold]http://0.0.0.0:{port}[/bold]; admin token in {where}; "
+        f"schema registry on [bold]http://{settings.bind_host}:{settings.registry_port}[/bold]; "
+        f"admin token in {where}; "
         f"reads {'need the token' if settings.registry_read_auth else 'are open'}"
     )
-    serve(settings, port)
+    serve(settings)
 
 
 def schemas_register(

@@ -24,10 +24,12 @@ from rich.table import Table
 
 from simpul import dbmigrate
 from simpul.broker import EMBEDDED_LOSES, EmbeddedBroker, free_port, port_is_free
+from simpul.cli_keys import installation_owners
 from simpul.db import make_engine
 from simpul.postgres import PostgresCluster, PostgresUnavailable
 from simpul.registry_client import RegistryClient
 from simpul.settings import PROJECT_ROOT, Settings
+from simpul.signing import ensure_keys
 from simpul.topics import apply_topics
 from simpul.topology import Topology, load_topology
 from sinks.central_store import CentralStore
@@ -36,9 +38,18 @@ from sinks.central_store import CentralStore
 DEMO_JOIN_WAIT_S = 5.0
 
 
+#: The demo's processes share one HTTP token (SIMPUL_HTTP_TOKEN), made per run.
+HTTP_TOKEN = secrets.token_urlsafe(24)
+
+
+def _request(port: int, path: str) -> urllib.request.Request:
+    url = f"http://127.0.0.1:{port}{path}"
+    return urllib.request.Request(url, headers={"Authorization": f"Bearer {HTTP_TOKEN}"})
+
+
 def scrape(port: int) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
     """Metric samples by name, then by sorted label pairs."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+    with urllib.request.urlopen(_request(port, "/metrics"), timeout=5) as response:
         text = response.read().decode()
     samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = defaultdict(dict)
     for family in text_string_to_metric_families(text):
@@ -81,7 +92,7 @@ def wait_http(port: int, path: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1).close()
+            urllib.request.urlopen(_request(port, path), timeout=1).close()
             return
         except OSError:
             time.sleep(0.2)
@@ -92,7 +103,7 @@ def wait_assigned(port: int, timeout: float) -> None:
     """Wait until the consumer group gave the worker its partitions (first join is slow)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        url = f"http://127.0.0.1:{port}/health"
+        url = _request(port, "/health")
         with contextlib.suppress(OSError, ValueError), urllib.request.urlopen(url, timeout=1) as r:
             if json.loads(r.read()).get("assigned_partitions", 0) > 0:
                 return
@@ -149,6 +160,11 @@ def run_demo(console: Console, *, duration: float, rate: float, city: str | None
         "SIMPUL_REGISTRY_URL": registry_url,
         "SIMPUL_REGISTRY_ADMIN_TOKEN": token,
         "SIMPUL_TOPOLOGY_FILE": str(topology_file),
+        "SIMPUL_HTTP_TOKEN": HTTP_TOKEN,
+        # This run's own signing keys: every agency and gateway gets a key pair here.
+        "SIMPUL_KEYS_DIR": str(workdir / "keys"),
+        "SIMPUL_PUBLIC_KEYS_FILE": str(workdir / "keys" / "demo.keys.yaml"),
+        "SIMPUL_AUDIT_HEADS_FILE": str(workdir / "audit-heads.jsonl"),
     }
     settings = Settings(
         kafka_bootstrap=env["SIMPUL_KAFKA_BOOTSTRAP"],
@@ -159,8 +175,13 @@ def run_demo(console: Console, *, duration: float, rate: float, city: str | None
         registry_url=registry_url,
         registry_admin_token=token,
         topology_file=topology_file,
+        http_token=HTTP_TOKEN,
+        keys_dir=workdir / "keys",
+        public_keys_file=workdir / "keys" / "demo.keys.yaml",
+        audit_heads_file=workdir / "audit-heads.jsonl",
     )
     topology = load_topology(settings.topology_file)
+    ensure_keys(settings.public_keys_path, settings.keys_dir, installation_owners(topology))
     console.rule(f"[bold]Simpul demo[/bold] — {topology.city}")
 
     broker = EmbeddedBroker(broker_port, workdir / "broker.log")
@@ -251,7 +272,7 @@ def _deliveries_summary(console: Console, settings: Settings, topology: Topology
     for agency, subscription, purpose, count in rows:
         table.add_row(agency, subscription, textwrap.shorten(purpose, 60), str(count))
     console.print(table)
-    report = verify(engine)
+    report = verify(engine, settings.audit_secret(), settings.audit_heads_file)
     console.print(
         f"{'✗' if report.problems else '✓'} delivery audit log: {report.rows} rows, hash chains "
         f"{'BROKEN' if report.problems else 'intact'} (simpul audit verify)"

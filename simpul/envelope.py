@@ -81,8 +81,16 @@ class Envelope:
     def from_headers(cls, headers: Iterable[tuple[str, bytes | None]] | None) -> Envelope:
         """Parse headers, raising `InvalidMessage` naming the header that is wrong."""
         values: dict[str, str] = {}
+        cloudevents: set[str] = set()
         for name, raw in headers or ():
-            if name in values or raw is None or name not in _READ:
+            if name.startswith("ce_") or name == "content-type":
+                if name in cloudevents:
+                    # Readers taking the first and the last copy would see two different events.
+                    raise InvalidMessage(
+                        "headers", "header.repeated", f"{name[:40]}: header repeated"
+                    )
+                cloudevents.add(name)
+            if raw is None or name not in _READ:
                 continue  # other headers are the producer's own; only these are read
             if len(raw) > MAX_HEADER_LENGTH:
                 raise InvalidMessage(
@@ -150,3 +158,12 @@ def header(headers: Iterable[tuple[str, bytes | None]] | None, name: str) -> str
         if key == name and raw is not None:
             return raw.decode("utf-8", errors="replace")
     return None
+
+
+SIMPUL_HEADER_PREFIX = "simpul_"
+
+
+def without_simpul_headers(headers: Iterable[tuple[str, bytes]]) -> Headers:
+    """The headers less every ``simpul_*`` one. That prefix is Simpul's: what a producer sent
+    under it is dropped at ingest, and every stage that adds its own starts from this."""
+    return [(k, v) for k, v in headers if not k.startswith(SIMPUL_HEADER_PREFIX)]

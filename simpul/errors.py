@@ -5,7 +5,17 @@ from __future__ import annotations
 from typing import Literal
 
 #: Where in the path a message was rejected; the ``simpul_dlq_stage`` header.
-Stage = Literal["headers", "decode", "schema", "validate", "authorize", "store", "join", "deliver"]
+Stage = Literal[
+    "headers",
+    "authenticate",
+    "decode",
+    "schema",
+    "validate",
+    "authorize",
+    "store",
+    "join",
+    "deliver",
+]
 
 
 class InvalidMessage(Exception):
@@ -16,6 +26,11 @@ class InvalidMessage(Exception):
     """
 
     def __init__(self, stage: Stage, code: str, reason: str) -> None:
+        from simpul.identifiers import mask_identifiers
+
+        # The reason travels to the dead-letter topic, the dead_letters table and logs: a NIK
+        # or NIP in it is masked as subscriptions mask it (first and last four digits).
+        reason = mask_identifiers(reason)
         super().__init__(reason)
         self.stage: Stage = stage
         self.code = code

@@ -124,3 +124,37 @@ CHECKS: dict[str, Check] = {
     "nib": check_nib,
     "period": check_period,
 }
+
+
+_IDENTIFIER_RUN = re.compile(r"(?<!\d)\d{14,20}(?!\d)")
+MASK_CHAR = "•"
+
+
+def mask_identifiers(text: str) -> str:
+    """Mask every run of 14-20 digits (a NIK, a NIP, or a broken one) to its first and last
+    four, as subscriptions mask: for dead-letter reasons, logs and the dead_letters table."""
+    return _IDENTIFIER_RUN.sub(lambda m: m[0][:4] + MASK_CHAR * (len(m[0]) - 8) + m[0][-4:], text)
+
+
+def mask_log_records() -> None:
+    """Every log record of this process, whoever logs it, has its NIK/NIP masked (the message
+    is formatted once, here, then masked). Installed by the CLI for every command."""
+    import logging
+
+    previous = logging.getLogRecordFactory()
+    if getattr(previous, "_simpul_masking", False):
+        return
+
+    def factory(*args: object, **kwargs: object) -> logging.LogRecord:
+        record = previous(*args, **kwargs)  # type: ignore[arg-type]
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):
+            return record
+        masked = mask_identifiers(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return record
+
+    factory._simpul_masking = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)

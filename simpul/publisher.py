@@ -1,4 +1,7 @@
-"""The Python publisher agency systems embed: validated, Avro-encoded CloudEvents on Kafka.
+"""The Python publisher agency systems embed: validated, Avro-encoded, signed CloudEvents on Kafka.
+
+Every event is signed (`simpul.signing`): by the agency's own key, or by a gateway's key
+(``signer=``) when a Simpul process publishes on behalf of an agency it authenticated.
 
 Delivery guarantee: at-least-once. The producer waits for all in-sync replicas
 (``acks=all``) and retries; `Publisher.close` flushes. A retry can duplicate a message,
@@ -22,6 +25,7 @@ from simpul.errors import PayloadError
 from simpul.kafka_clients import kafka_python_options
 from simpul.registry_client import make_resolver
 from simpul.settings import Settings, get_settings
+from simpul.signing import Signer, signer_for
 from simpul.topology import Topology, load_topology
 
 
@@ -35,6 +39,7 @@ class Publisher:
         settings: Settings | None = None,
         topology: Topology | None = None,
         catalog: EventCatalog | None = None,
+        signer: Signer | None = None,
         **producer_config: Any,
     ) -> None:
         self.settings = settings or get_settings()
@@ -43,6 +48,7 @@ class Publisher:
             catalog = EventCatalog(topology, make_resolver(self.settings))
         self.catalog = catalog
         self.agency = catalog.topology.agency(agency)
+        self.signer = signer or signer_for(self.settings, self.agency.code)
         config: dict[str, Any] = {
             **kafka_python_options(self.settings),
             "acks": "all",
@@ -88,12 +94,18 @@ class Publisher:
         )
         value = schema.encode(dict(payload))
         key = str(payload.get(etype.key, "")).encode()
-        return self.send_raw(etype.topic("in"), key, value, envelope.to_headers())
+        return self.send_signed(etype.topic("in"), key, value, envelope.to_headers())
+
+    def send_signed(
+        self, topic: str, key: bytes | None, value: bytes | None, headers: Headers
+    ) -> FutureRecordMetadata:
+        """Sign the bytes (headers, key, value) as they are and send them."""
+        return self.send_raw(topic, key, value, self.signer.sign(headers, key, value))
 
     def send_raw(
         self, topic: str, key: bytes | None, value: bytes | None, headers: Headers
     ) -> FutureRecordMetadata:
-        """Send bytes as they are (dead-letter replay, malformed-message tests)."""
+        """Send bytes as they are, unsigned (dead-letter replay, tests of refusals)."""
         return self._producer.send(topic, key=key, value=value, headers=headers)
 
     def flush(self, timeout: float | None = None) -> None:
@@ -121,9 +133,17 @@ class PublisherPool:
     Simulators and tests speak for many agencies; each keeps its own producer (client id).
     """
 
-    def __init__(self, settings: Settings, catalog: EventCatalog, **producer_config: Any) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        catalog: EventCatalog,
+        signer: Signer | None = None,
+        **producer_config: Any,
+    ) -> None:
+        """``signer``: a gateway's key that signs for every agency; otherwise each agency's."""
         self.settings = settings
         self.catalog = catalog
+        self.signer = signer
         self.producer_config = producer_config
         self._publishers: dict[str, Publisher] = {}
 
@@ -131,7 +151,11 @@ class PublisherPool:
         publisher = self._publishers.get(agency)
         if publisher is None:
             publisher = self._publishers[agency] = Publisher(
-                agency, settings=self.settings, catalog=self.catalog, **self.producer_config
+                agency,
+                settings=self.settings,
+                catalog=self.catalog,
+                signer=self.signer,
+                **self.producer_config,
             )
         return publisher
 

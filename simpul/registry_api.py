@@ -378,8 +378,20 @@ def create_app(settings: Settings, store: SchemaStore | None = None) -> FastAPI:
     return app
 
 
-def serve(settings: Settings, port: int | None = None) -> None:
-    """Run the registry in the foreground (uvicorn, all interfaces) until SIGTERM/SIGINT."""
+def serve(settings: Settings, port: int | None = None, host: str | None = None) -> None:
+    """Run the registry in the foreground (uvicorn, on ``bind_host``) until SIGTERM/SIGINT.
+    Writes need the admin token; /metrics the installation token unless ``metrics_open``."""
+    from simpul.httpauth import TokenAuth, http_token, open_paths
     from simpul.serving import run
 
-    run(create_app(settings), port or settings.registry_port, access_log=False)
+    token = http_token(settings, create=True) or ""
+    app = TokenAuth(
+        create_app(settings), token, only=frozenset({"/metrics"}) - open_paths(settings)
+    )
+    run(
+        app,
+        port or settings.registry_port,
+        host or settings.bind_host,
+        settings.http_max_body_bytes,
+        access_log=False,
+    )

@@ -10,8 +10,6 @@ answer cached is used, however old, and only when there is none does the caller 
 from __future__ import annotations
 
 import logging
-import os
-import secrets
 import threading
 import time
 from pathlib import Path
@@ -20,6 +18,7 @@ from urllib.parse import quote
 
 import httpx
 
+from simpul.installation import installation_secret
 from simpul.settings import Settings
 
 log = logging.getLogger("simpul.registry")
@@ -49,20 +48,7 @@ def admin_token(settings: Settings, *, create: bool = False) -> str | None:
     """The registry admin token: the setting, else the token file, made (0600) on request."""
     if settings.registry_admin_token:
         return settings.registry_admin_token
-    path = token_path(settings)
-    if path.exists():
-        return path.read_text(encoding="utf-8").strip() or None
-    if not create:
-        return None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(32)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process made it first
-        return path.read_text(encoding="utf-8").strip()
-    with os.fdopen(fd, "w", encoding="utf-8") as file:
-        file.write(token + "\n")
-    return token
+    return installation_secret(token_path(settings), create=create)
 
 
 def _subject(subject: str) -> str:

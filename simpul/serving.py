@@ -31,7 +31,9 @@ class GracefulServer(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-def run(app: Any, port: int, host: str = "0.0.0.0", **config: Any) -> None:
-    """Serve until SIGINT/SIGTERM, then return."""
+def run(app: Any, port: int, host: str, max_body: int, **config: Any) -> None:
+    """Serve until SIGINT/SIGTERM, then return; request bodies over ``max_body`` get 413."""
+    from simpul.httpauth import BodyLimit
+
     options = {"log_level": "warning", **config}
-    GracefulServer(uvicorn.Config(app, host=host, port=port, **options)).run()
+    GracefulServer(uvicorn.Config(BodyLimit(app, max_body), host=host, port=port, **options)).run()

@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_BROKER_PORT = 19092
@@ -72,6 +72,34 @@ class Settings(BaseSettings):
     schemas_dir: Path = Field(default=PROJECT_ROOT / "schemas", description="Avro .avsc files")
     data_dir: Path = Field(
         default=PROJECT_ROOT / "var", description="Local working files (Faust data, logs)"
+    )
+    keys_dir: Path = Field(
+        default=PROJECT_ROOT / "var" / "keys",
+        description="Private signing keys of this installation's agencies and gateways "
+        "(mode 0600; never in the repository or the image)",
+    )
+    public_keys_file: Path | None = Field(
+        default=None,
+        description="Public keys of every signer (YAML, committed); empty: "
+        "<topology name>.keys.yaml beside the topology file",
+    )
+    bind_host: str = Field(
+        default="127.0.0.1",
+        description="Address every Simpul HTTP server listens on (0.0.0.0 inside a container)",
+    )
+    http_token: str = Field(
+        default="",
+        description="Bearer token of the status, health and connect REST endpoints; empty: "
+        "generated once into data_dir/http-token (mode 0600)",
+    )
+    metrics_open: bool = Field(
+        default=False,
+        description="Serve /metrics without the token (for a Prometheus on a private network)",
+    )
+    http_max_body_bytes: int = Field(
+        default=1_048_576,
+        ge=1024,
+        description="Largest request body any Simpul HTTP endpoint reads (the ingress has its own)",
     )
     worker_web_port: int = Field(
         default=6066, ge=1, le=65535, description="Worker HTTP port (/metrics, /health)"
@@ -240,9 +268,17 @@ class Settings(BaseSettings):
         "topology has subscriptions)",
     )
     audit_key: str = Field(
-        default="simpul-dev-audit-key-change-me",
-        min_length=16,
-        description="Secret key of the HMAC that hashes NIK/NIP in the delivery audit log",
+        default="",
+        description="Secret key of the HMAC that hashes NIK/NIP in the delivery audit log; "
+        "empty: generated once into data_dir/audit-key (mode 0600)",
+    )
+    audit_heads_file: Path = Field(
+        default=PROJECT_ROOT / "var" / "audit-heads.jsonl",
+        description="Where audit writers export their MAC'd chain heads, outside the database "
+        "(keep it on other storage; `simpul audit verify` reads it)",
+    )
+    audit_export_s: float = Field(
+        default=10.0, gt=0, description="How often an audit writer exports its chain head"
     )
     deliver_max_attempts: int = Field(
         default=8, ge=1, le=100, description="Webhook attempts before the dead letter"
@@ -293,6 +329,33 @@ class Settings(BaseSettings):
     console_session_hours: float = Field(
         default=12.0, gt=0, description="How long a console login lasts"
     )
+
+    @field_validator("audit_key", "registry_admin_token", "http_token")
+    @classmethod
+    def _no_known_secret(cls, value: str, info: ValidationInfo) -> str:
+        from simpul.installation import known_development_secret
+
+        if value and known_development_secret(value):
+            raise ValueError(
+                f"{info.field_name}: a published development value; generate this "
+                "installation's own with `simpul secrets init` (or leave it empty)"
+            )
+        if value and info.field_name == "audit_key" and len(value) < 16:
+            raise ValueError("audit_key: at least 16 characters")
+        return value
+
+    def audit_secret(self) -> str:
+        """The audit HMAC key: the setting, else this installation's generated one."""
+        from simpul.installation import installation_secret
+
+        return self.audit_key or installation_secret(self.data_dir / "audit-key", create=True) or ""
+
+    @property
+    def public_keys_path(self) -> Path:
+        """Where the public keys are: the setting, or beside the topology file."""
+        if self.public_keys_file is not None:
+            return self.public_keys_file
+        return self.topology_file.with_name(self.topology_file.stem + ".keys.yaml")
 
     def client_tuning(self) -> ClientTuning:
         """Consumer timings for the engine, each overridable by its own setting."""

@@ -511,7 +511,7 @@ def _publish_invalid(
         key = str(payload[etype.key]).encode()
         schema_id = publisher.catalog.latest_schema(event_type).id
         headers = Envelope(type=event_type, source=f"/agency/{agency}", time=now).to_headers()
-        publisher.send_raw(etype.topic("in"), key, frame(schema_id, b"\xff\xffgarbage"), headers)
+        publisher.send_signed(etype.topic("in"), key, frame(schema_id, b"\xff\xffgarbage"), headers)
     elif kind == "missing_header":
         key = str(payload[etype.key]).encode()
         schema = publisher.catalog.latest_schema(event_type)
@@ -520,6 +520,6 @@ def _publish_invalid(
             for h in Envelope(type=event_type, source=f"/agency/{agency}", time=now).to_headers()
             if h[0] != "ce_id"
         ]
-        publisher.send_raw(etype.topic("in"), key, schema.encode(payload), headers)
+        publisher.send_signed(etype.topic("in"), key, schema.encode(payload), headers)
     else:
         raise ValueError(f"unknown invalid kind {kind!r}")

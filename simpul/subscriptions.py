@@ -71,6 +71,15 @@ class Mask(BaseModel):
     keep_first: Annotated[int, Field(ge=0, le=8)] = 4
     keep_last: Annotated[int, Field(ge=0, le=8)] = 4
 
+    @model_validator(mode="after")
+    def _at_most_eight_shown(self) -> Mask:
+        if self.keep_first + self.keep_last > 8:
+            raise ValueError(
+                f"keep_first + keep_last: {self.keep_first + self.keep_last} characters shown; "
+                "a masked identifier shows at most 8"
+            )
+        return self
+
 
 class Webhook(BaseModel):
     """Where `simpul deliver` POSTs; the signing secret is read from an environment variable."""
@@ -92,6 +101,9 @@ class Subscription(BaseModel):
     filter: list[Filter] = []
     masked: list[Mask] = []
     webhook: Webhook | None = None
+    #: Why the law lets this agency see a NIK/NIP in clear (UU 27/2022 art. 20); required
+    #: when an identifier field is sent unmasked.
+    legal_basis: str | None = None
 
     @field_validator("purpose")
     @classmethod
@@ -308,13 +320,21 @@ class SubscriptionPlan:
                         )
                 if problems:
                     continue
-                schema = derive_schema(definition, sub)
-                event_type = topology.event_type(type_name)
                 identifiers = {
                     f["name"]: f["simpul.identifier"]
                     for f in definition["fields"]
                     if f.get("simpul.identifier") in {"nik", "nip"}
                 }
+                clear = [f for f in sub.fields if f in identifiers and f not in sub.masks()]
+                if clear and not (sub.legal_basis or "").strip():
+                    problems.append(
+                        f"{where}.legal_basis: {sub.name} receives "
+                        + ", ".join(f"{f} ({identifiers[f].upper()})" for f in clear)
+                        + f" of {type_name} unmasked; name the legal basis, or mask it"
+                    )
+                    continue
+                schema = derive_schema(definition, sub)
+                event_type = topology.event_type(type_name)
                 subject_field = (
                     event_type.key
                     if event_type.key in identifiers

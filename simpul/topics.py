@@ -6,7 +6,7 @@ import contextlib
 from dataclasses import dataclass
 
 from kafka import KafkaAdminClient
-from kafka.admin import NewPartitions, NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, NewPartitions, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
 from simpul.kafka_clients import kafka_python_options
@@ -36,17 +36,11 @@ def apply_topics(topology: Topology, bootstrap: str | Settings) -> list[TopicCha
         missing = [(t, p) for t, p in declared if t not in existing]
         if missing:
             # A concurrent `topics apply` may have created some already: that is success too.
-            # Join state changelogs are compacted: the latest record per key is the state.
-            compacted = {join.state_topic() for join in topology.joins}
+            # Join state changelogs are compacted; dead letters and inboxes have a retention.
             with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(
                     [
-                        NewTopic(
-                            t,
-                            p,
-                            topology.replication,
-                            topic_configs={"cleanup.policy": "compact"} if t in compacted else {},
-                        )
+                        NewTopic(t, p, topology.replication, topic_configs=topology.topic_config(t))
                         for t, p in missing
                     ],
                     timeout_ms=30_000,
@@ -63,9 +57,21 @@ def apply_topics(topology: Topology, bootstrap: str | Settings) -> list[TopicCha
                 changes.append(TopicChange(topic, have, "has more partitions"))
             else:
                 changes.append(TopicChange(topic, have, "exists"))
+        _apply_retention(admin, topology, [t for t, _ in declared if t in existing])
         return changes
     finally:
         admin.close()
+
+
+def _apply_retention(admin: KafkaAdminClient, topology: Topology, topics: list[str]) -> None:
+    """Existing dead-letter and inbox topics get the declared retention too (idempotent)."""
+    resources = [
+        ConfigResource(ConfigResourceType.TOPIC, t, configs=config)
+        for t in topics
+        if "retention.ms" in (config := topology.topic_config(t))
+    ]
+    if resources:
+        admin.alter_configs(resources)
 
 
 def _partition_counts(admin: KafkaAdminClient) -> dict[str, int]:

@@ -133,6 +133,15 @@ class Kelurahan(BaseModel):
         return value
 
 
+class Retention(BaseModel):
+    """How long topics holding personal data keep it (UU 27/2022: no longer than needed)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dead_letter_days: Annotated[int, Field(ge=1, le=3650)] = 30
+    inbox_days: Annotated[int, Field(ge=1, le=3650)] = 14
+
+
 class Topology(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -153,6 +162,7 @@ class Topology(BaseModel):
     subscriptions: list[Subscription] = []
     #: The TPP amounts BKD pays from hr.allowance.basis (`simpul payroll control`).
     tpp: TppPolicy | None = None
+    retention: Retention = Retention()
 
     @model_validator(mode="after")
     def _consistent(self) -> Topology:
@@ -224,6 +234,18 @@ class Topology(BaseModel):
             for t in self.event_types
             for kind in ("in", "valid", "dlq")
         ] + self.join_topics()
+
+    def topic_config(self, topic: str) -> dict[str, str]:
+        """The declared configuration of one of Simpul's topics (retention of personal data
+        in dead letters and inboxes; join changelogs compacted)."""
+        day_ms = 86_400_000
+        if topic.startswith("simpul.dlq."):
+            return {"retention.ms": str(self.retention.dead_letter_days * day_ms)}
+        if topic.startswith("simpul.out."):
+            return {"retention.ms": str(self.retention.inbox_days * day_ms)}
+        if topic in {join.state_topic() for join in self.joins}:
+            return {"cleanup.policy": "compact"}
+        return {}
 
     def join_topics(self) -> list[tuple[str, int]]:
         """Each join's state changelog and, when the left side is re-keyed, its repartition

@@ -8,6 +8,12 @@ deleted tail are all found by `verify`. NIK/NIP are stored only as a keyed HMAC
 (``subject_hash``): the table holds no raw identifiers, yet `simpul audit subject <NIK>` finds
 a person's rows through the index.
 
+Against an insider with write access to the database: row hashes are keyed (HMAC-SHA256 with
+a key derived from the installation's audit key), so a rewritten row cannot be given a
+matching hash without the key; and each writer exports its chain head (sequence number and
+hash, itself MAC'd) at intervals to a file outside the database (``audit_heads_file``), so
+deleting a whole chain, or its tail together with its head row, is still found by `verify`.
+
 Delivery guarantee: rows are written before the offsets of the messages they describe are
 committed, so a crash may record a re-delivered message twice (it was delivered twice), never
 zero times.
@@ -20,10 +26,13 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import os
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -110,12 +119,17 @@ def _utc_naive(value: dt.datetime) -> dt.datetime:
     return value
 
 
-def row_hash(prev_hash: str, row: dict[str, object]) -> str:
+def _derived(key: str, purpose: str) -> bytes:
+    """One key per use of the audit key (subject hashes, row hashes, exported heads)."""
+    return hmac.new(key.encode(), f"simpul-audit-{purpose}".encode(), hashlib.sha256).digest()
+
+
+def row_hash(prev_hash: str, row: dict[str, object], key: str) -> str:
     recorded = _utc_naive(row["recorded_at"])  # type: ignore[arg-type]
-    return _hash(prev_hash, row, recorded.isoformat(timespec="microseconds"))
+    return _hash(prev_hash, row, recorded.isoformat(timespec="microseconds"), _derived(key, "row"))
 
 
-def _hash(prev_hash: str, row: dict[str, object], recorded: str) -> str:
+def _hash(prev_hash: str, row: dict[str, object], recorded: str, row_key: bytes) -> str:
     content = json.dumps(
         [
             row["chain_id"],
@@ -135,16 +149,76 @@ def _hash(prev_hash: str, row: dict[str, object], recorded: str) -> str:
         ensure_ascii=False,
         separators=(",", ":"),
     )
-    return hashlib.sha256(f"{prev_hash}\n{content}".encode()).hexdigest()
+    message = f"{prev_hash}\n{content}".encode()
+    return hmac.new(row_key, message, hashlib.sha256).hexdigest()
+
+
+def head_mac(key: str, head: dict[str, object]) -> str:
+    body = json.dumps(
+        [head["chain_id"], head["writer"], head["seq"], head["hash"], head["at"]],
+        separators=(",", ":"),
+    )
+    return hmac.new(_derived(key, "head"), body.encode(), hashlib.sha256).hexdigest()
+
+
+def export_head(path: Path, key: str, chain_id: str, writer: str, seq: int, hash_: str) -> None:
+    """Append one MAC'd chain head to the heads file (one JSON line; O_APPEND)."""
+    head: dict[str, object] = {
+        "chain_id": chain_id,
+        "writer": writer,
+        "seq": seq,
+        "hash": hash_,
+        "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    head["mac"] = head_mac(key, head)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "a", encoding="utf-8") as out:
+        out.write(json.dumps(head, separators=(",", ":")) + "\n")
+
+
+def read_heads(path: Path, key: str) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """The newest exported head per chain, and the lines that fail their MAC."""
+    heads: dict[str, dict[str, Any]] = {}
+    forged: list[str] = []
+    if not path.exists():
+        return heads, forged
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            head = json.loads(line)
+            ok = hmac.compare_digest(str(head.get("mac", "")), head_mac(key, head))
+        except (ValueError, KeyError, TypeError):
+            ok = False
+        if not ok:
+            forged.append(f"{path.name} line {number}: head does not verify (changed or forged)")
+            continue
+        current = heads.get(head["chain_id"])
+        if current is None or head["seq"] >= current["seq"]:
+            heads[head["chain_id"]] = head
+    return heads, forged
 
 
 class AuditLog:
     """One writer's chain. `record` is blocking (run it in a thread) and thread-safe."""
 
-    def __init__(self, engine: Engine, key: str, writer: str) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        key: str,
+        writer: str,
+        heads_file: Path | None = None,
+        export_s: float = 10.0,
+    ) -> None:
         self.engine = engine
         self.key = key
+        self._row_key = _derived(key, "row")  # once, not per row
         self.writer = writer
+        self.heads_file = heads_file
+        self.export_s = export_s
+        self._exported_at = 0.0
+        self._exported_seq = 0
         self.chain_id = f"{writer[:60]}-{uuid.uuid4().hex[:12]}"
         self.seq = 0
         self.last_hash = GENESIS
@@ -190,7 +264,7 @@ class AuditLog:
                     "recorded_at": now,
                 }
                 row["prev_hash"] = last
-                row["row_hash"] = last = _hash(last, row, recorded)
+                row["row_hash"] = last = _hash(last, row, recorded, self._row_key)
                 rows.append(row)
             with self.engine.begin() as conn:
                 if self.seq == 0:
@@ -226,7 +300,18 @@ class AuditLog:
                 else:
                     conn.execute(delivery_audit.insert(), rows)
             # Only advance once the rows are in: a failed write is retried with the same links.
+            first = self.seq == 0
             self.seq, self.last_hash = seq, last
+            if first or time.monotonic() - self._exported_at >= self.export_s:
+                self.export()
+
+    def export(self) -> None:
+        """Write this chain's head outside the database (the first one at once, so that a
+        chain deleted whole is found too)."""
+        if self.heads_file is None or self.seq == self._exported_seq:
+            return
+        export_head(self.heads_file, self.key, self.chain_id, self.writer, self.seq, self.last_hash)
+        self._exported_at, self._exported_seq = time.monotonic(), self.seq
 
 
 def inbox_subjects(engine: Engine, entries: Sequence[AuditEntry]) -> list[AuditEntry]:
@@ -275,10 +360,16 @@ class VerifyReport:
     problems: list[Problem]
 
 
-def verify(engine: Engine, batch: int = 10_000) -> VerifyReport:
-    """Walk every chain in order; report changed rows, missing rows and a cut-off tail."""
+def verify(
+    engine: Engine, key: str, heads_file: Path | None = None, batch: int = 10_000
+) -> VerifyReport:
+    """Walk every chain in order; report changed rows, missing rows and a cut-off tail; with
+    ``heads_file``, also chains and tails deleted together with their head rows."""
     a = delivery_audit.c
     problems: list[Problem] = []
+    exported, forged = read_heads(heads_file, key) if heads_file else ({}, [])
+    problems += [Problem("(heads file)", None, None, reason) for reason in forged]
+    hashes_at: dict[tuple[str, int], str] = {}
     rows_seen = 0
     with engine.connect() as conn:
         heads = {
@@ -286,6 +377,7 @@ def verify(engine: Engine, batch: int = 10_000) -> VerifyReport:
             for r in conn.execute(select(delivery_audit_chains))
         }
         chains = sorted(set(heads) | set(conn.scalars(select(a.chain_id).distinct())))
+    wanted = {(h["chain_id"], h["seq"]) for h in exported.values()}
     for chain_id in chains:
         expected_seq, prev = 1, GENESIS
         for row in _rows(engine, chain_id, batch):
@@ -304,7 +396,9 @@ def verify(engine: Engine, batch: int = 10_000) -> VerifyReport:
                 problems.append(
                     Problem(chain_id, data["id"], data["seq"], "prev_hash does not link")
                 )
-            if row_hash(data["prev_hash"], data) != data["row_hash"]:
+            if (data["chain_id"], data["seq"]) in wanted:
+                hashes_at[(data["chain_id"], data["seq"])] = data["row_hash"]
+            if row_hash(data["prev_hash"], data, key) != data["row_hash"]:
                 problems.append(
                     Problem(
                         chain_id,
@@ -325,6 +419,27 @@ def verify(engine: Engine, batch: int = 10_000) -> VerifyReport:
                     expected_seq - 1 if expected_seq > 1 else None,
                     f"chain ends at seq {expected_seq - 1} but its head says {head[0]}: "
                     "rows at the end are missing (deleted) or the head was changed",
+                )
+            )
+    for chain_id, exp in sorted(exported.items()):
+        if chain_id not in chains:
+            problems.append(
+                Problem(
+                    chain_id,
+                    None,
+                    exp["seq"],
+                    f"chain of {exp['writer']} exported with {exp['seq']} rows is not in "
+                    "the database (deleted whole)",
+                )
+            )
+        elif hashes_at.get((chain_id, exp["seq"])) != exp["hash"]:
+            problems.append(
+                Problem(
+                    chain_id,
+                    None,
+                    exp["seq"],
+                    f"the exported head (seq {exp['seq']}, {exp['at']}) is not in the "
+                    "chain: rows up to it were deleted or rewritten",
                 )
             )
     return VerifyReport(len(chains), rows_seen, problems)

@@ -8,6 +8,7 @@ Callers commit their consumer offsets only after `CentralStoreSink.flush` return
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import logging
 import sqlite3
@@ -35,6 +36,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import DataError, IntegrityError, OperationalError, ProgrammingError
 
 from simpul.db import dumps, metadata
+from simpul.signing import Attestation
 from sinks.dead_letter_log import dead_letters  # noqa: F401  (a store table too)
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,14 @@ event_log = Table(
     Column("published_at", DateTime(timezone=True), nullable=True),
     Column("received_at", DateTime(timezone=True), nullable=False),
     Column("stored_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # Who vouched for the event (simpul.signing), kept as evidence: the signature, its key,
+    # the key's owner, the gateway if one signed for the agency, and the exact signed bytes.
+    Column("key_id", String(128), nullable=True),
+    Column("signer", String(64), nullable=True),
+    Column("gateway", String(64), nullable=True),
+    Column("signature", Text, nullable=True),
+    Column("signed_headers", JSON, nullable=True),
+    Column("signed_value", Text, nullable=True),  # base64 of the Kafka value
     Index("ix_event_log_type_event_time", "type", "event_time"),
     Index("ix_event_log_key", "key"),
     Index("ix_event_log_source_stored_at", "source", "stored_at"),  # operations scorecard
@@ -152,6 +162,12 @@ LOG_COLUMNS = (
     "published_at",
     "received_at",
     "stored_at",
+    "key_id",
+    "signer",
+    "gateway",
+    "signature",
+    "signed_headers",
+    "signed_value",
 )
 STATE_META = {"event_time", "ce_id", "source", "stored_at"}
 
@@ -229,6 +245,16 @@ class StoredEvent:
     payload: dict[str, Any]
     published_at: dt.datetime | None
     received_at: dt.datetime
+    attestation: Attestation | None = None
+    value: bytes | None = None  # the Kafka value as signed
+
+    def evidence(self) -> tuple[Any, ...]:
+        """key_id, signer, gateway, signature, signed_headers (JSON), signed_value."""
+        a = self.attestation
+        if a is None:
+            return (None, None, None, None, None, None)
+        value = base64.b64encode(self.value).decode() if self.value is not None else None
+        return (a.key_id, a.signer, a.gateway, a.signature, dumps(a.headers), value)
 
 
 @dataclass(slots=True)
@@ -335,6 +361,7 @@ class CentralStore:
                     e.published_at.isoformat() if e.published_at else None,
                     e.received_at.isoformat(),
                     stamp,
+                    *e.evidence(),
                 )
                 for e in events
             ]
@@ -351,6 +378,7 @@ class CentralStore:
                     e.published_at,
                     e.received_at,
                     now,
+                    *e.evidence(),
                 )
                 for e in events
             ]

@@ -29,6 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from simpul.db import metadata
+from simpul.identifiers import mask_identifiers
 
 dead_letters = Table(
     "dead_letters",
@@ -62,7 +63,9 @@ class DeadLetterRow:
     dead_lettered_at: dt.datetime
 
     def as_dict(self) -> dict[str, object]:
-        return {name: getattr(self, name) for name in self.__slots__}
+        row = {name: getattr(self, name) for name in self.__slots__}
+        row["reason"] = mask_identifiers(self.reason)  # never a raw NIK/NIP in the table
+        return row
 
 
 class DeadLetterLog:

@@ -43,6 +43,7 @@ from simpul import metrics
 from simpul.codec import unframe
 from simpul.envelope import header
 from simpul.errors import InvalidMessage
+from simpul.installation import known_development_secret
 from simpul.kafka_clients import aiokafka_options
 from simpul.registry import SchemaResolver
 from simpul.settings import Settings
@@ -172,7 +173,12 @@ def webhook_secrets(
         if sub.webhook is None:
             continue
         value = environ.get(sub.webhook.secret_env, "")
-        if not value:
+        if value and known_development_secret(value):
+            missing.append(
+                f"  subscriptions.{i}.webhook.secret_env: {sub.webhook.secret_env} holds a "
+                "published development value; generate one with `simpul secrets init`"
+            )
+        elif not value:
             missing.append(
                 f"  subscriptions.{i}.webhook.secret_env: environment variable "
                 f"{sub.webhook.secret_env} is not set"
@@ -514,6 +520,7 @@ async def serve(settings: Settings, topology: Topology) -> None:
     from prometheus_client import CONTENT_TYPE_LATEST, disable_created_metrics, generate_latest
 
     from simpul.db import make_engine
+    from simpul.httpauth import aiohttp_options
     from simpul.registry import SchemaStore
 
     disable_created_metrics()
@@ -523,7 +530,13 @@ async def serve(settings: Settings, topology: Topology) -> None:
         settings,
         topology,
         SchemaResolver(SchemaStore(engine)),
-        AuditLog(engine, settings.audit_key, f"{settings.worker_id}.deliver"),
+        AuditLog(
+            engine,
+            settings.audit_secret(),
+            f"{settings.worker_id}.deliver",
+            settings.audit_heads_file,
+            settings.audit_export_s,
+        ),
         secrets,
     )
 
@@ -533,12 +546,12 @@ async def serve(settings: Settings, topology: Topology) -> None:
     async def health_page(request: web.Request) -> web.Response:
         return web.json_response(deliverer.health())
 
-    site_app = web.Application()
+    site_app = web.Application(**aiohttp_options(settings))
     site_app.router.add_get("/metrics", metrics_page)
     site_app.router.add_get("/health", health_page)
     runner = web.AppRunner(site_app)
     await runner.setup()
-    await web.TCPSite(runner, "0.0.0.0", settings.deliver_web_port).start()
+    await web.TCPSite(runner, settings.bind_host, settings.deliver_web_port).start()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, deliverer.stopping.set)

@@ -25,8 +25,9 @@ from aiokafka.errors import KafkaError
 
 from simpul import metrics
 from simpul.codec import AvroSchema
-from simpul.envelope import header
+from simpul.envelope import header, without_simpul_headers
 from simpul.registry import SchemaStore
+from simpul.signing import KEYID_HEADER, SIGNATURE_HEADER
 from simpul.subscriptions import Route, SubscriptionPlan, out_key, project
 from sinks.audit import AuditEntry, AuditLog
 from streams.batching import Outgoing
@@ -59,6 +60,12 @@ def fan_out(
     routes that filtered it out. Pure."""
     out, audit, filtered = [], [], []
     ce_id = header(headers, "ce_id") or ""
+    # Simpul's own headers only, and no signature: it covers the event, not the projection.
+    base = [
+        (k, v)
+        for k, v in without_simpul_headers(headers)
+        if k not in (SIGNATURE_HEADER, KEYID_HEADER)
+    ]
     for route, encoder in routes:
         sub = route.subscription
         if not sub.matches(payload):
@@ -71,7 +78,7 @@ def fan_out(
                 out_key(route, payload, key),
                 encoder.encode(projected),
                 [
-                    *headers,
+                    *base,
                     (SUBSCRIPTION_HEADER, sub.name.encode()),
                     (PURPOSE_HEADER, sub.purpose.encode()),
                 ],

@@ -28,10 +28,11 @@ from mode import Service
 
 from simpul import metrics
 from simpul.catalog import EventCatalog
-from simpul.envelope import MAX_ID_LENGTH, header
+from simpul.envelope import MAX_ID_LENGTH, header, without_simpul_headers
 from simpul.errors import InvalidMessage
 from simpul.registry_client import RegistryUnavailable
 from simpul.settings import Settings
+from simpul.signing import KeyRing
 from simpul.topology import EventType, Topology
 from sinks.audit import AuditEntry
 from sinks.central_store import TRANSIENT_ERRORS, CentralStore, StoredEvent, WriteResult
@@ -103,6 +104,13 @@ class IngestService(BatchService):
         self.health = health
         self.fanout = fanout
         self.dead_letter_log = DeadLetterLog(store.engine)
+        self.keyring = KeyRing(settings.public_keys_path)
+        if not self.keyring.key_ids():
+            log.warning(
+                "no public keys in %s: every event will be dead-lettered (stage authenticate); "
+                "create keys with `simpul agency keys create`",
+                settings.public_keys_path,
+            )
         self.types_by_topic: dict[str, EventType] = {t.topic("in"): t for t in topology.event_types}
         self.dedup: dict[str, DedupWindow] = {
             topic: DedupWindow.within(settings.dedup_window_bytes) for topic in self.types_by_topic
@@ -156,7 +164,8 @@ class IngestService(BatchService):
                         m.offset,
                         m.key,
                         m.value,
-                        list(m.headers or ()),
+                        # simpul_* headers are Simpul's: a producer's are dropped here.
+                        without_simpul_headers(m.headers or ()),
                         m.timestamp / 1000 if m.timestamp else None,
                     )
                 )
@@ -331,7 +340,7 @@ class IngestService(BatchService):
     ) -> dict[str, tuple[list[Accepted], list[Rejected]]]:
         began = time.thread_time()
         validated = {
-            topic: validate_batch(records, self.types_by_topic[topic], self.catalog)
+            topic: validate_batch(records, self.types_by_topic[topic], self.catalog, self.keyring)
             for topic, records in by_topic.items()
         }
         metrics.STAGE_CPU.labels("validate").inc(time.thread_time() - began)

@@ -42,8 +42,10 @@ from simpul.codec import unframe
 from simpul.db import make_engine
 from simpul.envelope import Envelope, Headers, header
 from simpul.errors import InvalidMessage
+from simpul.httpauth import aiohttp_options
 from simpul.kafka_clients import aiokafka_options
 from simpul.settings import Settings
+from simpul.signing import signer_for
 from simpul.topology import Topology
 from sinks.dead_letter_log import DeadLetterLog, DeadLetterRow
 from streams.batching import Batch, BatchService
@@ -80,6 +82,8 @@ class JoinService(BatchService):
         super().__init__(settings, **kwargs)
         self.topology = topology
         self.catalog = catalog
+        # Derived events are Simpul's own: the joins gateway signs them for /agency/simpul.
+        self.signer = signer_for(settings, "joins")
         self.dead_letter_log = DeadLetterLog(make_engine(settings.database_url))
         self.logics = [
             JoinLogic(j, topology.event_type(j.output), settings.join_wait_s)
@@ -246,14 +250,9 @@ class JoinService(BatchService):
                 )
                 sends.append(self._dead_letter(logic, derived.left, "join.output", reason, now))
                 continue
-            sends.append(
-                Send(
-                    output.topic("in"),
-                    derived.key.encode(),
-                    schema.encode(derived.payload),
-                    derived.envelope.to_headers([("simpul_join", logic.name.encode())]),
-                )
-            )
+            key, value = derived.key.encode(), schema.encode(derived.payload)
+            headers = self.signer.sign(derived.envelope.to_headers(), key, value)
+            sends.append(Send(output.topic("in"), key, value, headers))
             metrics.JOIN_DERIVED.labels(logic.name).inc()
         for left, reason in effects.expired:
             sends.append(self._dead_letter(logic, left, "join.timeout", reason, now))
@@ -434,7 +433,8 @@ def create_joins_app(settings: Settings, topology: Topology) -> Any:
         topic_allow_declare=False,
         web_enabled=True,
         web_port=settings.joins_web_port,
-        web_bind="0.0.0.0",
+        web_bind=settings.bind_host,
+        web_application_options=aiohttp_options(settings),
         store="memory://",
         datadir=str(settings.data_dir / f"faust-{settings.worker_id}-joins"),
     )

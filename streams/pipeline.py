@@ -18,6 +18,8 @@ from simpul.catalog import EventCatalog
 from simpul.codec import unframe
 from simpul.envelope import Envelope, Headers, header
 from simpul.errors import InvalidMessage
+from simpul.identifiers import mask_identifiers
+from simpul.signing import Attestation, KeyRing, verify_many
 from simpul.topology import EventType
 from sinks.central_store import TRANSIENT_ERRORS, StoredEvent
 
@@ -44,6 +46,7 @@ class Accepted:
     schema_id: int
     payload: dict[str, Any]
     published_at: dt.datetime | None = None
+    attestation: Attestation | None = None
 
     def to_stored(self, event_type: EventType, received_at: dt.datetime) -> StoredEvent:
         return StoredEvent(
@@ -57,6 +60,8 @@ class Accepted:
             payload=self.payload,
             published_at=self.published_at,
             received_at=received_at,
+            attestation=self.attestation,
+            value=self.record.value,
         )
 
 
@@ -267,24 +272,36 @@ def process_batch(
     event_type: EventType,
     catalog: EventCatalog,
     dedup: DedupWindow,
+    keyring: KeyRing,
 ) -> BatchOutcome:
-    """Validate every record, then drop duplicates."""
-    valid, rejected = validate_batch(records, event_type, catalog)
+    """Authenticate and validate every record, then drop duplicates."""
+    valid, rejected = validate_batch(records, event_type, catalog, keyring)
     return drop_duplicates(valid, rejected, dedup)
 
 
 def validate_batch(
-    records: Sequence[RawRecord], event_type: EventType, catalog: EventCatalog
+    records: Sequence[RawRecord],
+    event_type: EventType,
+    catalog: EventCatalog,
+    keyring: KeyRing,
 ) -> tuple[list[Accepted], list[Rejected]]:
-    """Validation without side effects, so a batch that fails half-way (the store is down
-    while a schema is looked up) can be retried unchanged."""
+    """Authentication, then validation, without side effects, so a batch that fails
+    half-way (the store is down while a schema is looked up) can be retried unchanged."""
     valid: list[Accepted] = []
     rejected: list[Rejected] = []
-    for record in records:
+    keyring.refresh()
+    checked = verify_many(keyring, [(r.headers, r.key, r.value) for r in records])
+    for record, attestation in zip(records, checked, strict=True):
+        if isinstance(attestation, InvalidMessage):  # authentication comes first
+            rejected.append(Rejected(record, attestation))
+            continue
         try:
-            valid.append(check_record(record, event_type, catalog))
+            accepted = check_record(record, event_type, catalog)
         except InvalidMessage as error:
             rejected.append(Rejected(record, error))
+            continue
+        accepted.attestation = attestation
+        valid.append(accepted)
     return valid, rejected
 
 
@@ -303,10 +320,11 @@ def drop_duplicates(
 def dead_letter_headers(
     record: RawRecord, stage: str, code: str, reason: str, now: dt.datetime
 ) -> Headers:
-    """The original headers plus where and why the message was rejected."""
+    """The original headers plus where and why the message was rejected (a NIK or NIP in
+    the reason masked)."""
     return [
         *record.headers,
-        ("simpul_dlq_reason", reason.encode()),
+        ("simpul_dlq_reason", mask_identifiers(reason).encode()),
         ("simpul_dlq_stage", stage.encode()),
         ("simpul_dlq_code", code.encode()),
         ("simpul_dlq_topic", record.topic.encode()),

@@ -22,6 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from simpul import metrics
 from simpul.catalog import EventCatalog
 from simpul.db import make_engine
+from simpul.httpauth import aiohttp_options
 from simpul.kafka_clients import faust_credentials
 from simpul.registry import SchemaStore
 from simpul.registry_client import admin_token, make_resolver
@@ -63,7 +64,9 @@ def create_app(settings: Settings, topology: Topology) -> faust.App:
         producer_acks=-1,
         web_enabled=True,
         web_port=settings.worker_web_port,
-        web_bind="0.0.0.0",
+        web_bind=settings.bind_host,
+        # Every page, Faust's own included, needs the token; bodies are bounded.
+        web_application_options=aiohttp_options(settings),
         store="memory://",
         datadir=str(settings.data_dir / f"faust-{settings.worker_id}"),
     )
@@ -192,7 +195,13 @@ def inbox_fanout(settings: Settings, topology: Topology, engine: Any) -> InboxFa
     """The ingest path's fan-out to simpul.out.<agency>, checked against the schemas first."""
     plan = SubscriptionPlan.build(topology, settings.schemas_dir)
     store = SchemaStore(engine)  # derived schemas are registered in the store directly
-    audit = AuditLog(engine, settings.audit_key, f"{settings.worker_id}.fanout")
+    audit = AuditLog(
+        engine,
+        settings.audit_secret(),
+        f"{settings.worker_id}.fanout",
+        settings.audit_heads_file,
+        settings.audit_export_s,
+    )
     return InboxFanout(plan, store, audit)
 
 

@@ -67,6 +67,13 @@ def pg_admin_url() -> str:
     return _pg_cluster.url
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Every test, and every process a test starts, signs with one set of generated keys."""
+    from tests.helpers import install_test_keys
+
+    install_test_keys(TOPOLOGY_FILE)
+
+
 def pytest_report_header(config: pytest.Config) -> list[str]:
     where = os.environ.get("SIMPUL_TEST_PG_URL") or "a private cluster started by the tests"
     return [f"broker: {BROKER_ENGINE} (SIMPUL_TEST_BROKER)", f"postgresql: {where}"]
@@ -318,7 +325,7 @@ class Stack:
     def health(self) -> dict[str, Any]:
         url = f"http://127.0.0.1:{self.settings.worker_web_port}/health"
         try:
-            with urllib.request.urlopen(url, timeout=5) as response:
+            with urllib.request.urlopen(_authorized(url), timeout=5) as response:
                 return json.loads(response.read())
         except urllib.error.HTTPError as error:  # 503 while the store is down
             return json.loads(error.read())
@@ -334,7 +341,7 @@ class Stack:
 
     def metrics(self) -> str:
         url = f"http://127.0.0.1:{self.settings.worker_web_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as response:
+        with urllib.request.urlopen(_authorized(url), timeout=5) as response:
             return response.read().decode()
 
     def worker_log(self) -> str:
@@ -350,9 +357,15 @@ def _terminate(process: subprocess.Popen[bytes]) -> None:
             process.kill()
 
 
+def _authorized(url: str) -> urllib.request.Request:
+    from tests.helpers import auth
+
+    return urllib.request.Request(url, headers=auth())
+
+
 def _http_ok(port: int, path: str) -> bool:
     try:
-        urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=1).close()
+        urllib.request.urlopen(_authorized(f"http://127.0.0.1:{port}{path}"), timeout=1).close()
         return True
     except OSError:
         return False
@@ -407,6 +420,7 @@ def make_stack(
         "SIMPUL_REGISTRY_PORT": str(registry_port),
         "SIMPUL_REGISTRY_URL": f"http://127.0.0.1:{registry_port}",
         "SIMPUL_REGISTRY_ADMIN_TOKEN": token,
+        "SIMPUL_AUDIT_HEADS_FILE": str(workdir / "audit-heads.jsonl"),  # this stack's own
         **(client_env or {}),
     }
     settings = Settings(

@@ -4,12 +4,16 @@ and a throw-away PostgreSQL cluster that a test may stop and start."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import os
 import random
+import tempfile
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
@@ -19,8 +23,10 @@ from sqlalchemy import text
 from simpul.catalog import EventCatalog
 from simpul.codec import frame
 from simpul.db import make_engine
-from simpul.envelope import Envelope
+from simpul.envelope import Envelope, Headers
 from simpul.publisher import PublisherPool
+from simpul.settings import Settings
+from simpul.signing import Signer, signer_for
 from simpul.simulate import INVALID_KINDS, PaluData
 from simpul.topology import Topology
 
@@ -157,19 +163,61 @@ def send_invalid(publisher: Any, catalog: EventCatalog, item: Planned) -> Any:
             key = str(broken[et.key]).encode()
         value = schema.encode(broken)
     elif item.kind == "unauthorized":
+        # Signed by kominfo itself: authentic, but kominfo does not produce this type.
         envelope = Envelope(
             type=item.event_type, source="/agency/kominfo", id=item.ce_id, time=item.time
         )
         value = schema.encode(item.payload)
+        publisher("kominfo").send_signed(et.topic("in"), key, value, envelope.to_headers())
+        return
     elif item.kind == "undecodable":
         value = frame(schema.id, b"\xff\xfe\x00garbage")
     elif item.kind == "missing_header":
         value = schema.encode(item.payload)
         headers = [h for h in envelope.to_headers() if h[0] != "ce_time"]
-        return publisher(item.agency).send_raw(et.topic("in"), key, value, headers)
+        return publisher(item.agency).send_signed(et.topic("in"), key, value, headers)
     else:
         raise ValueError(item.kind)
-    return publisher(item.agency).send_raw(et.topic("in"), key, value, envelope.to_headers())
+    # Signed: these are authentic events with bad content, refused by validation.
+    return publisher(item.agency).send_signed(et.topic("in"), key, value, envelope.to_headers())
+
+
+def install_test_keys(topology_file: Path) -> Path:
+    """Generate signing keys for every agency and gateway of the topology into a temporary
+    directory and point ``SIMPUL_KEYS_DIR`` / ``SIMPUL_PUBLIC_KEYS_FILE`` at it (this process
+    and its children). Returns the public keys file."""
+    from simpul.cli_keys import installation_owners
+    from simpul.signing import ensure_keys
+    from simpul.topology import load_topology
+
+    if os.environ.get("SIMPUL_TEST_KEYS") == "1":
+        return Path(os.environ["SIMPUL_PUBLIC_KEYS_FILE"])
+    root = Path(tempfile.mkdtemp(prefix="simpul-test-keys-"))
+    public, private = root / "public.keys.yaml", root / "private"
+    ensure_keys(public, private, installation_owners(load_topology(topology_file)))
+    os.environ.update(
+        SIMPUL_KEYS_DIR=str(private),
+        SIMPUL_PUBLIC_KEYS_FILE=str(public),
+        SIMPUL_HTTP_TOKEN=uuid.uuid4().hex,  # status, health and connect REST need it
+        SIMPUL_TEST_KEYS="1",
+    )
+    return public
+
+
+@functools.cache
+def test_signer(owner: str) -> Signer:
+    """The signer of an agency or gateway under the test keys (`install_test_keys`)."""
+    return signer_for(Settings(), owner)
+
+
+def sign(owner: str, headers: Headers, key: bytes | None, value: bytes | None) -> Headers:
+    """The one helper raw test producers use to sign a valid event as ``owner``."""
+    return test_signer(owner).sign(headers, key, value)
+
+
+def auth() -> dict[str, str]:
+    """The header Simpul's status, health, metrics and connect endpoints need in tests."""
+    return {"Authorization": f"Bearer {os.environ['SIMPUL_HTTP_TOKEN']}"}
 
 
 def read_topic(bootstrap: str, topic: str, idle_ms: int = 2000) -> Iterator[Any]:

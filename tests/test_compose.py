@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -28,15 +29,35 @@ def _compose_client() -> list[str] | None:
     return None
 
 
-def test_compose_config_validates() -> None:
+def test_compose_config_validates(tmp_path: Path) -> None:
+    """Valid with the generated env file; refused, naming the command, without it."""
+    from simpul.cli_secrets import COMPOSE_SECRETS, init_env_file
+
     client = _compose_client()
     if client is None:
         pytest.skip(
             "no Compose client (docker compose or docker-compose) on this machine; "
             "`apt-get install docker-compose` to run this check"
         )
+    clean = {k: v for k, v in os.environ.items() if k not in COMPOSE_SECRETS}
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
+    refused = subprocess.run(
+        [*client, "--env-file", str(empty), "-f", str(COMPOSE), "config", "-q"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=clean,
+    )
+    assert refused.returncode != 0 and "run simpul secrets init" in refused.stderr
+    env_file = tmp_path / ".env"
+    init_env_file(env_file, [*COMPOSE_SECRETS, "SIMPUL_WEBHOOK_SECRET_DINSOS"])
     result = subprocess.run(
-        [*client, "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True, cwd=ROOT
+        [*client, "--env-file", str(env_file), "-f", str(COMPOSE), "config", "-q"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=clean,
     )
     assert result.returncode == 0, result.stderr
 
@@ -140,3 +161,47 @@ def test_compose_commands_are_simpul_commands() -> None:
     }
     assert {"worker", "registry", "joins", "ingress", "connect", "deliver", "console"} <= wanted
     assert sorted(wanted - commands) == [], "a compose service runs a command simpul lacks"
+
+
+def test_compose_has_no_default_secret_and_refuses_to_start_without_them() -> None:
+    """Every secret comes from the env file `simpul secrets init` writes, as ${VAR:?...}."""
+    import re
+
+    from simpul.cli_secrets import COMPOSE_SECRETS
+    from simpul.installation import KNOWN_DEVELOPMENT_SECRETS
+
+    text = COMPOSE.read_text()
+    required = set(re.findall(r"\$\{(\w+):\?[^}]+\}", text))
+    topology = load_topology(PROJECT_ROOT / "topology" / "palu.yaml")
+    webhook = {s.webhook.secret_env for s in topology.subscriptions if s.webhook}
+    assert set(COMPOSE_SECRETS) | webhook <= required
+    assert not re.findall(r"\$\{\w+:-[^}]*\}", text), "a variable falls back to a default"
+    services = yaml.safe_load(text)["services"]
+    for name, service in services.items():
+        env = service.get("environment") or {}
+        for variable, value in env.items():
+            if re.search(r"PASSWORD|SECRET|TOKEN|KEY$", variable):
+                assert str(value) not in KNOWN_DEVELOPMENT_SECRETS, f"{name}.{variable}"
+    assert "simpul:simpul@" not in text
+    # The private signing keys are mounted read-only into the signers, never built in.
+    for name in ("ingress", "connect", "joins"):
+        assert any(v.endswith(":/run/simpul/keys:ro") for v in services[name]["volumes"]), name
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "var" not in re.findall(r"^COPY (\S+)", dockerfile, re.M)
+    assert ".env" in (ROOT / ".dockerignore").read_text()
+
+
+def test_secrets_init_writes_a_private_env_file_and_keeps_what_is_there(tmp_path: Path) -> None:
+    import stat
+
+    from simpul.cli_secrets import COMPOSE_SECRETS, init_env_file, read_env_file
+
+    env_file = tmp_path / ".env"
+    env_file.write_text("SIMPUL_AUDIT_KEY=change-me-audit-key-of-the-city\nOTHER=1\n")
+    added = init_env_file(env_file, [*COMPOSE_SECRETS, "SIMPUL_WEBHOOK_SECRET_DINSOS"])
+    assert set(added) == {*COMPOSE_SECRETS, "SIMPUL_WEBHOOK_SECRET_DINSOS"}  # dev value replaced
+    values = read_env_file(env_file)
+    assert values["OTHER"] == "1" and all(len(values[n]) >= 40 for n in added)
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    assert init_env_file(env_file, list(COMPOSE_SECRETS)) == []  # again: nothing changes
+    assert read_env_file(env_file) == values

@@ -23,6 +23,7 @@ from simpul.broker import free_port
 from simpul.db import make_engine
 from tests.conftest import Stack, create_pg_database, drop_pg_database, wait_until
 from tests.connector_cases import PEGAWAI_MAPPING, PegawaiSource, _pegawai, stored_keys
+from tests.helpers import auth
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -58,7 +59,7 @@ class Connect:
         if self.process.poll() is not None:
             raise AssertionError((self.workdir / "connect.log").read_text())
         try:
-            return httpx.get(f"{self.url}/connectors", timeout=1).status_code == 200
+            return httpx.get(f"{self.url}/connectors", timeout=1, headers=auth()).status_code == 200
         except httpx.HTTPError:
             return False
 
@@ -70,7 +71,7 @@ class Connect:
         return code
 
     def status(self, name: str) -> dict[str, Any]:
-        return httpx.get(f"{self.url}/connectors/{name}/status").json()
+        return httpx.get(f"{self.url}/connectors/{name}/status", headers=auth()).json()
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -162,11 +163,20 @@ def test_rest_api_and_cli_list_pause_resume_restart(
     pg_stack: Stack, simpeg: Any, connect: Connect
 ) -> None:
     main, _, _ = simpeg
-    assert set(httpx.get(f"{connect.url}/connectors").json()) == {"simpeg-pegawai", "simpeg-strict"}
-    config = httpx.get(f"{connect.url}/connectors/simpeg-pegawai").json()
+    assert set(httpx.get(f"{connect.url}/connectors", headers=auth()).json()) == {
+        "simpeg-pegawai",
+        "simpeg-strict",
+    }
+    config = httpx.get(f"{connect.url}/connectors/simpeg-pegawai", headers=auth()).json()
     assert config["config"]["connector.class"] == "polling"
     assert connect.status("simpeg-pegawai")["tasks"][0]["state"] == "RUNNING"
-    assert httpx.get(f"{connect.url}/connectors/nope/status").status_code == 404
+    assert httpx.get(f"{connect.url}/connectors/nope/status", headers=auth()).status_code == 404
+    # An anonymous caller can neither read nor steer (issue 15); nothing changed for it.
+    assert httpx.put(f"{connect.url}/connectors/simpeg-pegawai/pause").status_code == 401
+    assert httpx.get(f"{connect.url}/connectors/simpeg-pegawai").status_code == 401
+    assert connect.status("simpeg-pegawai")["tasks"][0]["state"] == "RUNNING"
+    shown = json.dumps(config["config"])
+    assert "********" in shown or "password" not in shown.lower()  # secrets come back redacted
 
     listed = connect.cli("list")
     assert listed.returncode == 0 and "simpeg-pegawai" in listed.stdout, listed.stderr
@@ -188,7 +198,7 @@ def test_rest_api_and_cli_list_pause_resume_restart(
     assert status["metrics"]["records_published"] >= 5 and status["metrics"]["last_success"]
     assert connect.cli("restart", "simpeg-pegawai").returncode == 0
     assert connect.status("simpeg-pegawai")["tasks"][0]["state"] in ("RUNNING", "UNASSIGNED")
-    scrape = httpx.get(f"{connect.url}/metrics").text
+    scrape = httpx.get(f"{connect.url}/metrics", headers=auth()).text
     assert 'simpul_connector_records_published_total{connector="simpeg-pegawai"}' in scrape
     assert 'simpul_connector_last_success_timestamp_seconds{connector="simpeg-pegawai"}' in scrape
     assert connect.cli("status", "nope").returncode == 1

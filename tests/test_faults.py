@@ -216,7 +216,7 @@ def test_poison_is_dead_lettered_and_the_worker_never_stops(
             value = schema.encode({**(good or _permit()), "permit_number": key.decode()})
             drop = rng.choice(["ce_id", "ce_source", "ce_type", "ce_time", "ce_specversion"])
             headers = [h for h in headers if h[0] != drop]
-        publisher.send_raw("simpul.in.permit.issued", key, value, headers)
+        publisher.send_signed("simpul.in.permit.issued", key, value, headers)
         poisoned[kind] += 1
         if i % 5 == 0:  # interleave the valid traffic
             item = next(valid_iter, None)

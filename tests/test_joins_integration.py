@@ -19,11 +19,12 @@ import yaml
 from sqlalchemy import text
 
 from simpul.broker import Broker, free_port
+from simpul.identifiers import mask_identifiers
 from simpul.publisher import PublisherPool
 from simpul.simulate import make_nik, make_nip
 from streams.joins import derived_id
 from tests.conftest import TOPOLOGY_FILE, Stack, make_stack, wait_until
-from tests.helpers import read_topic
+from tests.helpers import auth, read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -58,7 +59,8 @@ class JoinsProcess:
         self.process = None
 
     def _get(self, path: str) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as reply:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", headers=auth())
+        with urllib.request.urlopen(request, timeout=5) as reply:
             return reply.read().decode()
 
     def health(self) -> dict[str, Any]:
@@ -271,7 +273,9 @@ def test_assessment_of_an_unknown_employee_is_dead_lettered_when_the_wait_runs_o
     letter_headers = wait_until(letter_for_it, 60, "join dead letter")
     assert letter_headers["simpul_dlq_stage"] == "join"
     assert letter_headers["simpul_dlq_code"] == "join.timeout"
-    assert unknown in letter_headers["simpul_dlq_reason"]
+    # The NIP is personal data: the reason carries it masked (issue 15).
+    assert mask_identifiers(unknown) in letter_headers["simpul_dlq_reason"]
+    assert unknown not in letter_headers["simpul_dlq_reason"]
     assert "hr.employee.updated" in letter_headers["simpul_dlq_reason"]
     assert letter_headers["key"] == unknown
     assert not derived(stack, "hr.allowance.basis", "nip", unknown)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import shutil
 import subprocess
 import urllib.request
@@ -20,12 +21,15 @@ from simpul.simulate import PaluData
 from sinks.central_store import event_log
 from sinks.dead_letter_log import dead_letters
 from tests.conftest import Stack, wait_until
+from tests.helpers import auth
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def _get(stack: Stack, path: str, accept: str | None = None) -> tuple[str, str]:
-    request = urllib.request.Request(f"http://127.0.0.1:{stack.settings.worker_web_port}{path}")
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{stack.settings.worker_web_port}{path}", headers=auth()
+    )
     if accept:
         request.add_header("Accept", accept)
     with urllib.request.urlopen(request, timeout=30) as response:
@@ -119,7 +123,9 @@ def test_status_page_in_headless_chromium_shows_what_a_person_needs(
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("chromium not installed (`apt-get install chromium`)")
-    url = f"http://127.0.0.1:{pg_stack.settings.worker_web_port}/status.html"
+    # A person's browser authenticates with the installation token as the Basic password.
+    token = os.environ["SIMPUL_HTTP_TOKEN"]
+    url = f"http://simpul:{token}@127.0.0.1:{pg_stack.settings.worker_web_port}/status.html"
     common = [
         chromium,
         "--headless",

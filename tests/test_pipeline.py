@@ -15,9 +15,12 @@ from simpul.db import make_engine
 from simpul.envelope import Envelope
 from simpul.errors import InvalidMessage
 from simpul.registry import SchemaResolver, SchemaStore, register_all
+from simpul.settings import Settings
+from simpul.signing import KeyRing
 from simpul.topology import Topology
 from streams.batching import Outgoing
 from streams.pipeline import DedupWindow, RawRecord, process_batch, validate_record
+from tests.helpers import sign
 
 pytestmark = pytest.mark.unit
 
@@ -61,7 +64,7 @@ def record(
     envelope = Envelope(
         type=type_name, source=f"/agency/{source}", time=NOW, **({"id": ce_id} if ce_id else {})
     )
-    return RawRecord(
+    rec = RawRecord(
         topic=f"simpul.in.{type_name}",
         partition=0,
         offset=offset,
@@ -70,6 +73,19 @@ def record(
         headers=envelope.to_headers(),
         timestamp=NOW.timestamp(),
     )
+    return signed(rec, source) if source in AGENCIES_WITH_KEYS else rec
+
+
+AGENCIES_WITH_KEYS = {"dinsos", "dpmptsp", "kel-ujuna", "kominfo"}
+
+
+def signed(rec: RawRecord, owner: str) -> RawRecord:
+    return dataclasses.replace(rec, headers=sign(owner, rec.headers, rec.key, rec.value))
+
+
+@pytest.fixture
+def keyring() -> KeyRing:
+    return KeyRing(Settings().public_keys_path)
 
 
 def rejection(catalog: EventCatalog, rec: RawRecord) -> InvalidMessage:
@@ -147,18 +163,24 @@ def test_key_must_match_the_payload(catalog: EventCatalog) -> None:
     assert error.code == "key.mismatch" and error.reason.startswith("key: Kafka key")
 
 
-def test_batch_drops_duplicates_and_keeps_going_after_poison(catalog: EventCatalog) -> None:
+def test_batch_drops_duplicates_and_keeps_going_after_poison(
+    catalog: EventCatalog, keyring: KeyRing
+) -> None:
     event_type = catalog.topology.event_type("social.recipient.updated")
     good = record(catalog, recipient(), ce_id="e-1", offset=0)
     copy = record(catalog, recipient(), ce_id="e-1", offset=1)
-    poison = dataclasses.replace(good, offset=2, value=b"\x00\x00\x00\x00\x05\xff\xff\xff")
+    poison = signed(
+        dataclasses.replace(good, offset=2, value=b"\x00\x00\x00\x00\x05\xff\xff\xff"), "dinsos"
+    )
     after = record(
         catalog,
         recipient(nik="7271010101900001", kelurahan_code="7271011004"),
         ce_id="e-2",
         offset=3,
     )
-    outcome = process_batch([good, copy, poison, after], event_type, catalog, DedupWindow(10))
+    outcome = process_batch(
+        [good, copy, poison, after], event_type, catalog, DedupWindow(10), keyring
+    )
     assert [a.envelope.id for a in outcome.accepted] == ["e-1", "e-2"]
     assert [d.record.offset for d in outcome.duplicates] == [1]
     assert [(r.record.offset, r.error.stage) for r in outcome.rejected] == [(2, "decode")]

@@ -25,6 +25,7 @@ from simpul.broker import free_port
 from simpul.db import make_engine
 from simpul.registry import IncompatibleSchema, SchemaStore
 from tests.conftest import SCHEMAS_DIR, _terminate, wait_until
+from tests.helpers import auth
 
 pytestmark = pytest.mark.integration
 
@@ -327,9 +328,10 @@ def test_store_refuses_incompatible_schema_under_the_configured_mode(store_url: 
     assert store.register_checked(s, breaking)[1] == 2
 
 
-def test_metrics_are_served_for_prometheus_without_the_token(registry: Registry) -> None:
+def test_metrics_need_the_installation_token_unless_opened(registry: Registry) -> None:
     with registry.client() as anonymous:
-        scrape = anonymous.get("/metrics")
+        assert anonymous.get("/metrics").status_code == 401  # SIMPUL_METRICS_OPEN is off
+        scrape = anonymous.get("/metrics", headers=auth())
     assert scrape.status_code == 200
     assert scrape.headers["content-type"].startswith("text/plain")
     assert 'simpul_registry_requests_total{method="GET",status="200"}' in scrape.text

@@ -93,7 +93,7 @@ def test_registry_killed_mid_stream_does_not_stop_it(stack: Stack, tmp_path: Pat
         type="permit.issued", source="/agency/dpmptsp", id=waiting, time=dt.datetime.now(dt.UTC)
     )
     value = AvroSchema.from_text(new_id, json.dumps(text)).encode(payload)
-    publisher.send_raw(
+    publisher.send_signed(
         "simpul.in.permit.issued",
         str(payload["permit_number"]).encode(),
         value,

@@ -35,6 +35,7 @@ from simpul.registry import SchemaStore
 from simpul.simulate import PaluData
 from sinks.audit import delivery_audit, receipts_for
 from tests.conftest import TOPOLOGY_FILE, Stack, make_stack, wait_until
+from tests.helpers import auth
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -425,7 +426,7 @@ def test_webhooks_retry_honour_retry_after_and_dead_letter(
         ("webhook", "delivered"),
     ]
 
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+    with urllib.request.urlopen(_authorized(port, "/metrics"), timeout=5) as response:
         scrape = response.read().decode()
     assert (
         'simpul_deliveries_total{agency="kel-mamboro",channel="webhook",outcome="dead_lettered"}'
@@ -433,7 +434,7 @@ def test_webhooks_retry_honour_retry_after_and_dead_letter(
     )
     assert 'simpul_webhook_retries_total{agency="bkd",reason="500"} 2.0' in scrape
     assert 'simpul_webhook_retries_total{agency="kel-ujuna",reason="429"} 1.0' in scrape
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
+    with urllib.request.urlopen(_authorized(port, "/health"), timeout=5) as response:
         health = json.loads(response.read())
     assert health["dead_lettered"] == 2 and health["delivered"] == 5
 
@@ -479,9 +480,13 @@ def _start_deliverer(stack: Stack, port: int) -> subprocess.Popen[bytes]:
     )
 
 
+def _authorized(port: int, path: str) -> urllib.request.Request:
+    return urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=auth())
+
+
 def _health(port: int) -> dict[str, Any]:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+        with urllib.request.urlopen(_authorized(port, "/health"), timeout=2) as response:
             return json.loads(response.read())
     except OSError:
         return {}

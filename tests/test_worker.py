@@ -19,6 +19,7 @@ from simpul.errors import PayloadError
 from simpul.publisher import Publisher
 from simpul.registry import SchemaStore
 from tests.conftest import Stack, wait_until
+from tests.helpers import auth
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -180,7 +181,7 @@ def test_undecodable_bytes_are_dead_lettered_with_original_bytes(pg_stack: Stack
     schema_id = pg_stack.catalog().latest_schema("permit.issued").id
     value = frame(schema_id, b"\xff\xfe not avro at all")
     with publisher(pg_stack, "dpmptsp") as pub:
-        pub.send_raw("simpul.in.permit.issued", b"503/x", value, envelope.to_headers())
+        pub.send_signed("simpul.in.permit.issued", b"503/x", value, envelope.to_headers())
     letter = dead_letter_for(pg_stack, "permit.issued", envelope.id)
     assert letter["value"] == value and letter["key"] == b"503/x"
     assert letter["headers"]["simpul_dlq_stage"] == "decode"  # type: ignore[index]
@@ -225,7 +226,7 @@ def test_replay_after_a_fix_stores_the_event(pg_stack: Stack) -> None:
     payload = {**permit(number()), "fee_idr": 250_000}
     envelope = Envelope(type="permit.issued", source="/agency/dpmptsp")
     with publisher(pg_stack, "dpmptsp") as pub:
-        pub.send_raw(
+        pub.send_signed(
             "simpul.in.permit.issued",
             str(payload["permit_number"]).encode(),
             v2.encode(payload),
@@ -293,5 +294,6 @@ def test_metrics_and_health_are_served(pg_stack: Stack) -> None:
     import urllib.request
 
     url = f"http://127.0.0.1:{pg_stack.settings.worker_web_port}/health"
-    with urllib.request.urlopen(url, timeout=5) as response:
+    request = urllib.request.Request(url, headers=auth())
+    with urllib.request.urlopen(request, timeout=5) as response:
         assert json.loads(response.read())["store"] == "up"

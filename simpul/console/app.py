@@ -43,6 +43,7 @@ from simpul.console.i18n import LANGUAGES, format_time, language, translations
 from simpul.db import make_engine
 from simpul.deadletters import replay
 from simpul.envelope import parse_time
+from simpul.httpauth import auth_headers
 from simpul.identifiers import check_nik, check_nip
 from simpul.registry import IncompatibleSchema, SchemaResolver, SchemaStore
 from simpul.settings import Settings
@@ -151,7 +152,11 @@ class Console:
     # -- connectors through the runtime's REST API -------------------------------------------
     def connector_statuses(self) -> tuple[dict[str, Any] | None, str | None]:
         try:
-            response = httpx.get(f"{self.connect_url}/connectors?expand=status", timeout=5)
+            response = httpx.get(
+                f"{self.connect_url}/connectors?expand=status",
+                headers=auth_headers(self.settings),
+                timeout=5,
+            )
             response.raise_for_status()
         except httpx.HTTPError as error:
             return None, f"{self.connect_url}: {type(error).__name__}"
@@ -186,13 +191,17 @@ class Console:
         """Each process of the bus this console knows, asked for its ``/health`` at once."""
         targets = self.health_targets()
         with ThreadPoolExecutor(max(1, len(targets))) as pool:
-            return list(pool.map(lambda t: _ask_health(*t), targets))
+            headers = auth_headers(self.settings)
+            return list(pool.map(lambda t: _ask_health(t[0], t[1], headers), targets))
 
     def connector_action(self, name: str, action: str) -> str | None:
         method = "POST" if action == "restart" else "PUT"
         try:
             response = httpx.request(
-                method, f"{self.connect_url}/connectors/{quote(name, safe='')}/{action}", timeout=30
+                method,
+                f"{self.connect_url}/connectors/{quote(name, safe='')}/{action}",
+                headers=auth_headers(self.settings),
+                timeout=30,
             )
         except httpx.HTTPError as error:
             return f"{self.connect_url}: {type(error).__name__}"
@@ -226,9 +235,9 @@ def parse_health_urls(text: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def _ask_health(name: str, url: str) -> Readiness:
+def _ask_health(name: str, url: str, headers: dict[str, str]) -> Readiness:
     try:
-        response = httpx.get(url, timeout=2)
+        response = httpx.get(url, headers=headers, timeout=2)
         body = response.json()
     except (httpx.HTTPError, ValueError):
         return Readiness(name, "down", url)
@@ -620,7 +629,7 @@ def create_app(settings: Settings, topology: Topology) -> FastAPI:
         reason = check_nip(identifier) if len(identifier) == 18 else check_nik(identifier)
         receipts = None
         if not reason:
-            receipts = audit.receipts_for(console.engine, settings.audit_key, identifier, 500)
+            receipts = audit.receipts_for(console.engine, settings.audit_secret(), identifier, 500)
         return console.render(
             request,
             "_receipts.html",
@@ -635,7 +644,7 @@ def create_app(settings: Settings, topology: Topology) -> FastAPI:
         user = console.require(request, "privacy.view")
         console.check_csrf(request, await request.form())
         started = time.perf_counter()
-        report = audit.verify(console.engine)
+        report = audit.verify(console.engine, settings.audit_secret(), settings.audit_heads_file)
         return console.render(
             request,
             "_verify.html",
@@ -652,7 +661,13 @@ def serve(settings: Settings, topology: Topology, host: str, port: int) -> None:
     """Run the console until SIGINT/SIGTERM (then return: exit 0)."""
     from simpul.serving import run
 
-    run(create_app(settings, topology), port, host=host, access_log=False)
+    run(
+        create_app(settings, topology),
+        port,
+        host=host,
+        max_body=settings.http_max_body_bytes,
+        access_log=False,
+    )
 
 
 __all__ = ["RIGHTS", "create_app", "serve"]

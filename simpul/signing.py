@@ -1,0 +1,520 @@
+"""Event signatures: an Ed25519 key pair per agency and per Simpul gateway; sign and verify.
+
+Every event on ``simpul.in.*`` carries two CloudEvents extension attributes (Kafka headers):
+``ce_keyid``, the id of the key that signed it, and ``ce_signature``, the base64 Ed25519
+signature of `event_digest`: SHA-256 over every ``ce_*`` header except the signature itself
+(``ce_keyid`` included), ``content-type``, the Kafka key and the value, each length-prefixed.
+
+Public keys live in a YAML file beside the topology (committed; `public_keys_path`), private
+keys in ``keys_dir`` (mode 0600, never in the repository or the image). A key belongs to one
+owner: an agency (it signs its own events) or a gateway process (ingress, connect, joins),
+which signs on behalf of the agencies it ``attests``. Rotation gives an old key a
+``valid_until``, so both keys are accepted during the overlap; revocation is immediate.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import os
+import secrets
+import struct
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+
+from simpul.errors import InvalidMessage
+from simpul.settings import Settings
+
+SIGNATURE_HEADER = "ce_signature"
+KEYID_HEADER = "ce_keyid"
+_DOMAIN = b"simpul-event-v1"
+_NONE = struct.pack(">I", 0xFFFFFFFF)
+
+#: Simpul's processes that emit events, and whom each may attest by default ("*": any agency
+#: it authenticated; the ingress and connect runtime check the agency themselves).
+GATEWAYS: dict[str, tuple[str, ...]] = {
+    "ingress": ("*",),
+    "connect": ("*",),
+    "joins": ("simpul",),
+}
+
+Kind = Literal["agency", "gateway"]
+Headers = Sequence[tuple[str, bytes | None]]
+
+
+class KeyError_(Exception):
+    """A key file or key operation is wrong; the message says which and how to fix it."""
+
+
+def _signed_name(name: str) -> bool:
+    return (name.startswith("ce_") and name != SIGNATURE_HEADER) or name == "content-type"
+
+
+def _part(data: bytes | None) -> bytes:
+    return _NONE if data is None else struct.pack(">I", len(data)) + data
+
+
+def event_digest(signed: dict[str, bytes], key: bytes | None, value: bytes | None) -> bytes:
+    """The SHA-256 digest an event's signature covers (``signed``: the signed headers)."""
+    h = hashlib.sha256(_DOMAIN)
+    for name in sorted(signed):
+        h.update(_part(name.encode()))
+        h.update(_part(signed[name]))
+    h.update(_part(key))
+    h.update(_part(value))
+    return h.digest()
+
+
+def signed_headers(headers: Headers) -> dict[str, bytes]:
+    """The headers a signature covers, by name; raises `InvalidMessage` on a repeated one.
+
+    A repeated CloudEvents header is refused because readers that take the first and readers
+    that take the last copy would see two different events under one signature.
+    """
+    out: dict[str, bytes] = {}
+    signatures = 0
+    for name, raw in headers:
+        if name == SIGNATURE_HEADER:
+            signatures += 1
+            if signatures > 1:
+                raise InvalidMessage("headers", "header.repeated", f"{name}: header repeated")
+        elif _signed_name(name):
+            if name in out:
+                raise InvalidMessage("headers", "header.repeated", f"{name}: header repeated")
+            out[name] = raw or b""
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class PublicKey:
+    """One entry of the public keys file."""
+
+    key_id: str
+    owner: str
+    kind: Kind
+    public_key: bytes  # raw 32 bytes
+    created_at: dt.datetime
+    valid_until: dt.datetime | None = None
+    revoked_at: dt.datetime | None = None
+    attests: tuple[str, ...] = ()
+
+    def state(self, now: dt.datetime) -> str:
+        if self.revoked_at is not None and self.revoked_at <= now:
+            return "revoked"
+        if self.valid_until is not None and self.valid_until <= now:
+            return "expired"
+        return "valid"
+
+    def may_sign_for(self, agency: str) -> bool:
+        if self.kind == "agency":
+            return self.owner == agency
+        return "*" in self.attests or agency in self.attests
+
+    def as_yaml(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            "key_id": self.key_id,
+            "owner": self.owner,
+            "kind": self.kind,
+            "public_key": base64.b64encode(self.public_key).decode(),
+            "created_at": _iso(self.created_at),
+            "valid_until": _iso(self.valid_until),
+            "revoked_at": _iso(self.revoked_at),
+        }
+        if self.kind == "gateway":
+            entry["attests"] = list(self.attests)
+        return entry
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.astimezone(dt.UTC).isoformat(timespec="seconds") if value else None
+
+
+def _parse_time(value: Any, where: str) -> dt.datetime | None:
+    if value in (None, ""):
+        return None
+    if isinstance(value, dt.datetime):
+        parsed = value
+    else:
+        try:
+            parsed = dt.datetime.fromisoformat(str(value))
+        except ValueError:
+            raise KeyError_(f"{where}: {value!r} is not an ISO 8601 time") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def read_public_keys(path: Path) -> list[PublicKey]:
+    """The entries of a public keys file; a missing file holds none."""
+    if not path.exists():
+        return []
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    entries: list[PublicKey] = []
+    for i, raw in enumerate(data.get("keys") or []):
+        where = f"{path.name}: keys[{i}]"
+        try:
+            key_id, owner, kind = str(raw["key_id"]), str(raw["owner"]), str(raw["kind"])
+            public = base64.b64decode(str(raw["public_key"]), validate=True)
+        except (KeyError, TypeError, ValueError) as error:
+            raise KeyError_(f"{where}: {error} (need key_id, owner, kind, public_key)") from None
+        if kind not in ("agency", "gateway"):
+            raise KeyError_(f"{where}.kind: {kind!r} is not agency or gateway")
+        if len(public) != 32:
+            raise KeyError_(f"{where}.public_key: not a 32-byte Ed25519 public key")
+        entries.append(
+            PublicKey(
+                key_id=key_id,
+                owner=owner,
+                kind=kind,  # type: ignore[arg-type]
+                public_key=public,
+                created_at=_parse_time(raw.get("created_at"), f"{where}.created_at")
+                or dt.datetime.now(dt.UTC),
+                valid_until=_parse_time(raw.get("valid_until"), f"{where}.valid_until"),
+                revoked_at=_parse_time(raw.get("revoked_at"), f"{where}.revoked_at"),
+                attests=tuple(str(a) for a in raw.get("attests") or ()),
+            )
+        )
+    return entries
+
+
+def write_public_keys(path: Path, entries: Iterable[PublicKey]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = (
+        "# Public keys of the agencies and Simpul gateways that sign events (see README,\n"
+        "# Security). Managed by `simpul agency keys`; commit this file. Private keys are\n"
+        "# never here: they live in SIMPUL_KEYS_DIR.\n"
+        + yaml.safe_dump({"keys": [e.as_yaml() for e in entries]}, sort_keys=False)
+    )
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def private_key_path(keys_dir: Path, key_id: str) -> Path:
+    return keys_dir / f"{key_id}.pem"
+
+
+@dataclass(frozen=True, slots=True)
+class Attestation:
+    """Who vouched for one event: the key, its owner, and the gateway if one signed."""
+
+    key_id: str
+    signer: str
+    gateway: str | None
+    signature: str  # base64, as sent
+    headers: dict[str, str] = field(default_factory=dict)  # the signed headers, as sent
+
+
+class Signer:
+    """Signs events with one private key: ``signer.sign(headers, key, value)``."""
+
+    def __init__(self, key_id: str, owner: str, private: Ed25519PrivateKey) -> None:
+        self.key_id = key_id
+        self.owner = owner
+        self._private = private
+
+    def sign(
+        self, headers: Sequence[tuple[str, bytes]], key: bytes | None, value: bytes | None
+    ) -> list[tuple[str, bytes]]:
+        """The headers without any earlier signature, plus ``ce_keyid`` and ``ce_signature``."""
+        out = [(n, v) for n, v in headers if n not in (KEYID_HEADER, SIGNATURE_HEADER)]
+        out.append((KEYID_HEADER, self.key_id.encode()))
+        digest = event_digest({n: v for n, v in out if _signed_name(n)}, key, value)
+        out.append((SIGNATURE_HEADER, base64.b64encode(self._private.sign(digest))))
+        return out
+
+
+def load_signer(public_file: Path, keys_dir: Path, owner: str) -> Signer:
+    """The newest valid key of ``owner`` whose private half is in ``keys_dir``."""
+    now = dt.datetime.now(dt.UTC)
+    entries = read_public_keys(public_file)
+    # Newest first: a key being rotated out (valid_until set) after those that are not, and
+    # among keys made in the same second the later entry of the file.
+    candidates = sorted(
+        (
+            (e.valid_until is None, e.created_at, i, e)
+            for i, e in enumerate(entries)
+            if e.owner == owner and e.state(now) == "valid"
+        ),
+        key=lambda c: c[:3],
+        reverse=True,
+    )
+    for *_, entry in candidates:
+        path = private_key_path(keys_dir, entry.key_id)
+        if path.exists():
+            private = serialization.load_pem_private_key(path.read_bytes(), password=None)
+            if not isinstance(private, Ed25519PrivateKey):
+                raise KeyError_(f"{path}: not an Ed25519 private key")
+            return Signer(entry.key_id, owner, private)
+    raise KeyError_(
+        f"no signing key for {owner!r}: no valid key of it in {public_file} has its private "
+        f"key in {keys_dir}; create one with `simpul agency keys create {owner}`"
+    )
+
+
+class KeyRing:
+    """The public keys the worker verifies with, loaded once and reloaded when the file
+    changes (a stat per batch by default; ``reload_s`` spaces the checks), so a rotation or
+    a revocation takes effect at the next batch without a restart."""
+
+    def __init__(self, path: Path, reload_s: float = 0.0) -> None:
+        self.path = path
+        self.reload_s = reload_s
+        self._lock = threading.Lock()
+        self._checked = 0.0
+        self._mtime: float | None = None
+        self._entries: dict[str, tuple[PublicKey, Ed25519PublicKey]] = {}
+        self._load()
+
+    def _load(self) -> None:
+        try:
+            mtime: float | None = self.path.stat().st_mtime
+        except FileNotFoundError:
+            mtime = None
+        if mtime == self._mtime and self._entries:
+            return
+        self._entries = {
+            e.key_id: (e, Ed25519PublicKey.from_public_bytes(e.public_key))
+            for e in read_public_keys(self.path)
+        }
+        self._mtime = mtime
+
+    def refresh(self) -> None:
+        now = time.monotonic()
+        if now - self._checked < self.reload_s:
+            return
+        with self._lock:
+            self._checked = now
+            self._load()
+
+    def key_ids(self) -> list[str]:
+        return list(self._entries)
+
+    def get(self, key_id: str) -> PublicKey | None:
+        found = self._entries.get(key_id)
+        return found[0] if found else None
+
+    def verify(
+        self,
+        headers: Headers,
+        key: bytes | None,
+        value: bytes | None,
+        now: dt.datetime | None = None,
+    ) -> Attestation:
+        """Check one event's signature; raises `InvalidMessage` (stage ``authenticate``)
+        saying whether it is unsigned, by an unknown, revoked or expired key, by a key that
+        may not sign for the claimed ``ce_source``, or does not match the event."""
+        signed = signed_headers(headers)
+        signature_b64 = next((v for n, v in headers if n == SIGNATURE_HEADER), None)
+        key_id_raw = signed.get(KEYID_HEADER)
+        if not signature_b64 or not key_id_raw:
+            raise InvalidMessage(
+                "authenticate",
+                "signature.missing",
+                f"{SIGNATURE_HEADER}/{KEYID_HEADER}: event is not signed",
+            )
+        key_id = key_id_raw.decode("utf-8", errors="replace")
+        found = self._entries.get(key_id)
+        if found is None:
+            raise InvalidMessage(
+                "authenticate", "key.unknown", f"{KEYID_HEADER}: key {key_id!r} is not known"
+            )
+        entry, public = found
+        state = entry.state(now or dt.datetime.now(dt.UTC))
+        if state != "valid":
+            raise InvalidMessage(
+                "authenticate", f"key.{state}", f"{KEYID_HEADER}: key {key_id!r} is {state}"
+            )
+        source = signed.get("ce_source", b"").decode("utf-8", errors="replace")
+        agency = source.removeprefix("/agency/")
+        if not source.startswith("/agency/") or not entry.may_sign_for(agency):
+            raise InvalidMessage(
+                "authenticate",
+                "key.wrong_source",
+                f"{KEYID_HEADER}: key {key_id!r} of {entry.owner} may not sign for "
+                f"ce_source {source!r}",
+            )
+        try:
+            signature = base64.b64decode(signature_b64, validate=True)
+            public.verify(signature, event_digest(signed, key, value))
+        except (InvalidSignature, ValueError):
+            raise InvalidMessage(
+                "authenticate",
+                "signature.invalid",
+                f"{SIGNATURE_HEADER}: signature does not match the event (key {key_id!r})",
+            ) from None
+        return Attestation(
+            key_id=key_id,
+            signer=entry.owner,
+            gateway=entry.owner if entry.kind == "gateway" else None,
+            signature=signature_b64.decode(),
+            headers={n: v.decode("utf-8", errors="replace") for n, v in signed.items()},
+        )
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+#: Below this many events a batch is verified on the calling thread.
+PARALLEL_FROM = 256
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(
+                max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="simpul-verify"
+            )
+        return _POOL
+
+
+def verify_many(
+    ring: KeyRing, events: Sequence[tuple[Headers, bytes | None, bytes | None]]
+) -> list[Attestation | InvalidMessage]:
+    """`KeyRing.verify` for a batch, in order: an attestation or the refusal per event.
+
+    Ed25519 verification (about 120 µs of CPU each) releases the GIL, so a large batch is
+    split over a thread pool and uses every core."""
+
+    def chunk(part: Sequence[tuple[Headers, bytes | None, bytes | None]]) -> list[Any]:
+        out: list[Attestation | InvalidMessage] = []
+        for headers, key, value in part:
+            try:
+                out.append(ring.verify(headers, key, value))
+            except InvalidMessage as error:
+                out.append(error)
+        return out
+
+    if len(events) < PARALLEL_FROM:
+        return chunk(events)
+    parts = max(2, os.cpu_count() or 2)
+    size = -(-len(events) // parts)
+    slices = [events[i : i + size] for i in range(0, len(events), size)]
+    results: list[Attestation | InvalidMessage] = []
+    for part in _pool().map(chunk, slices):
+        results.extend(part)
+    return results
+
+
+def _key_id(owner: str) -> str:
+    return f"{owner}-{dt.datetime.now(dt.UTC):%Y%m%d}-{secrets.token_hex(3)}"
+
+
+def _write_private(keys_dir: Path, key_id: str, private: Ed25519PrivateKey) -> Path:
+    keys_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(keys_dir, 0o700)
+    path = private_key_path(keys_dir, key_id)
+    pem = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(pem)
+    return path
+
+
+def kind_of(owner: str, agencies: Iterable[str]) -> Kind:
+    if owner in GATEWAYS:
+        return "gateway"
+    if owner in set(agencies):
+        return "agency"
+    raise KeyError_(
+        f"owner: {owner!r} is neither an agency of the topology nor a Simpul gateway "
+        f"({', '.join(GATEWAYS)})"
+    )
+
+
+def create_key(
+    public_file: Path,
+    keys_dir: Path,
+    owner: str,
+    kind: Kind,
+    attests: Sequence[str] | None = None,
+) -> PublicKey:
+    """Make a key pair: the private half into ``keys_dir`` (0600), the public into the file."""
+    private = Ed25519PrivateKey.generate()
+    entry = PublicKey(
+        key_id=_key_id(owner),
+        owner=owner,
+        kind=kind,
+        public_key=private.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        ),
+        created_at=dt.datetime.now(dt.UTC),
+        attests=tuple(attests if attests is not None else GATEWAYS.get(owner, ()))
+        if kind == "gateway"
+        else (),
+    )
+    _write_private(keys_dir, entry.key_id, private)
+    write_public_keys(public_file, [*read_public_keys(public_file), entry])
+    return entry
+
+
+def rotate_key(
+    public_file: Path, keys_dir: Path, owner: str, kind: Kind, overlap: dt.timedelta
+) -> tuple[PublicKey, list[PublicKey]]:
+    """A new key for ``owner``; its other valid keys stay valid for ``overlap`` more."""
+    now = dt.datetime.now(dt.UTC)
+    entries = read_public_keys(public_file)
+    old = [e for e in entries if e.owner == owner and e.state(now) == "valid"]
+    attests = old[-1].attests if old and kind == "gateway" else None
+    new = create_key(public_file, keys_dir, owner, kind, attests)
+    until = now + overlap
+    ended = []
+    updated = []
+    for e in read_public_keys(public_file):
+        if e in old and (e.valid_until is None or e.valid_until > until):
+            e = replace(e, valid_until=until)
+            ended.append(e)
+        updated.append(e)
+    write_public_keys(public_file, updated)
+    return new, ended
+
+
+def revoke_key(public_file: Path, keys_dir: Path, key_id: str) -> PublicKey:
+    """Refuse ``key_id`` from now on and delete its private half if it is here."""
+    entries = read_public_keys(public_file)
+    if not any(e.key_id == key_id for e in entries):
+        raise KeyError_(f"key_id: {key_id!r} is not in {public_file}")
+    now = dt.datetime.now(dt.UTC)
+    updated = [replace(e, revoked_at=now) if e.key_id == key_id else e for e in entries]
+    write_public_keys(public_file, updated)
+    private_key_path(keys_dir, key_id).unlink(missing_ok=True)
+    return next(e for e in updated if e.key_id == key_id)
+
+
+def ensure_keys(
+    public_file: Path, keys_dir: Path, owners: Iterable[tuple[str, Kind]]
+) -> list[PublicKey]:
+    """Create a key for every owner without a usable one (the embedded demo, tests)."""
+    now = dt.datetime.now(dt.UTC)
+    made = []
+    for owner, kind in owners:
+        usable = any(
+            e.owner == owner
+            and e.state(now) == "valid"
+            and private_key_path(keys_dir, e.key_id).exists()
+            for e in read_public_keys(public_file)
+        )
+        if not usable:
+            made.append(create_key(public_file, keys_dir, owner, kind))
+    return made
+
+
+def signer_for(settings: Settings, owner: str) -> Signer:
+    """The signer of an agency or gateway under this installation's key settings."""
+    return load_signer(settings.public_keys_path, settings.keys_dir, owner)
