@@ -23,7 +23,6 @@ from simpul.envelope import Envelope
 from simpul.postgres import PostgresCluster
 from simpul.publisher import Publisher
 from tests.conftest import (
-    BROKER_ENGINE,
     Stack,
     create_pg_database,
     drop_pg_database,
@@ -120,10 +119,6 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
         )
     letters = dead_letter_origins(own_broker.bootstrap, stack.topology)
     stack.stop_worker()
-    if BROKER_ENGINE == "kafka" and len(letters) < expect.invalid:
-        # Found on Apache Kafka, not fixed yet (see tests/test_faults_kafka.py VALID_FORWARD_LOSS):
-        # the store is exact, but part of the worker's output to the topics is missing.
-        pytest.xfail(f"known bug: {len(letters)} of {expect.invalid} dead letters on Kafka")
     assert len(letters) == expect.invalid
     assert all(h["simpul_dlq_reason"] for h in letters.values())
     assert_topics_match(own_broker.bootstrap, stack.topology, expect)

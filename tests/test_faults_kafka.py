@@ -126,13 +126,8 @@ class Worker:
         self.process = None
 
 
-def settle(
-    stack: Stack, expect: Expectation, bootstrap: str, timeout: float = 240, known_loss: str = ""
-) -> None:
-    """Wait until everything valid is stored and every dead letter written, then check both.
-
-    `known_loss` names a known bug under which simpul.valid may miss events: the test is then
-    reported as xfailed (after every other check passed) instead of failed."""
+def settle(stack: Stack, expect: Expectation, bootstrap: str, timeout: float = 240) -> None:
+    """Wait until everything valid is stored and every dead letter written, then check both."""
     wait_until(
         lambda: stored_count(stack.settings.database_url) >= len(expect.valid_ids),
         timeout,
@@ -147,9 +142,7 @@ def settle(
         assert_topics_match(bootstrap, stack.topology, expect)
     except AssertionError as error:
         print(_where_missing(bootstrap, stack, expect))
-        if known_loss and "on simpul.valid" in str(error):
-            pytest.xfail(f"{known_loss}: {error}")
-        raise
+        raise AssertionError(str(error)) from None
 
 
 def _where_missing(bootstrap: str, stack: Stack, expect: Expectation) -> str:
@@ -186,14 +179,6 @@ def report(what: str, **figures: object) -> None:
 
 
 # --- the broker SIGKILLed and restarted on its data ---
-
-#: Found by this test, not fixed yet: after a broker SIGKILL under load every valid event is in
-#: the store exactly once and on simpul.in, but 27-46 % of them never reach simpul.valid (two
-#: runs: 3 074 and 5 174 of 11 276), spread over every partition and over offsets from before and
-#: after the outage. A broker restart without load loses nothing (checked). Suspects: the
-#: worker's aiokafka batch sends (send_batch) across the reconnect, or the dedup window marking
-#: ce_ids as seen before the forward is acknowledged.
-VALID_FORWARD_LOSS = "known bug: simpul.valid misses events forwarded around a broker SIGKILL"
 
 
 def test_broker_killed_and_restarted_loses_nothing_acknowledged(
@@ -240,7 +225,7 @@ def test_broker_killed_and_restarted_loses_nothing_acknowledged(
         "resend_rounds": tally.rounds,
     }
     report("broker SIGKILL+restart (acks)", **figures)
-    settle(stack, expect, kafka.bootstrap, known_loss=VALID_FORWARD_LOSS)
+    settle(stack, expect, kafka.bootstrap)
     report(
         "broker SIGKILL+restart",
         events=len(plan),
