@@ -127,8 +127,9 @@ def city_topology(city: str | None, default: Path) -> Path:
     if city is None:
         return default
     path = PROJECT_ROOT / "topology" / f"{city.lower()}.yaml"
-    if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in (PROJECT_ROOT / "topology").glob("*.yaml")))
+    if not path.is_file() or path.name.endswith(".keys.yaml"):
+        cities = (PROJECT_ROOT / "topology").glob("*.yaml")
+        known = ", ".join(sorted(p.stem for p in cities if not p.name.endswith(".keys.yaml")))
         raise FileNotFoundError(f"--city {city}: no topology/{city.lower()}.yaml; known: {known}")
     return path
 

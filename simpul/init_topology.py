@@ -233,6 +233,12 @@ def build_topology(code: str) -> dict[str, Any]:
 
 
 def default_subscriptions(region: Regency, first_office: str | None) -> list[dict[str, Any]]:
+    # A subscription that receives an identifier unmasked names its legal basis (UU 27/2022);
+    # these are the usual ones, for the city to confirm.
+    tpp_basis = (
+        f"Peraturan kepala daerah {region.name} on Tambahan Penghasilan Pegawai; PP 94/2021 "
+        "(the employer pays each ASN by NIP)"
+    )
     subscriptions: list[dict[str, Any]] = [
         {
             "name": "bkd-tpp-employees",
@@ -240,6 +246,7 @@ def default_subscriptions(region: Regency, first_office: str | None) -> list[dic
             "event_types": ["hr.employee.updated"],
             "purpose": "Calculate the TPP allowance (rank, position and status set the amount)",
             "fields": ["nip", "unit_code", "position", "grade", "status", "updated_at"],
+            "legal_basis": tpp_basis,
         },
         {
             "name": "bkd-tpp-assessments",
@@ -247,6 +254,7 @@ def default_subscriptions(region: Regency, first_office: str | None) -> list[dic
             "event_types": ["hr.performance.assessed"],
             "purpose": "Calculate the TPP allowance (the performance rating sets the share paid)",
             "fields": ["assessment_id", "nip", "period", "rating", "score"],
+            "legal_basis": tpp_basis,
         },
         {
             "name": "dinsos-sktm",
@@ -269,6 +277,7 @@ def default_subscriptions(region: Regency, first_office: str | None) -> list[dic
             "event_types": ["population.death.registered"],
             "purpose": "Stop social assistance to recipients who have died",
             "fields": ["nik", "date_of_death", "kelurahan_code"],
+            "legal_basis": "UU 13/2011 on the poor and Permensos 3/2021 (DTKS kept current by NIK)",
         },
         {
             "name": "kominfo-permit-statistics",

@@ -15,6 +15,8 @@ import pytest
 from simpul.catalog import EventCatalog
 from simpul.envelope import MAX_ID_LENGTH, Envelope, parse_time
 from simpul.errors import InvalidMessage
+from simpul.settings import Settings
+from simpul.signing import KeyRing
 from streams.ingest import _letter_row
 from streams.pipeline import (
     DedupWindow,
@@ -145,6 +147,7 @@ def test_outages_are_still_raised_so_the_batch_is_retried(catalog: EventCatalog)
 
 
 def test_batch_of_every_poison_keeps_the_valid_events(catalog: EventCatalog) -> None:
+    keyring = KeyRing(Settings().public_keys_path)  # the test keys every valid record is signed by
     event_type = catalog.topology.event_type(TYPE)
     good = record(catalog, recipient(), ce_id="good-1", offset=0)
     poisons = [
@@ -162,7 +165,7 @@ def test_batch_of_every_poison_keeps_the_valid_events(catalog: EventCatalog) -> 
         ce_id="good-2",
         offset=99,
     )
-    outcome = process_batch([good, *poisons, last], event_type, catalog, DedupWindow(10))
+    outcome = process_batch([good, *poisons, last], event_type, catalog, DedupWindow(10), keyring)
     assert [a.envelope.id for a in outcome.accepted] == ["good-1", "good-2"]
     assert sorted(r.record.offset for r in outcome.rejected) == [1, 2, 3, 4, 5, 6]
     received_at = dt.datetime.now(dt.UTC)
