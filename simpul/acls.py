@@ -110,9 +110,16 @@ def plan(topology: Topology, worker_id: str = "simpul") -> list[Grant]:
 
 
 def load_or_create_passwords(path: Path, topology: Topology) -> dict[str, str]:
-    """The users file (JSON, mode 0600): existing passwords kept, missing users added."""
+    """The users file (JSON, mode 0600): existing passwords kept, missing users added. A
+    process's password given as SIMPUL_KAFKA_PASSWORD_<PROCESS> (docker-compose.yml's env
+    file, `simpul secrets init`) wins, so the process and its broker user agree."""
     known: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
     changed = False
+    for process in PROCESSES:
+        given = os.environ.get(f"SIMPUL_KAFKA_PASSWORD_{process.upper()}")
+        if given and known.get(process_user(process)) != given:
+            known[process_user(process)] = given
+            changed = True
     for user in users(topology):
         if user not in known:
             known[user] = secrets.token_urlsafe(24)

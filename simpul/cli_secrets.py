@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from simpul.acls import PROCESSES
 from simpul.settings import PROJECT_ROOT
 
 secrets_app = typer.Typer(
@@ -22,6 +23,9 @@ COMPOSE_SECRETS = (
     "SIMPUL_AUDIT_KEY",
     "SIMPUL_HTTP_TOKEN",
     "POSTGRES_PASSWORD",
+    # Apache Kafka's admin (SASL PLAIN) and each process's SCRAM user (`simpul acls apply`).
+    "SIMPUL_KAFKA_ADMIN_PASSWORD",
+    *(f"SIMPUL_KAFKA_PASSWORD_{p.upper()}" for p in PROCESSES),
 )
 
 
