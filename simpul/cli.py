@@ -135,10 +135,10 @@ def broker(
     except BrokerError as error:
         err.print(f"[red]{error}[/red]")
         raise typer.Exit(1) from None
+    process = subprocess.Popen(command)
+    signal.signal(signal.SIGTERM, lambda *_: process.terminate())  # before anyone is told
     console.print(f"embedded broker on [bold]127.0.0.1:{port}[/bold] (Ctrl-C stops)")
     console.print(f"[yellow]{EMBEDDED_LOSES}[/yellow]")
-    process = subprocess.Popen(command)
-    signal.signal(signal.SIGTERM, lambda *_: process.terminate())
     try:
         process.wait()
     except KeyboardInterrupt:
