@@ -491,20 +491,16 @@ def dlq_resume(
     """Resume a type the dead-letter limit paused (SIMPUL_DLQ_LIMIT_PAUSE), before its cool-down."""
     import httpx
 
-    from simpul.registry_client import admin_token
+    from simpul.httpauth import auth_headers
 
     settings = _settings()
     etype = _event_type(_topology(settings), event_type)
     url = (worker or f"http://127.0.0.1:{settings.worker_web_port}").rstrip("/")
-    token = admin_token(settings)
-    if not token:
-        console.print("[red]no admin token: set SIMPUL_REGISTRY_ADMIN_TOKEN[/red]")
-        raise typer.Exit(2)
     try:
         response = httpx.post(
             f"{url}/dlq-limit",
             json={"type": etype.name},
-            headers={"Authorization": f"Bearer {token}"},
+            headers=auth_headers(settings),
             timeout=10,
         )
     except httpx.HTTPError as error:

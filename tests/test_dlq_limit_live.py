@@ -13,6 +13,7 @@ from kafka import KafkaProducer
 from simpul.broker import EmbeddedBroker
 from simpul.envelope import Envelope
 from tests.conftest import Stack, make_stack, wait_until
+from tests.helpers import sign
 from tests.test_worker import dead_letters
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -82,11 +83,12 @@ def test_upstream_outage_pauses_the_type_and_resumes_by_command(limited_stack: S
             "updated_at": dt.datetime(2026, 11, 2, tzinfo=dt.UTC),
             "email": None,
         }
+        value = schema.encode(payload)
         producer.send(
             f"simpul.in.{type_name}",
             key=nip.encode(),
-            value=schema.encode(payload),
-            headers=envelope.to_headers(),
+            value=value,
+            headers=sign("bkpsdm", envelope.to_headers(), nip.encode(), value),  # authentic
         )
     producer.flush()
     producer.close()
