@@ -406,6 +406,7 @@ def make_stack(
     web_port = free_port()
     registry_port = free_port()
     token = uuid.uuid4().hex
+    audit_key = uuid.uuid4().hex + uuid.uuid4().hex
     env = {
         **os.environ,
         "SIMPUL_KAFKA_BOOTSTRAP": broker.bootstrap,
@@ -421,6 +422,7 @@ def make_stack(
         "SIMPUL_REGISTRY_URL": f"http://127.0.0.1:{registry_port}",
         "SIMPUL_REGISTRY_ADMIN_TOKEN": token,
         "SIMPUL_AUDIT_HEADS_FILE": str(workdir / "audit-heads.jsonl"),  # this stack's own
+        "SIMPUL_AUDIT_KEY": audit_key,  # one key for every process of the stack
         **(client_env or {}),
     }
     settings = Settings(
@@ -433,6 +435,8 @@ def make_stack(
         registry_port=registry_port,
         registry_url=env["SIMPUL_REGISTRY_URL"],
         registry_admin_token=token,
+        audit_key=audit_key,
+        audit_heads_file=workdir / "audit-heads.jsonl",
     )
     topology = load_topology(topology_file)
     apply_topics(topology, admin_target(broker))

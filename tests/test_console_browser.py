@@ -34,6 +34,7 @@ from sinks.audit import receipts_for
 from sinks.dead_letter_log import dead_letters
 from tests.conftest import SCHEMAS_DIR, Stack, wait_until
 from tests.connector_cases import LETTER_COLUMNS, LetterFiles
+from tests.helpers import auth
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = [
@@ -68,7 +69,7 @@ class Process:
             if self.process.poll() is not None:
                 raise AssertionError(self.log.read_text(errors="replace"))
             try:
-                return httpx.get(url, timeout=1).status_code == 200
+                return httpx.get(url, headers=auth(), timeout=1).status_code == 200
             except httpx.HTTPError:
                 return False
 
@@ -231,12 +232,12 @@ def test_pause_and_resume_a_connector(page: Any, console: dict[str, Any]) -> Non
     expect(state).to_have_text("RUNNING", timeout=WAIT_MS)
     page.click(f"tr[data-connector={name}] button[data-action=pause]")
     expect(state).to_have_text("PAUSED", timeout=WAIT_MS)
-    status = httpx.get(f"{console['connect']}/connectors/{name}/status").json()
+    status = httpx.get(f"{console['connect']}/connectors/{name}/status", headers=auth()).json()
     assert status["tasks"][0]["state"] == "PAUSED"
     shoot(page, "connectors-paused")
     page.click(f"tr[data-connector={name}] button[data-action=resume]")
     expect(state).to_have_text("RUNNING", timeout=WAIT_MS)
-    status = httpx.get(f"{console['connect']}/connectors/{name}/status").json()
+    status = httpx.get(f"{console['connect']}/connectors/{name}/status", headers=auth()).json()
     assert status["tasks"][0]["state"] == "RUNNING"
     # Resumed, it reads the kelurahan's next export; the console shows what it published.
     console["letters"].add(3)
@@ -267,7 +268,7 @@ def test_replay_a_dead_letter_after_registering_its_schema(
         for _ in range(2):
             payload = {**data.payload("permit.issued", dt.datetime.now(dt.UTC)), "catatan": None}
             envelope = Envelope(type="permit.issued", source="/agency/dpmptsp")
-            pub.send_raw(
+            pub.send_signed(
                 "simpul.in.permit.issued",
                 payload["permit_number"].encode(),
                 AvroSchema.from_text(schema_id, variant).encode(payload),
@@ -340,7 +341,7 @@ def test_data_protection_officer_finds_a_subjects_deliveries(
     with Publisher("dukcapil", settings=pg_stack.settings, catalog=pg_stack.catalog()) as pub:
         pub.publish("population.death.registered", death)
     engine = make_engine(pg_stack.settings.database_url)
-    key = pg_stack.settings.audit_key
+    key = pg_stack.settings.audit_secret()
     wait_until(lambda: receipts_for(engine, key, nik), 60, "the death's delivery audited")
 
     log_in(page, console, "dpo", "/privacy")
