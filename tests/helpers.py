@@ -168,8 +168,7 @@ def send_invalid(publisher: Any, catalog: EventCatalog, item: Planned) -> Any:
             type=item.event_type, source="/agency/kominfo", id=item.ce_id, time=item.time
         )
         value = schema.encode(item.payload)
-        publisher("kominfo").send_signed(et.topic("in"), key, value, envelope.to_headers())
-        return
+        return publisher("kominfo").send_signed(et.topic("in"), key, value, envelope.to_headers())
     elif item.kind == "undecodable":
         value = frame(schema.id, b"\xff\xfe\x00garbage")
     elif item.kind == "missing_header":
