@@ -7,6 +7,7 @@ with its reason, and answer 200 on /health throughout.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import threading
 import time
@@ -25,6 +26,7 @@ from simpul.broker import EmbeddedBroker
 from simpul.codec import frame
 from simpul.envelope import Envelope
 from tests.conftest import Stack, make_stack, wait_until
+from tests.helpers import auth, sign
 from tests.test_worker import dead_letters
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -62,6 +64,15 @@ def _permit(n: int, **changes: Any) -> dict[str, Any]:
     return payload
 
 
+def _sign(message: dict[str, Any]) -> None:
+    """Sign as dpmptsp, so each poison reaches the check it is meant for; one the signer
+    cannot even read goes unsigned (and is refused at authenticate)."""
+    with contextlib.suppress(Exception):
+        message["headers"] = sign(
+            "dpmptsp", message["headers"], message.get("key"), message.get("value")
+        )
+
+
 class Drill:
     """Builds the valid events and the poisons, each poison tagged ``x-drill: <class>``."""
 
@@ -81,6 +92,7 @@ class Drill:
                 "headers": envelope.to_headers(),
             }
         )
+        _sign(self.messages[-1])
 
     def poison(self, name: str, **overrides: Any) -> None:
         payload = overrides.pop("payload", None) or _permit(0)
@@ -96,6 +108,7 @@ class Drill:
             "headers": [*headers, ("x-drill", name.encode())],
         }
         message.update(overrides)
+        _sign(message)
         self.messages.append(message)
 
     def poisons(self) -> list[str]:
@@ -147,7 +160,8 @@ class HealthWatch(threading.Thread):
     def run(self) -> None:
         while not self.stopped.is_set():
             try:
-                with urllib.request.urlopen(self.url, timeout=2) as response:
+                request = urllib.request.Request(self.url, headers=auth())
+                with urllib.request.urlopen(request, timeout=2) as response:
                     self.statuses.append(response.status)
             except urllib.error.HTTPError as error:
                 self.statuses.append(error.code)
