@@ -16,6 +16,7 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import MessageField, SerializationContext, StringSerializer
 
 from tests.conftest import SCHEMAS_DIR, Stack, wait_until
+from tests.helpers import sign
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -117,18 +118,21 @@ def test_message_from_confluent_producer_is_stored_by_the_worker(pg_stack: Stack
     payload = permit()
     ce_id = str(uuid.uuid4())
     delivered: list[Any] = []
+    key = string_serializer(payload["permit_number"])
+    value = avro_serializer(payload, SerializationContext(TOPIC, MessageField.VALUE))
+    headers = [
+        ("ce_specversion", b"1.0"),
+        ("ce_id", ce_id.encode()),
+        ("ce_source", b"/agency/dpmptsp"),
+        ("ce_type", b"permit.issued"),
+        ("ce_time", dt.datetime.now(dt.UTC).isoformat().encode()),
+        ("content-type", b"application/avro"),
+    ]
     producer.produce(
         topic=TOPIC,
-        key=string_serializer(payload["permit_number"]),
-        value=avro_serializer(payload, SerializationContext(TOPIC, MessageField.VALUE)),
-        headers=[
-            ("ce_specversion", b"1.0"),
-            ("ce_id", ce_id.encode()),
-            ("ce_source", b"/agency/dpmptsp"),
-            ("ce_type", b"permit.issued"),
-            ("ce_time", dt.datetime.now(dt.UTC).isoformat().encode()),
-            ("content-type", b"application/avro"),
-        ],
+        key=key,
+        value=value,
+        headers=sign("dpmptsp", headers, key, value),  # the agency's signature, as any producer
         on_delivery=lambda error, message: delivered.append(error),
     )
     producer.flush(30)
