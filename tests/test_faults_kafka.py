@@ -52,6 +52,7 @@ from tests.helpers import (
     Expectation,
     assert_store_matches,
     assert_topics_match,
+    auth,
     ce_ids_on,
     plan_traffic,
     publish_until_acked,
@@ -103,7 +104,9 @@ class Worker:
 
     def health(self) -> dict[str, Any]:
         try:
-            return httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=2).json()
+            return httpx.get(
+                f"http://127.0.0.1:{self.port}/health", headers=auth(), timeout=2
+            ).json()
         except (httpx.HTTPError, ValueError):
             return {}
 
@@ -288,7 +291,9 @@ class IngressLoad:
 
     def _up(self) -> bool:
         try:
-            return httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=1).is_success
+            return httpx.get(
+                f"http://127.0.0.1:{self.port}/health", headers=auth(), timeout=1
+            ).is_success
         except httpx.HTTPError:
             return False
 
