@@ -90,16 +90,20 @@ def test_kafka_broker_keeps_its_data_across_a_restart_and_stops_cleanly(tmp_path
         assert second.wait(90) == 0
 
 
+def _kafka_broker_with(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`simpul broker --engine kafka` run to its end in a changed environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "simpul", "broker", "--engine", "kafka", "--data-dir",
+         str(tmp_path / "k"), "--port", str(free_port())],
+        env={**os.environ, **env, "COLUMNS": "400"}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
 def test_kafka_broker_names_the_missing_java(tmp_path: Path) -> None:
     bare = tmp_path / "bin"
     bare.mkdir()
     (bare / "python").symlink_to(sys.executable)
-    env = {**os.environ, "PATH": str(bare)}
-    result = subprocess.run(
-        [sys.executable, "-m", "simpul", "broker", "--engine", "kafka", "--data-dir",
-         str(tmp_path / "k"), "--port", str(free_port())],
-        env={**env, "COLUMNS": "400"}, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    result = _kafka_broker_with(tmp_path, {"PATH": str(bare)})
     assert result.returncode == 1
     assert "needs java" in result.stdout + result.stderr
     assert "apt-get install" in result.stdout + result.stderr
@@ -111,12 +115,9 @@ def test_kafka_broker_names_the_missing_maven_when_nothing_is_cached(tmp_path: P
     java = shutil.which("java")
     assert java, "java is part of the machine (and .ci/run installs it)"
     (bare / "java").symlink_to(java)
-    env = {**os.environ, "PATH": str(bare), "XDG_CACHE_HOME": str(tmp_path / "cache")}
-    result = subprocess.run(
-        [sys.executable, "-m", "simpul", "broker", "--engine", "kafka", "--data-dir",
-         str(tmp_path / "k"), "--port", str(free_port())],
-        env={**env, "COLUMNS": "400"}, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    result = _kafka_broker_with(
+        tmp_path, {"PATH": str(bare), "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    )
     assert result.returncode == 1
     assert "needs mvn" in result.stdout + result.stderr
 
