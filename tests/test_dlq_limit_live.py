@@ -50,6 +50,7 @@ def test_upstream_outage_pauses_the_type_and_resumes_by_command(limited_stack: S
     import sys
 
     from sqlalchemy import func, select
+    from sqlalchemy import text as text_clause
 
     from simpul.codec import AvroSchema
     from simpul.db import make_engine
@@ -64,8 +65,11 @@ def test_upstream_outage_pauses_the_type_and_resumes_by_command(limited_stack: S
         {"name": "email", "type": ["null", "string"], "default": None, "doc": "Work e-mail."}
     )
     text = json.dumps(definition)
-    with make_engine(stack.settings.database_url).connect() as conn:
-        next_id = (conn.scalar(select(func.max(schemas_table.c.id))) or 0) + 1
+    # The id it will be given: far above every id in use, so the schemas the worker registers
+    # meanwhile (subscribers' projections) cannot take it; the sequence is set just before.
+    engine = make_engine(stack.settings.database_url)
+    with engine.connect() as conn:
+        next_id = (conn.scalar(select(func.max(schemas_table.c.id))) or 0) + 1000
     schema = AvroSchema.from_text(next_id, text)  # framed with the id it will be given
     ids = []
     producer = KafkaProducer(bootstrap_servers=stack.settings.kafka_bootstrap, acks="all")
@@ -102,6 +106,11 @@ def test_upstream_outage_pauses_the_type_and_resumes_by_command(limited_stack: S
     assert 'simpul_dlq_limit_exceeded{type="hr.employee.updated"} 1.0' in stack.metrics()
     assert stack.health()["status"] == "ok"
 
+    with engine.begin() as conn:
+        conn.execute(
+            text_clause("SELECT setval(pg_get_serial_sequence(:table, 'id'), :last)"),
+            {"table": schemas_table.name, "last": next_id - 1},
+        )
     with stack.registry_client() as client:
         assert client.register(f"simpul.in.{type_name}-value", text) == next_id
     resumed = subprocess.run(
