@@ -22,7 +22,7 @@ export SIMPUL_TEST_BROKER
 
 test: $(STAMP)
 	$(BIN)/simpul schemas check
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=30
 
 # The smoke subset (publish -> stored, dedup, dead letter, a join, fan-out, webhook) on Tansu.
 test-smoke: $(STAMP)
