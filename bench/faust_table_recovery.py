@@ -1,5 +1,5 @@
 """Does a Faust table recover its full state from its changelog, on the embedded broker (Tansu)
-or on Apache Kafka (simpul.kafka.KafkaCluster)?
+or on Apache Kafka (simpul.cli.services.kafka.KafkaCluster)?
 
 Usage: .venv/bin/python bench/faust_table_recovery.py [--engine embedded|kafka] [KEYS] [UPDATES]
 
@@ -135,8 +135,8 @@ def changelog_facts(bootstrap: str, topic: str) -> str:
 
 
 def open_broker(engine: str, work: Path) -> contextlib.AbstractContextManager[Any]:
-    from simpul.broker import EmbeddedBroker, free_port
-    from simpul.kafka import KafkaCluster
+    from simpul.cli.services.broker import EmbeddedBroker, free_port
+    from simpul.cli.services.kafka import KafkaCluster
 
     if engine == "kafka":
         return KafkaCluster(work / "kafka")

@@ -55,16 +55,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from simpul import dbmigrate  # noqa: E402
-from simpul.broker import free_port  # noqa: E402
+from simpul.cli.services.broker import free_port  # noqa: E402
 from simpul.db import make_engine  # noqa: E402
 from simpul.envelope import Envelope  # noqa: E402
 from tests.helpers import auth, install_test_keys, sign  # noqa: E402
 
 install_test_keys(ROOT / "topology" / "palu.yaml")  # signing keys; the workers inherit them
-from simpul.registry import SchemaResolver, SchemaStore, register_all  # noqa: E402
-from simpul.simulate import WEIGHTS, PaluData  # noqa: E402
+from simpul.cli.simulate import WEIGHTS, PaluData  # noqa: E402
+from simpul.registry.store import SchemaResolver, SchemaStore, register_all  # noqa: E402
 from simpul.topics import apply_topics  # noqa: E402
-from simpul.topology import load_topology  # noqa: E402
+from simpul.topology.model import load_topology  # noqa: E402
 from tests.helpers import install_test_keys  # noqa: E402
 
 install_test_keys(ROOT / "topology" / "palu.yaml")  # signing keys; the workers inherit them
@@ -96,13 +96,13 @@ def say(message: str) -> None:
 def broker(engine: str) -> Iterator[str]:
     """A fresh broker of the named engine; yields its bootstrap address."""
     if engine == "tansu":
-        from simpul.broker import EmbeddedBroker
+        from simpul.cli.services.broker import EmbeddedBroker
 
         with EmbeddedBroker(free_port(), WORK / f"broker-{uuid.uuid4().hex[:4]}.log") as running:
             yield running.bootstrap
         return
     if engine == "kafka":
-        from simpul.kafka import KafkaCluster
+        from simpul.cli.services.kafka import KafkaCluster
         from tests.conftest import warm_up  # one place: creates __consumer_offsets
 
         cluster = KafkaCluster(

@@ -27,15 +27,15 @@ sys.path.insert(0, str(ROOT))
 
 from simpul import dbmigrate  # noqa: E402
 from simpul.catalog import EventCatalog  # noqa: E402
+from simpul.cli.simulate import PaluData  # noqa: E402
 from simpul.db import make_engine  # noqa: E402
 from simpul.envelope import Envelope  # noqa: E402
-from simpul.registry import SchemaResolver, SchemaStore, register_all  # noqa: E402
+from simpul.registry.store import SchemaResolver, SchemaStore, register_all  # noqa: E402
 from simpul.settings import Settings  # noqa: E402
 from simpul.signing import KeyRing  # noqa: E402
-from simpul.simulate import PaluData  # noqa: E402
-from simpul.topology import load_topology  # noqa: E402
+from simpul.topology.model import load_topology  # noqa: E402
 from sinks.central_store import CentralStore  # noqa: E402
-from streams.pipeline import DedupWindow, RawRecord, process_batch  # noqa: E402
+from streams.ingest.pipeline import DedupWindow, RawRecord, process_batch  # noqa: E402
 from tests.helpers import install_test_keys, sign  # noqa: E402
 
 install_test_keys(ROOT / "topology" / "palu.yaml")

@@ -24,8 +24,8 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, ValidationError
 from sqlalchemy import Engine
 
-from simpul.connectors_model import ConnectorConfigError, ConnectorSpec
 from simpul.settings import Settings
+from simpul.topology.connectors import ConnectorConfigError, ConnectorSpec
 
 ENTRY_POINT_GROUP = "simpul.connectors"
 _CE_NAMESPACE = uuid.UUID("6f1c3a52-7d55-4d0e-9b43-2f9e1a7c5b10")

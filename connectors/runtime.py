@@ -39,15 +39,15 @@ from connectors.base import (
 from connectors.mapping import map_payload, missing_fields
 from simpul import metrics
 from simpul.catalog import EventCatalog
-from simpul.connectors_model import ConnectorSpec, located_connectors
 from simpul.db import make_engine
 from simpul.envelope import format_time
 from simpul.publisher import PublisherPool
 from simpul.redaction import redacted
-from simpul.registry import SchemaResolver, SchemaStore
+from simpul.registry.store import SchemaResolver, SchemaStore
 from simpul.settings import Settings
 from simpul.signing import signer_for
-from simpul.topology import Topology
+from simpul.topology.connectors import ConnectorSpec, located_connectors
+from simpul.topology.model import Topology
 
 log = logging.getLogger("simpul.connect")
 

@@ -1,5 +1,5 @@
 """`python -m simpul` runs the CLI."""
 
-from simpul.cli import main
+from simpul.cli.main import main
 
 main()

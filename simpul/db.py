@@ -23,9 +23,9 @@ metadata = MetaData(
 #: Every module that defines tables of the central store. Named, not imported, here: the
 #: core does not depend on sinks/ or connectors/; migrations and their test load them all.
 TABLE_MODULES = (
-    "simpul.registry",
+    "simpul.registry.store",
     "sinks.central_store",
-    "sinks.dead_letter_log",
+    "sinks.dead_letters",
     "sinks.audit",
     "connectors.state",
 )

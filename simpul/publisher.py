@@ -23,10 +23,10 @@ from simpul.catalog import EventCatalog
 from simpul.envelope import Envelope, Headers
 from simpul.errors import PayloadError
 from simpul.kafka_clients import kafka_python_options
-from simpul.registry_client import make_resolver
+from simpul.registry.client import make_resolver
 from simpul.settings import Settings, get_settings
 from simpul.signing import Signer, signer_for
-from simpul.topology import Topology, load_topology
+from simpul.topology.model import Topology, load_topology
 
 
 class Publisher:

@@ -11,8 +11,8 @@ from kafka.errors import TopicAlreadyExistsError
 
 from simpul.kafka_clients import kafka_python_options
 from simpul.settings import Settings
-from simpul.subscriptions import subscription_topics
-from simpul.topology import Topology
+from simpul.topology.model import Topology
+from simpul.topology.subscriptions import subscription_topics
 
 
 @dataclass(frozen=True, slots=True)

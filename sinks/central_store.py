@@ -37,7 +37,7 @@ from sqlalchemy.exc import DataError, IntegrityError, OperationalError, Programm
 
 from simpul.db import dumps, metadata
 from simpul.signing import Attestation
-from sinks.dead_letter_log import dead_letters  # noqa: F401  (a store table too)
+from sinks.dead_letters import dead_letters  # noqa: F401  (a store table too)
 
 log = logging.getLogger(__name__)
 

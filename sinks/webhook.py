@@ -45,13 +45,13 @@ from simpul.envelope import header
 from simpul.errors import InvalidMessage
 from simpul.installation import known_development_secret
 from simpul.kafka_clients import aiokafka_options
-from simpul.registry import SchemaResolver
+from simpul.registry.store import SchemaResolver
 from simpul.settings import Settings
-from simpul.subscriptions import Subscription, inbox_topic, webhook_dlq_topic
-from simpul.topology import Topology
+from simpul.topology.model import Topology
+from simpul.topology.subscriptions import Subscription, inbox_topic, webhook_dlq_topic
 from sinks.audit import AuditEntry, AuditLog, inbox_subjects
 from sinks.central_store import TRANSIENT_ERRORS
-from sinks.dead_letter_log import DeadLetterLog, DeadLetterRow
+from sinks.dead_letters import DeadLetterLog, DeadLetterRow
 
 log = logging.getLogger("simpul.deliver")
 
@@ -521,7 +521,7 @@ async def serve(settings: Settings, topology: Topology) -> None:
 
     from simpul.db import make_engine
     from simpul.httpauth import aiohttp_options
-    from simpul.registry import SchemaStore
+    from simpul.registry.store import SchemaStore
 
     disable_created_metrics()
     secrets = webhook_secrets(topology)

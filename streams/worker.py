@@ -1,6 +1,6 @@
 """The worker: a Faust app hosting the batch ingest service, `/metrics` and `/health`.
 
-The hot path (``streams/ingest.py``) takes whole batches so that Faust's per-message stream
+The hot path (``streams/ingest/service.py``) takes whole batches so that Faust's per-message stream
 machinery stays out of it; the Faust app gives the process its lifecycle (signals, graceful
 stop), its web server, and the home for table-backed agents such as joins.
 """
@@ -23,17 +23,17 @@ from simpul.catalog import EventCatalog
 from simpul.db import make_engine
 from simpul.httpauth import aiohttp_options
 from simpul.kafka_clients import faust_credentials
-from simpul.registry import SchemaStore
-from simpul.registry_client import make_resolver
+from simpul.registry.client import make_resolver
+from simpul.registry.store import SchemaStore
 from simpul.settings import Settings
-from simpul.subscriptions import SubscriptionPlan
-from simpul.topology import Topology
+from simpul.topology.model import Topology
+from simpul.topology.subscriptions import SubscriptionPlan
 from sinks.audit import AuditLog
 from sinks.central_store import CentralStore
-from sinks.scorecard import build_scorecard, export_gauges, render_html
+from sinks.reports.scorecard import build_scorecard, export_gauges, render_html
 from streams import transport
-from streams.fanout import InboxFanout
-from streams.ingest import Health, IngestService
+from streams.fanout.service import InboxFanout
+from streams.ingest.service import Health, IngestService
 
 log = logging.getLogger("simpul.worker")
 
@@ -171,8 +171,8 @@ def create_app(settings: Settings, topology: Topology) -> faust.App:
     @app.page("/readiness.html")
     async def readiness_html_page(web: Any, request: Any) -> Any:
         """Onboarding and data readiness per agency, and the weekly connected history."""
-        from sinks.readiness import build_readiness
-        from sinks.readiness import render_html as render_readiness
+        from sinks.reports.readiness import build_readiness
+        from sinks.reports.readiness import render_html as render_readiness
 
         try:
             report = await asyncio.to_thread(

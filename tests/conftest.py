@@ -25,16 +25,16 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from simpul import dbmigrate
-from simpul.broker import Broker, EmbeddedBroker, free_port
 from simpul.catalog import EventCatalog
+from simpul.cli.services.broker import Broker, EmbeddedBroker, free_port
+from simpul.cli.services.kafka import KafkaCluster
+from simpul.cli.services.postgres import PostgresCluster
 from simpul.db import make_engine
-from simpul.kafka import KafkaCluster
-from simpul.postgres import PostgresCluster
-from simpul.registry import SchemaResolver, SchemaStore
-from simpul.registry_client import RegistryClient
+from simpul.registry.client import RegistryClient
+from simpul.registry.store import SchemaResolver, SchemaStore
 from simpul.settings import PROJECT_ROOT, Settings
 from simpul.topics import apply_topics
-from simpul.topology import Topology, load_topology
+from simpul.topology.model import Topology, load_topology
 from sinks.central_store import CentralStore
 
 TOPOLOGY_FILE = PROJECT_ROOT / "topology" / "palu.yaml"

@@ -33,10 +33,10 @@ from sqlalchemy import (
 
 from connectors.base import ConnectorContext, resolve_all
 from connectors.runtime import ConnectRuntime
-from simpul.connectors_model import ConnectorSpec, check_connectors
+from simpul.cli.simulate import PaluData
 from simpul.db import dumps, make_engine
 from simpul.envelope import header
-from simpul.simulate import PaluData
+from simpul.topology.connectors import ConnectorSpec, check_connectors
 
 EXAMPLE_PACKAGE = Path(__file__).parent / "example_connector"
 _serial = itertools.count(1)
@@ -406,7 +406,7 @@ def http_case(stack: Any) -> Case:
     import httpx
 
     from connectors.state import ApiKeyStore
-    from simpul.broker import free_port
+    from simpul.cli.services.broker import free_port
 
     name = f"contract-http-{next(_serial)}"
     port = free_port()

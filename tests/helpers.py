@@ -21,14 +21,14 @@ from kafka.errors import KafkaError
 from sqlalchemy import text
 
 from simpul.catalog import EventCatalog
+from simpul.cli.simulate import INVALID_KINDS, PaluData
 from simpul.codec import frame
 from simpul.db import make_engine
 from simpul.envelope import Envelope, Headers
 from simpul.publisher import PublisherPool
 from simpul.settings import Settings
 from simpul.signing import Signer, signer_for
-from simpul.simulate import INVALID_KINDS, PaluData
-from simpul.topology import Topology
+from simpul.topology.model import Topology
 
 STATE_KEYS = {
     "employees": "nip",
@@ -185,9 +185,9 @@ def install_test_keys(topology_file: Path) -> Path:
     """Generate signing keys for every agency and gateway of the topology into a temporary
     directory and point ``SIMPUL_KEYS_DIR`` / ``SIMPUL_PUBLIC_KEYS_FILE`` at it (this process
     and its children). Returns the public keys file."""
-    from simpul.cli_keys import installation_owners
+    from simpul.cli.keys import installation_owners
     from simpul.signing import ensure_keys
-    from simpul.topology import load_topology
+    from simpul.topology.model import load_topology
 
     if os.environ.get("SIMPUL_TEST_KEYS") == "1":
         return Path(os.environ["SIMPUL_PUBLIC_KEYS_FILE"])

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from simpul import acls
-from simpul.topology import Topology
+from simpul.cli import acls
+from simpul.topology.model import Topology
 
 pytestmark = pytest.mark.unit
 

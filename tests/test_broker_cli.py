@@ -14,8 +14,8 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 
-from simpul.broker import free_port
-from simpul.kafka import KAFKA_VERSION
+from simpul.cli.services.broker import free_port
+from simpul.cli.services.kafka import KAFKA_VERSION
 from tests.conftest import wait_until
 
 pytestmark = [pytest.mark.integration]

@@ -8,8 +8,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from connectors.catalogue import build_catalogue, json_schema, openapi_for, render_catalogue
-from simpul.topology import load_topology
+from connectors.ingress.catalogue import build_catalogue, json_schema, openapi_for, render_catalogue
+from simpul.topology.model import load_topology
 
 pytestmark = pytest.mark.unit
 

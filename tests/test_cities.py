@@ -14,14 +14,14 @@ import pytest
 
 from simpul import dbmigrate
 from simpul.catalog import EventCatalog
-from simpul.connectors_model import located_connectors
+from simpul.cli.simulate import CityData
 from simpul.db import make_engine
 from simpul.envelope import Envelope
-from simpul.registry import SchemaResolver, SchemaStore, register_all
-from simpul.simulate import CityData
-from simpul.subscriptions import SubscriptionPlan
-from simpul.topology import Topology, load_topology
-from streams.pipeline import RawRecord, validate_record
+from simpul.registry.store import SchemaResolver, SchemaStore, register_all
+from simpul.topology.connectors import located_connectors
+from simpul.topology.model import Topology, load_topology
+from simpul.topology.subscriptions import SubscriptionPlan
+from streams.ingest.pipeline import RawRecord, validate_record
 
 ROOT = Path(__file__).resolve().parent.parent
 CITIES = {
@@ -158,7 +158,7 @@ def test_demo_runs_each_city_end_to_end(city: str) -> None:
     env.pop("SIMPUL_DATABASE_URL", None)
     env.pop("SIMPUL_TOPOLOGY_FILE", None)
     # Random free ports, not the well-known defaults other demos on the machine may hold.
-    from simpul.broker import free_port
+    from simpul.cli.services.broker import free_port
 
     for name in ("BROKER_PORT", "WORKER_WEB_PORT", "JOINS_WEB_PORT", "REGISTRY_PORT"):
         env[f"SIMPUL_{name}"] = str(free_port())

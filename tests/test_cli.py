@@ -10,7 +10,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from simpul.cli import app
+from simpul.cli.main import app
 
 runner = CliRunner()
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from simpul import acls
+from simpul.cli import acls
 from simpul.settings import PROJECT_ROOT, Settings
-from simpul.topology import load_topology
+from simpul.topology.model import load_topology
 
 pytestmark = pytest.mark.unit
 
@@ -32,7 +32,7 @@ def _compose_client() -> list[str] | None:
 
 def test_compose_config_validates(tmp_path: Path) -> None:
     """Valid with the generated env file; refused, naming the command, without it."""
-    from simpul.cli_secrets import COMPOSE_SECRETS, init_env_file
+    from simpul.cli.secrets import COMPOSE_SECRETS, init_env_file
 
     client = _compose_client()
     if client is None:
@@ -155,7 +155,7 @@ def test_full_stack_services_with_healthchecks_and_scalable_workers() -> None:
 def test_compose_commands_are_simpul_commands() -> None:
     from typer.main import get_command
 
-    from simpul.cli import app
+    from simpul.cli.main import app
 
     services = yaml.safe_load(COMPOSE.read_text())["services"]
     commands = set(get_command(app).commands)  # type: ignore[attr-defined]
@@ -170,7 +170,7 @@ def test_compose_has_no_default_secret_and_refuses_to_start_without_them() -> No
     """Every secret comes from the env file `simpul secrets init` writes, as ${VAR:?...}."""
     import re
 
-    from simpul.cli_secrets import COMPOSE_SECRETS
+    from simpul.cli.secrets import COMPOSE_SECRETS
     from simpul.installation import KNOWN_DEVELOPMENT_SECRETS
 
     text = COMPOSE.read_text()
@@ -197,7 +197,7 @@ def test_compose_has_no_default_secret_and_refuses_to_start_without_them() -> No
 def test_secrets_init_writes_a_private_env_file_and_keeps_what_is_there(tmp_path: Path) -> None:
     import stat
 
-    from simpul.cli_secrets import COMPOSE_SECRETS, init_env_file, read_env_file
+    from simpul.cli.secrets import COMPOSE_SECRETS, init_env_file, read_env_file
 
     env_file = tmp_path / ".env"
     env_file.write_text("SIMPUL_AUDIT_KEY=change-me-audit-key-of-the-city\nOTHER=1\n")

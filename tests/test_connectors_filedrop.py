@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from connectors.base import record_ce_id
-from simpul.broker import Broker
+from simpul.cli.services.broker import Broker
 from simpul.envelope import header
 from tests.conftest import Stack, make_stack, wait_until
 from tests.connector_cases import LETTER_COLUMNS, LetterFiles, start_runtime

@@ -19,13 +19,13 @@ import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connectors.http_ingress import create_app
+from connectors.ingress.app import create_app
 from connectors.state import ApiKeyStore
-from simpul.broker import Broker, free_port
+from simpul.cli.services.broker import Broker, free_port
+from simpul.cli.simulate import PaluData
 from simpul.db import make_engine
 from simpul.envelope import header
 from simpul.publisher import PublisherPool
-from simpul.simulate import PaluData
 from tests.conftest import Stack, make_stack
 from tests.helpers import read_topic
 

@@ -13,14 +13,14 @@ import yaml
 
 from connectors.base import installed_kinds, record_ce_id, resolve_all, resolve_kind
 from connectors.mapping import map_payload
-from simpul.connectors_model import (
+from simpul.settings import PROJECT_ROOT
+from simpul.topology.connectors import (
     ConnectorConfigError,
     ConnectorSpec,
     all_connectors,
     load_connector_files,
 )
-from simpul.settings import PROJECT_ROOT
-from simpul.topology import TopologyError, load_topology, parse_topology
+from simpul.topology.model import TopologyError, load_topology, parse_topology
 
 pytestmark = pytest.mark.unit
 

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 from connectors.base import BatchOutcome, ConnectorContext, resolve_kind
-from connectors.rest_source import RestSourceConnector
+from connectors.kinds.rest import RestSourceConnector
 from simpul import dbmigrate
-from simpul.connectors_model import ConnectorConfigError, ConnectorSpec
+from simpul.cli.simulate import CityData
 from simpul.db import make_engine
 from simpul.settings import Settings
-from simpul.simulate import CityData
-from simpul.topology import load_topology
+from simpul.topology.connectors import ConnectorConfigError, ConnectorSpec
+from simpul.topology.model import load_topology
 from tests.fake_bkn import BKN_MAPPING, FakeBkn, bkn_record
 
 pytestmark = pytest.mark.unit

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from simpul.broker import Broker
+from simpul.cli.services.broker import Broker
 from tests.conftest import make_stack, wait_until
 from tests.connector_cases import PEGAWAI_MAPPING, PegawaiSource, start_runtime
 

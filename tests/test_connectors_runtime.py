@@ -19,7 +19,7 @@ import yaml
 from sqlalchemy import MetaData, update
 
 from connectors.state import OffsetStore
-from simpul.broker import free_port
+from simpul.cli.services.broker import free_port
 from simpul.db import make_engine
 from tests.conftest import Stack, create_pg_database, drop_pg_database, wait_until
 from tests.connector_cases import PEGAWAI_MAPPING, PegawaiSource, _pegawai, stored_keys

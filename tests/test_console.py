@@ -22,15 +22,15 @@ from babel.messages.pofile import read_po
 from fastapi.testclient import TestClient
 
 from simpul import dbmigrate
-from simpul.broker import free_port
-from simpul.console import charts, queries
-from simpul.console.app import create_app
-from simpul.console.auth import UserError, UserStore, session_secret, users_path
-from simpul.console.i18n import LOCALE_DIR, format_time
+from simpul.cli.console import charts, queries
+from simpul.cli.console.app import create_app
+from simpul.cli.console.auth import UserError, UserStore, session_secret, users_path
+from simpul.cli.console.i18n import LOCALE_DIR, format_time
+from simpul.cli.services.broker import free_port
 from simpul.db import make_engine
-from simpul.registry import SchemaStore
+from simpul.registry.store import SchemaStore
 from simpul.settings import PROJECT_ROOT, Settings
-from simpul.topology import Topology, TopologyError, load_topology, parse_topology
+from simpul.topology.model import Topology, TopologyError, load_topology, parse_topology
 from tests.conftest import SCHEMAS_DIR, TOPOLOGY_FILE, wait_until
 
 PASSWORD = "Palu-console-test-2026"
@@ -213,7 +213,7 @@ def test_every_string_of_the_console_is_translated_and_the_mo_is_current() -> No
     with po_path.with_suffix(".mo").open("rb") as handle:
         mo = read_mo(handle)
     assert _messages(mo) == _messages(po), (
-        "messages.mo is older than messages.po: run python -m simpul.console.i18n"
+        "messages.mo is older than messages.po: run python -m simpul.cli.console.i18n"
     )
 
 
@@ -343,7 +343,7 @@ def test_trend_dead_letter_log_and_replay_outcomes_on_both_stores(store_url: str
     from sqlalchemy import insert
 
     from sinks.central_store import event_log
-    from sinks.dead_letter_log import DeadLetterLog, DeadLetterRow
+    from sinks.dead_letters import DeadLetterLog, DeadLetterRow
 
     engine = make_engine(store_url)
     now = dt.datetime.now(dt.UTC)
@@ -414,7 +414,7 @@ def test_repeated_wrong_passwords_lock_the_name_for_a_while(client: TestClient) 
 
 @pytest.mark.unit
 def test_login_throttle_forgets_failures_after_the_window() -> None:
-    from simpul.console.auth import LoginThrottle
+    from simpul.cli.console.auth import LoginThrottle
 
     throttle = LoginThrottle(attempts=2, window_s=60)
     throttle.failed("ops", 0)
@@ -466,7 +466,7 @@ def test_a_language_chosen_on_the_login_page_is_kept_for_the_user(
 
 @pytest.mark.unit
 def test_health_urls_setting_is_parsed_and_a_bad_entry_named() -> None:
-    from simpul.console.app import parse_health_urls
+    from simpul.cli.console.app import parse_health_urls
 
     assert parse_health_urls("worker=http://worker:6066/health, connect=http://c:8083/health") == [
         ("worker", "http://worker:6066/health"),

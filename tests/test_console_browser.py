@@ -22,16 +22,16 @@ import pytest
 import yaml
 from sqlalchemy import select
 
-from simpul.broker import free_port
+from simpul.cli.services.broker import free_port
+from simpul.cli.simulate import PaluData
 from simpul.codec import AvroSchema
 from simpul.db import make_engine
 from simpul.envelope import Envelope
 from simpul.publisher import Publisher
-from simpul.registry import SchemaStore
+from simpul.registry.store import SchemaStore
 from simpul.settings import PROJECT_ROOT
-from simpul.simulate import PaluData
 from sinks.audit import receipts_for
-from sinks.dead_letter_log import dead_letters
+from sinks.dead_letters import dead_letters
 from tests.conftest import SCHEMAS_DIR, Stack, wait_until
 from tests.connector_cases import LETTER_COLUMNS, LetterFiles
 from tests.helpers import auth

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client import REGISTRY
 
-from streams.dlq_limit import DlqLimit
+from streams.ingest.dlq_limit import DlqLimit
 
 pytestmark = pytest.mark.unit
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from kafka import KafkaProducer
 
-from simpul.broker import EmbeddedBroker
+from simpul.cli.services.broker import EmbeddedBroker
 from simpul.envelope import Envelope
 from tests.conftest import Stack, make_stack, wait_until
 from tests.helpers import sign
@@ -54,7 +54,7 @@ def test_upstream_outage_pauses_the_type_and_resumes_by_command(limited_stack: S
 
     from simpul.codec import AvroSchema
     from simpul.db import make_engine
-    from simpul.registry import schemas_table
+    from simpul.registry.store import schemas_table
 
     stack = limited_stack
     type_name = "hr.employee.updated"

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from simpul.broker import Broker
+from simpul.cli.services.broker import Broker
+from simpul.cli.services.postgres import PostgresCluster
 from simpul.codec import frame
 from simpul.envelope import Envelope
-from simpul.postgres import PostgresCluster
 from simpul.publisher import Publisher
 from tests.conftest import (
     Stack,

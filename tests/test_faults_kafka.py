@@ -32,12 +32,12 @@ from kafka.admin import ConfigResource, ConfigResourceType
 from sqlalchemy import text
 
 from connectors.state import ApiKeyStore
-from simpul.broker import Broker, free_port
+from simpul.cli.services.broker import Broker, free_port
+from simpul.cli.services.kafka import KafkaCluster
+from simpul.cli.simulate import PaluData, make_nip
 from simpul.db import make_engine
-from simpul.kafka import KafkaCluster
 from simpul.publisher import PublisherPool
-from simpul.simulate import PaluData, make_nip
-from streams.joins import derived_id
+from streams.joins.state import derived_id
 from tests.conftest import (
     BROKER_ENGINE,
     TOPOLOGY_FILE,

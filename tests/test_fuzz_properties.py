@@ -19,14 +19,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from connectors.filedrop import read_rows
+from connectors.kinds.filedrop import read_rows
 from connectors.mapping import map_payload, missing_fields
 from simpul import jsontext
 from simpul.catalog import EventCatalog
 from simpul.codec import AvroSchema, frame
 from simpul.envelope import REQUIRED, Envelope
 from simpul.errors import InvalidMessage
-from streams.pipeline import RawRecord, check_record
+from streams.ingest.pipeline import RawRecord, check_record
 from tests.test_pipeline import catalog, recipient, record
 
 __all__ = ["catalog"]
@@ -311,7 +311,7 @@ avro_types = st.recursive(
     )
 )
 def test_registry_schema_parsing_refuses_with_a_reason(schema: str) -> None:
-    from simpul import compatibility
+    from simpul.registry import compatibility
 
     try:
         compatibility.parse(schema)

@@ -11,10 +11,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from simpul.cli import app
-from simpul.init_topology import build_topology, office_codes, render
+from simpul.cli.init import build_topology, office_codes, render
+from simpul.cli.main import app
 from simpul.settings import get_settings
-from simpul.topology import load_topology, parse_topology
+from simpul.topology.model import load_topology, parse_topology
 from simpul.wilayah import DATA_FILE, EDITION, UnknownRegion, Village, build, parse_sql, regency
 
 pytestmark = pytest.mark.unit

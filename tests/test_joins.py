@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from simpul.envelope import Envelope
-from simpul.topology import Topology, TopologyError, parse_topology
-from streams.joins import Effects, JoinEvent, JoinLogic, JoinPartition, derived_id
-from streams.pipeline import RawRecord
+from simpul.topology.model import Topology, TopologyError, parse_topology
+from streams.ingest.pipeline import RawRecord
+from streams.joins.state import Effects, JoinEvent, JoinLogic, JoinPartition, derived_id
 from tests.conftest import TOPOLOGY_FILE
 
 pytestmark = pytest.mark.unit
@@ -283,9 +283,9 @@ def _service(tmp_path: Any, raw: dict[str, Any]) -> Any:
     from simpul import dbmigrate
     from simpul.catalog import EventCatalog
     from simpul.db import make_engine
-    from simpul.registry import SchemaResolver, SchemaStore, register_all
+    from simpul.registry.store import SchemaResolver, SchemaStore, register_all
     from simpul.settings import Settings
-    from streams.join_service import JoinService
+    from streams.joins.service import JoinService
     from tests.conftest import SCHEMAS_DIR
 
     url = f"sqlite:///{tmp_path / 'store.db'}"

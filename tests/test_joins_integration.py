@@ -18,11 +18,11 @@ import pytest
 import yaml
 from sqlalchemy import text
 
-from simpul.broker import Broker, free_port
+from simpul.cli.services.broker import Broker, free_port
+from simpul.cli.simulate import make_nik, make_nip
 from simpul.identifiers import mask_identifiers
 from simpul.publisher import PublisherPool
-from simpul.simulate import make_nik, make_nip
-from streams.joins import derived_id
+from streams.joins.state import derived_id
 from tests.conftest import TOPOLOGY_FILE, Stack, make_stack, wait_until
 from tests.helpers import auth, read_topic
 

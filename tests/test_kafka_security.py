@@ -21,8 +21,8 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError, TopicAuthorizationFailedError
 from sqlalchemy import text
 
-from simpul import acls
-from simpul.kafka import KafkaCluster
+from simpul.cli import acls
+from simpul.cli.services.kafka import KafkaCluster
 from simpul.publisher import Publisher
 from simpul.settings import Settings
 from tests.conftest import (

@@ -11,13 +11,13 @@ import pytest
 
 from simpul import dbmigrate
 from simpul.catalog import EventCatalog
+from simpul.cli.simulate import CityData
 from simpul.db import make_engine
 from simpul.envelope import Envelope
 from simpul.errors import InvalidMessage
-from simpul.registry import SchemaResolver, SchemaStore, register_all
-from simpul.simulate import CityData
-from simpul.topology import Topology, load_topology
-from streams.pipeline import RawRecord, validate_record
+from simpul.registry.store import SchemaResolver, SchemaStore, register_all
+from simpul.topology.model import Topology, load_topology
+from streams.ingest.pipeline import RawRecord, validate_record
 
 pytestmark = pytest.mark.unit
 
@@ -157,7 +157,7 @@ def test_the_simulator_credits_the_issuing_office(kupang: Topology) -> None:
 
 
 def test_the_sktm_join_follows_the_residents_kelurahan(kupang: Topology) -> None:
-    from streams.joins import Effects, JoinPartition
+    from streams.joins.state import Effects, JoinPartition
     from tests.test_joins import event, logic
 
     join, state, effects = logic(kupang, "sktm-verification", 60), JoinPartition(), Effects()

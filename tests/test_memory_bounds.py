@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from connectors.http_ingress import IdempotencyCache
+from connectors.ingress.app import IdempotencyCache
 
 pytestmark = pytest.mark.unit
 
@@ -77,13 +77,13 @@ def test_http_source_queue_is_bounded_and_answers_503(tmp_path) -> None:  # type
     import httpx
 
     from connectors.base import ConnectorContext
-    from connectors.http_source import HttpConnector, HttpOptions
+    from connectors.kinds.http import HttpConnector, HttpOptions
     from connectors.state import ApiKeyStore
     from simpul import dbmigrate
-    from simpul.broker import free_port
-    from simpul.connectors_model import ConnectorSpec
+    from simpul.cli.services.broker import free_port
     from simpul.db import make_engine
     from simpul.settings import Settings
+    from simpul.topology.connectors import ConnectorSpec
     from tests.conftest import wait_until
 
     url = f"sqlite:///{tmp_path / 'store.db'}"

@@ -15,14 +15,14 @@ import pytest
 from sqlalchemy import text, update
 
 from simpul import dbmigrate
-from simpul.connectors_model import ConnectorSpec
+from simpul.cli.simulate import PaluData
 from simpul.db import make_engine
-from simpul.simulate import PaluData
-from simpul.topology import Topology, TopologyError, parse_topology
+from simpul.topology.connectors import ConnectorSpec
+from simpul.topology.model import Topology, TopologyError, parse_topology
 from sinks.central_store import CentralStore, StoredEvent, event_log
-from sinks.dead_letter_log import DeadLetterLog, DeadLetterRow, dead_letters
-from sinks.open_data import ExportError, export_open_data, parse_period
-from sinks.scorecard import build_scorecard, connectors_by_agency, render_html
+from sinks.dead_letters import DeadLetterLog, DeadLetterRow, dead_letters
+from sinks.reports.open_data import ExportError, export_open_data, parse_period
+from sinks.reports.scorecard import build_scorecard, connectors_by_agency, render_html
 from tests.conftest import create_pg_database, drop_pg_database
 
 pytestmark = pytest.mark.integration
@@ -303,7 +303,7 @@ def test_dead_letters_table_keys_on_the_message_position() -> None:
 def test_scorecard_lists_connectors_from_topology_and_files_and_subscriptions(
     loaded: Loaded, tmp_path: Path
 ) -> None:
-    from sinks.scorecard import subscriptions_by_agency
+    from sinks.reports.scorecard import subscriptions_by_agency
 
     topology = loaded.topology.model_copy(
         update={

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
+from simpul.cli.simulate import PaluData
 from simpul.db import make_engine
 from simpul.publisher import Publisher
-from simpul.simulate import PaluData
 from sinks.central_store import event_log
-from sinks.dead_letter_log import dead_letters
+from sinks.dead_letters import dead_letters
 from tests.conftest import Stack, wait_until
 from tests.helpers import auth
 

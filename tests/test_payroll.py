@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from simpul.cli import app
+from simpul.cli.main import app
 from simpul.db import make_engine
 from simpul.settings import get_settings
-from simpul.subscriptions import SubscriptionPlan
-from simpul.topology import Topology, load_topology
+from simpul.topology.model import Topology, load_topology
+from simpul.topology.subscriptions import SubscriptionPlan
 from sinks.central_store import CentralStore, StoredEvent
-from sinks.payroll import HASH_MODULUS, PayrollError, account_number, payroll_control
-from streams.joins import Effects, JoinPartition
+from sinks.reports.payroll import HASH_MODULUS, PayrollError, account_number, payroll_control
+from streams.joins.state import Effects, JoinPartition
 from tests.test_joins import assessment, employee, logic
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,12 +14,12 @@ from simpul.codec import frame
 from simpul.db import make_engine
 from simpul.envelope import Envelope
 from simpul.errors import InvalidMessage
-from simpul.registry import SchemaResolver, SchemaStore, register_all
+from simpul.registry.store import SchemaResolver, SchemaStore, register_all
 from simpul.settings import Settings
 from simpul.signing import KeyRing
-from simpul.topology import Topology
-from streams.batching import Outgoing
-from streams.pipeline import DedupWindow, RawRecord, process_batch, validate_record
+from simpul.topology.model import Topology
+from streams.ingest.pipeline import DedupWindow, RawRecord, process_batch, validate_record
+from streams.runtime.batching import Outgoing
 from tests.helpers import sign
 
 pytestmark = pytest.mark.unit

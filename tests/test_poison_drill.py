@@ -22,7 +22,7 @@ import pytest
 from kafka import KafkaProducer
 from kafka.errors import InvalidTimestampError
 
-from simpul.broker import EmbeddedBroker
+from simpul.cli.services.broker import EmbeddedBroker
 from simpul.codec import frame
 from simpul.envelope import Envelope
 from tests.conftest import Stack, make_stack, wait_until

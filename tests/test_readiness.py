@@ -13,13 +13,13 @@ import pytest
 from sqlalchemy import insert
 from typer.testing import CliRunner
 
-from simpul.cli import app
+from simpul.cli.main import app
 from simpul.db import make_engine
 from simpul.settings import get_settings
-from simpul.topology import load_topology
+from simpul.topology.model import load_topology
 from sinks.central_store import CentralStore, StoredEvent
-from sinks.dead_letter_log import dead_letters
-from sinks.readiness import build_readiness, field_problems, render_html
+from sinks.dead_letters import dead_letters
+from sinks.reports.readiness import build_readiness, field_problems, render_html
 
 ROOT = Path(__file__).resolve().parent.parent
 

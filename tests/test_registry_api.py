@@ -21,9 +21,9 @@ import httpx
 import pytest
 
 from simpul import dbmigrate
-from simpul.broker import free_port
+from simpul.cli.services.broker import free_port
 from simpul.db import make_engine
-from simpul.registry import IncompatibleSchema, SchemaStore
+from simpul.registry.store import IncompatibleSchema, SchemaStore
 from tests.conftest import SCHEMAS_DIR, _terminate, wait_until
 from tests.helpers import auth
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from simpul import dbmigrate
-from simpul.broker import free_port
+from simpul.cli.services.broker import free_port
 from simpul.settings import PROJECT_ROOT
-from simpul.topology import load_topology
+from simpul.topology.model import load_topology
 from tests.conftest import SCHEMAS_DIR, TOPOLOGY_FILE, _terminate
 from tests.test_registry_api import Registry, start_registry
 

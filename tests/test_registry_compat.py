@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from simpul.compatibility import MODES, InvalidSchema, check
+from simpul.registry.compatibility import MODES, InvalidSchema, check
 
 pytestmark = pytest.mark.unit
 

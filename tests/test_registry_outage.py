@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
-from simpul.broker import Broker
+from simpul.cli.services.broker import Broker
 from simpul.codec import AvroSchema
 from simpul.db import make_engine
 from simpul.envelope import Envelope
 from simpul.publisher import Publisher
-from simpul.registry import SchemaStore
-from simpul.registry_client import RegistryUnavailable, make_resolver
+from simpul.registry.client import RegistryUnavailable, make_resolver
+from simpul.registry.store import SchemaStore
 from tests.conftest import SCHEMAS_DIR, Stack, make_stack, wait_until
 from tests.helpers import read_topic
 

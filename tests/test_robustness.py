@@ -17,8 +17,7 @@ from simpul.envelope import MAX_ID_LENGTH, Envelope, parse_time
 from simpul.errors import InvalidMessage
 from simpul.settings import Settings
 from simpul.signing import KeyRing
-from streams.ingest import _letter_row
-from streams.pipeline import (
+from streams.ingest.pipeline import (
     DedupWindow,
     Rejected,
     agency_label,
@@ -26,6 +25,7 @@ from streams.pipeline import (
     forwardable_timestamp,
     process_batch,
 )
+from streams.ingest.service import _letter_row
 from tests.test_pipeline import catalog, recipient, record
 
 __all__ = ["catalog"]  # the fixture, shared with tests/test_pipeline.py
@@ -174,7 +174,7 @@ def test_batch_of_every_poison_keeps_the_valid_events(catalog: EventCatalog) -> 
 
 def test_dead_letter_row_fits_its_columns_whatever_the_headers() -> None:
     # PostgreSQL refuses NUL in text and an over-long varchar: the letter's own row must fit.
-    from streams.pipeline import RawRecord
+    from streams.ingest.pipeline import RawRecord
 
     raw = RawRecord(
         "simpul.in.social.recipient.updated",
@@ -219,7 +219,7 @@ def test_envelope_round_trip_is_unchanged() -> None:
 def test_dead_letter_of_a_message_near_the_size_limit_is_cut_to_fit() -> None:
     # A 1 MiB value the broker accepted, plus the dead-letter headers, exceeded the producer's
     # max_request_size: the send failed and the batch was never committed.
-    from streams.pipeline import DLQ_HEADERS, MAX_DEAD_LETTER_BYTES, fit_dead_letter
+    from streams.ingest.pipeline import DLQ_HEADERS, MAX_DEAD_LETTER_BYTES, fit_dead_letter
 
     value = b"\x00" + b"\xab" * 1_048_000
     headers = [("ce_id", b"x" * 200), ("x-big", b"y" * 600_000), ("simpul_dlq_reason", b"why")]
@@ -236,14 +236,14 @@ def test_dead_letter_of_a_message_near_the_size_limit_is_cut_to_fit() -> None:
 
 def test_registry_refuses_a_deeply_nested_schema_with_a_reason() -> None:
     # Found by tests/test_fuzz_properties.py: RecursionError out of json.loads, a 500.
-    from simpul import compatibility
+    from simpul.registry import compatibility
 
     with pytest.raises(compatibility.InvalidSchema, match="nested deeper than 32"):
         compatibility.parse('{"type":' * 3000 + '"int"' + "}" * 3000)
 
 
 def test_registry_refuses_a_schema_the_workers_codec_cannot_use() -> None:
-    from simpul import compatibility
+    from simpul.registry import compatibility
 
     with pytest.raises(compatibility.InvalidSchema, match="schema: not a valid Avro schema"):
         compatibility.parse('{"type": "record", "name": "R", "fields": [{"name": "a"}]}')
@@ -253,7 +253,7 @@ def test_file_drop_line_nested_too_deep_is_a_rejected_row() -> None:
     # Found by tests/test_fuzz_properties.py: RecursionError out of the JSON Lines parser.
     import io
 
-    from connectors.filedrop import read_rows
+    from connectors.kinds.filedrop import read_rows
 
     content = ("[" * 5000 + "]" * 5000 + "\n" + '{"nik": "7271054507910003"}\n').encode()
     rows = list(read_rows(io.BytesIO(content), "jsonl", ","))
@@ -278,7 +278,7 @@ def test_nul_in_a_header_or_a_payload_field_is_a_dead_letter(catalog: EventCatal
         "header.nul",
         "ce_id: header contains a NUL character",
     )
-    from streams.pipeline import nul_field
+    from streams.ingest.pipeline import nul_field
 
     assert nul_field({"business_name": "Toko\x00Kain"}) == "business_name"
     assert nul_field({"programs": ["PKH", "BP\x00NT"], "a": {"b": "ok"}}) == "programs.1"
@@ -288,7 +288,7 @@ def test_nul_in_a_header_or_a_payload_field_is_a_dead_letter(catalog: EventCatal
 def test_http_source_answer_to_a_client_that_gave_up_is_dropped() -> None:
     # Found by tests/test_memory_bounds.py: set_result on the future a timed-out request had
     # cancelled raised InvalidStateError out of the connector's commit (and its stop).
-    from connectors.http_source import _Pending
+    from connectors.kinds.http import _Pending
 
     pending = _Pending([])
     pending.answer.cancel()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from simpul.cli import app
+from simpul.cli.main import app
 from simpul.envelope import Envelope
 from simpul.errors import InvalidMessage
 from simpul.signing import (

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from simpul.cli import app
+from simpul.cli.main import app
+from simpul.cli.simulate import CityData
 from simpul.db import make_engine
 from simpul.settings import get_settings
-from simpul.simulate import CityData
-from simpul.topology import load_topology
+from simpul.topology.model import load_topology
 from sinks.central_store import CentralStore, StoredEvent
-from sinks.staff_reconciliation import Difference, reconcile
+from sinks.reports.staff_reconciliation import Difference, reconcile
 
 pytestmark = pytest.mark.integration
 

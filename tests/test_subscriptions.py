@@ -15,7 +15,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simpul.subscriptions import (
+from simpul.topology.model import TopologyError, load_topology, parse_topology
+from simpul.topology.subscriptions import (
     MASK_CHAR,
     Mask,
     Subscription,
@@ -26,7 +27,6 @@ from simpul.subscriptions import (
     project,
     subscription_topics,
 )
-from simpul.topology import TopologyError, load_topology, parse_topology
 
 pytestmark = pytest.mark.unit
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from simpul.codec import AvroSchema, unframe
-from simpul.subscriptions import SubscriptionPlan
-from simpul.topology import load_topology, parse_topology
+from simpul.topology.model import load_topology, parse_topology
+from simpul.topology.subscriptions import SubscriptionPlan
 from sinks.webhook import (
     WebhookConfigError,
     backoff,
@@ -23,7 +23,7 @@ from sinks.webhook import (
     to_cloudevent,
     webhook_secrets,
 )
-from streams.fanout import fan_out
+from streams.fanout.service import fan_out
 
 pytestmark = pytest.mark.unit
 

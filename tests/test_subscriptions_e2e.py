@@ -27,12 +27,12 @@ import yaml
 from kafka import KafkaConsumer, TopicPartition
 from sqlalchemy import select, text
 
-from simpul.broker import Broker, free_port
+from simpul.cli.services.broker import Broker, free_port
+from simpul.cli.simulate import PaluData
 from simpul.codec import unframe
 from simpul.db import make_engine
 from simpul.publisher import Publisher
-from simpul.registry import SchemaStore
-from simpul.simulate import PaluData
+from simpul.registry.store import SchemaStore
 from sinks.audit import delivery_audit, receipts_for
 from tests.conftest import TOPOLOGY_FILE, Stack, make_stack, wait_until
 from tests.helpers import auth

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from simpul.topology import TopologyError, load_topology, parse_topology
+from simpul.topology.model import TopologyError, load_topology, parse_topology
 
 pytestmark = pytest.mark.unit
 

@@ -17,7 +17,7 @@ from simpul.db import make_engine
 from simpul.envelope import Envelope
 from simpul.errors import PayloadError
 from simpul.publisher import Publisher
-from simpul.registry import SchemaStore
+from simpul.registry.store import SchemaStore
 from tests.conftest import Stack, wait_until
 from tests.helpers import auth
 
@@ -240,7 +240,7 @@ def test_replay_after_a_fix_stores_the_event(pg_stack: Stack) -> None:
     from sqlalchemy import insert
 
     from simpul.codec import normalize
-    from simpul.registry import fingerprint, schemas_table, subject_versions_table
+    from simpul.registry.store import fingerprint, schemas_table, subject_versions_table
 
     with registry.engine.begin() as conn:
         conn.execute(

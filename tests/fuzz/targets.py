@@ -23,14 +23,15 @@ from pathlib import Path
 import atheris
 
 with atheris.instrument_imports(include=["simpul", "streams", "connectors", "sinks"]):
-    from connectors.filedrop import read_rows
+    from connectors.kinds.filedrop import read_rows
     from connectors.mapping import map_payload, missing_fields
-    from simpul import compatibility, jsontext
+    from simpul import jsontext
     from simpul.codec import AvroSchema, frame
     from simpul.envelope import Envelope
     from simpul.errors import InvalidMessage
+    from simpul.registry import compatibility
     from simpul.validation import check_avro
-    from streams.pipeline import RawRecord, check_record
+    from streams.ingest.pipeline import RawRecord, check_record
 
 ROOT = Path(__file__).resolve().parents[2]
 TYPE = "social.recipient.updated"
@@ -41,8 +42,8 @@ def _catalog():  # type: ignore[no-untyped-def]
     from simpul import dbmigrate
     from simpul.catalog import EventCatalog
     from simpul.db import make_engine
-    from simpul.registry import SchemaResolver, SchemaStore, register_all
-    from simpul.topology import load_topology
+    from simpul.registry.store import SchemaResolver, SchemaStore, register_all
+    from simpul.topology.model import load_topology
 
     url = f"sqlite:///{tempfile.mkdtemp(prefix='simpul-fuzz-')}/registry.db"
     dbmigrate.upgrade(url)

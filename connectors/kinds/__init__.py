@@ -1,0 +1,2 @@
+"""The connector kinds, registered as `simpul.connectors` entry points: database, file drop,
+HTTP and REST sources."""

@@ -1,0 +1,1 @@
+"""The ingest path: simpul.in.* to the central store, simpul.valid.* and the fan-out."""

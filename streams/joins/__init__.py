@@ -1,0 +1,1 @@
+"""The joins: derived events from simpul.valid.*, state in changelog topics."""
