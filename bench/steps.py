@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from simpul import dbmigrate  # noqa: E402
 from simpul.catalog import EventCatalog  # noqa: E402
-from simpul.cli.simulate import PaluData  # noqa: E402
+from simpul.citydata import PaluData  # noqa: E402
 from simpul.db import make_engine  # noqa: E402
 from simpul.envelope import Envelope  # noqa: E402
 from simpul.registry.store import SchemaResolver, SchemaStore, register_all  # noqa: E402

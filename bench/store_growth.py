@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from simpul import dbmigrate  # noqa: E402
-from simpul.cli.simulate import PaluData  # noqa: E402
+from simpul.citydata import PaluData  # noqa: E402
 from simpul.db import make_engine  # noqa: E402
 from simpul.topology.model import load_topology  # noqa: E402
 from sinks.central_store import CentralStore, StoredEvent  # noqa: E402

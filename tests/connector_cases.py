@@ -33,7 +33,7 @@ from sqlalchemy import (
 
 from connectors.base import ConnectorContext, resolve_all
 from connectors.runtime import ConnectRuntime
-from simpul.cli.simulate import PaluData
+from simpul.citydata import PaluData
 from simpul.db import dumps, make_engine
 from simpul.envelope import header
 from simpul.topology.connectors import ConnectorSpec, check_connectors

@@ -89,7 +89,7 @@ class FakeBkn:
 
 
 def bkn_record(employee: Any, when: dt.datetime, **override: Any) -> dict[str, Any]:
-    """The register's view of a generated employee (a `simpul.cli.simulate.Employee`)."""
+    """The register's view of a generated employee (a `simpul.citydata.Employee`)."""
     return {
         "nipBaru": employee.nip,
         "nama": employee.name,

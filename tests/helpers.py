@@ -21,7 +21,8 @@ from kafka.errors import KafkaError
 from sqlalchemy import text
 
 from simpul.catalog import EventCatalog
-from simpul.cli.simulate import INVALID_KINDS, PaluData
+from simpul.citydata import PaluData
+from simpul.cli.simulate import INVALID_KINDS
 from simpul.codec import frame
 from simpul.db import make_engine
 from simpul.envelope import Envelope, Headers

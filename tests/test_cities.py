@@ -14,7 +14,7 @@ import pytest
 
 from simpul import dbmigrate
 from simpul.catalog import EventCatalog
-from simpul.cli.simulate import CityData
+from simpul.citydata import CityData
 from simpul.db import make_engine
 from simpul.envelope import Envelope
 from simpul.registry.store import SchemaResolver, SchemaStore, register_all

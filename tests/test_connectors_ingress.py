@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 
 from connectors.ingress.app import create_app
 from connectors.state import ApiKeyStore
+from simpul.citydata import PaluData
 from simpul.cli.services.broker import Broker, free_port
-from simpul.cli.simulate import PaluData
 from simpul.db import make_engine
 from simpul.envelope import header
 from simpul.publisher import PublisherPool

@@ -11,7 +11,7 @@ import pytest
 from connectors.base import BatchOutcome, ConnectorContext, resolve_kind
 from connectors.kinds.rest import RestSourceConnector
 from simpul import dbmigrate
-from simpul.cli.simulate import CityData
+from simpul.citydata import CityData
 from simpul.db import make_engine
 from simpul.settings import Settings
 from simpul.topology.connectors import ConnectorConfigError, ConnectorSpec

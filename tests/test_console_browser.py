@@ -22,8 +22,8 @@ import pytest
 import yaml
 from sqlalchemy import select
 
+from simpul.citydata import PaluData
 from simpul.cli.services.broker import free_port
-from simpul.cli.simulate import PaluData
 from simpul.codec import AvroSchema
 from simpul.db import make_engine
 from simpul.envelope import Envelope

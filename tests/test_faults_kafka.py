@@ -32,9 +32,9 @@ from kafka.admin import ConfigResource, ConfigResourceType
 from sqlalchemy import text
 
 from connectors.state import ApiKeyStore
+from simpul.citydata import PaluData, make_nip
 from simpul.cli.services.broker import Broker, free_port
 from simpul.cli.services.kafka import KafkaCluster
-from simpul.cli.simulate import PaluData, make_nip
 from simpul.db import make_engine
 from simpul.publisher import PublisherPool
 from streams.joins.state import derived_id

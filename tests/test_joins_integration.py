@@ -18,8 +18,8 @@ import pytest
 import yaml
 from sqlalchemy import text
 
+from simpul.citydata import make_nik, make_nip
 from simpul.cli.services.broker import Broker, free_port
-from simpul.cli.simulate import make_nik, make_nip
 from simpul.identifiers import mask_identifiers
 from simpul.publisher import PublisherPool
 from streams.joins.state import derived_id

@@ -11,7 +11,7 @@ import pytest
 
 from simpul import dbmigrate
 from simpul.catalog import EventCatalog
-from simpul.cli.simulate import CityData
+from simpul.citydata import CityData
 from simpul.db import make_engine
 from simpul.envelope import Envelope
 from simpul.errors import InvalidMessage

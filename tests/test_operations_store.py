@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import text, update
 
 from simpul import dbmigrate
-from simpul.cli.simulate import PaluData
+from simpul.citydata import PaluData
 from simpul.db import make_engine
 from simpul.topology.connectors import ConnectorSpec
 from simpul.topology.model import Topology, TopologyError, parse_topology

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
-from simpul.cli.simulate import PaluData
+from simpul.citydata import PaluData
 from simpul.db import make_engine
 from simpul.publisher import Publisher
 from sinks.central_store import event_log

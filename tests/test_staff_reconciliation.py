@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from simpul.citydata import CityData
 from simpul.cli.main import app
-from simpul.cli.simulate import CityData
 from simpul.db import make_engine
 from simpul.settings import get_settings
 from simpul.topology.model import load_topology

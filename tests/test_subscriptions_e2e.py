@@ -27,8 +27,8 @@ import yaml
 from kafka import KafkaConsumer, TopicPartition
 from sqlalchemy import select, text
 
+from simpul.citydata import PaluData
 from simpul.cli.services.broker import Broker, free_port
-from simpul.cli.simulate import PaluData
 from simpul.codec import unframe
 from simpul.db import make_engine
 from simpul.publisher import Publisher

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from simpul.cli.simulate import CityData
+from simpul.citydata import CityData
 from simpul.codec import AvroSchema
 from simpul.topology.model import EventType, Topology
 from simpul.validation import check_avro, check_identifiers, identifier_fields

@@ -15,6 +15,10 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+import typer
+from rich.table import Table
+
+from simpul.cli.common import checked_settings, checked_topology, console, err
 from simpul.topology.model import Topology
 from simpul.topology.subscriptions import inbox_topic
 
@@ -218,3 +222,49 @@ def apply(topology: Topology, admin_options: dict[str, object], passwords: dict[
         return AclReport(len(wanted), len(missing), len(grants) - len(missing))
     finally:
         admin.close()
+
+
+# --- the commands ---------------------------------------------------------------------------
+
+acls_app = typer.Typer(
+    help="Broker users and ACLs on Apache Kafka, derived from the topology.", no_args_is_help=True
+)
+
+
+@acls_app.command("plan")
+def acls_plan() -> None:
+    """Show the users and ACLs the topology asks for (least privilege), without a broker."""
+    settings = checked_settings()
+    topology = checked_topology(settings)
+    table = Table("user", "operations", "resource", "name", "pattern")
+    grouped: dict[tuple[str, str, str, str], list[str]] = {}
+    for grant in plan(topology, settings.worker_id):
+        key = (grant.principal, grant.resource, grant.name, grant.pattern)
+        grouped.setdefault(key, []).append(grant.operation)
+    for (user, resource, name, pattern), operations in grouped.items():
+        table.add_row(user, ",".join(operations), resource, name, pattern)
+    console.print(table)
+
+
+@acls_app.command("apply")
+def acls_apply() -> None:
+    """Create a SCRAM user per agency and per process, and their ACLs; safe to run again.
+
+    Runs as the broker's admin user (SIMPUL_KAFKA_USERNAME/PASSWORD, SASL PLAIN); passwords
+    are generated once into SIMPUL_KAFKA_USERS_FILE (mode 0600) and kept there."""
+    from simpul.kafka_clients import kafka_python_options
+
+    settings = checked_settings()
+    if settings.kafka_security_protocol == "PLAINTEXT":
+        err.print(
+            "[red]SIMPUL_KAFKA_SECURITY_PROTOCOL is PLAINTEXT[/red]: ACLs need a secured Apache "
+            "Kafka (SASL_PLAINTEXT or SASL_SSL) and its admin user in SIMPUL_KAFKA_USERNAME"
+        )
+        raise typer.Exit(2)
+    topology = checked_topology(settings)
+    passwords = load_or_create_passwords(settings.kafka_users_file, topology)
+    report = apply(topology, kafka_python_options(settings), passwords, settings.worker_id)
+    console.print(
+        f"{report.users} users; ACLs: {report.acls_created} created, "
+        f"{report.acls_existing} already there. Passwords: {settings.kafka_users_file}"
+    )

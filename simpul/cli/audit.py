@@ -6,26 +6,24 @@ import time
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from simpul.cli.common import checked_settings, console, err
 
 audit_app = typer.Typer(
     help="Delivery audit log: who received which personal data, when and why.",
     no_args_is_help=True,
 )
-console = Console()
-err = Console(stderr=True)
 
 
 @audit_app.command("verify")
 def audit_verify() -> None:
     """Walk every writer's hash chain; exit 1 naming each changed or deleted row."""
-    from simpul.cli.main import _settings
     from simpul.db import make_engine
     from sinks.audit import verify
 
     started = time.perf_counter()
-    settings = _settings()
+    settings = checked_settings()
     report = verify(
         make_engine(settings.database_url), settings.audit_secret(), settings.audit_heads_file
     )
@@ -49,7 +47,6 @@ def audit_subject(
     limit: Annotated[int, typer.Option(help="Show at most this many deliveries")] = 200,
 ) -> None:
     """Who received this person's data, when and for what purpose (newest first)."""
-    from simpul.cli.main import _settings
     from simpul.db import make_engine
     from simpul.identifiers import check_nik, check_nip
     from sinks.audit import receipts_for
@@ -58,7 +55,7 @@ def audit_subject(
     if reason:
         err.print(f"[red]identifier: {reason}[/red]")
         raise typer.Exit(2)
-    settings = _settings()
+    settings = checked_settings()
     started = time.perf_counter()
     receipts = receipts_for(
         make_engine(settings.database_url), settings.audit_secret(), identifier, limit
@@ -87,12 +84,11 @@ def audit_event(
 ) -> None:
     """Who signed a stored event (key, agency, gateway); its signature is verified again
     from the stored bytes. Exit 1 when it does not verify, 2 when there is no such event."""
-    from simpul.cli.main import _settings
     from simpul.db import make_engine
     from simpul.signing import KeyRing
     from sinks.reports.evidence import verify_stored_event
 
-    settings = _settings()
+    settings = checked_settings()
     evidence = verify_stored_event(
         make_engine(settings.database_url), KeyRing(settings.public_keys_path), ce_id
     )

@@ -5,15 +5,19 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from simpul.cli.serving import HostOption, PortOption, listening
+from simpul.cli.common import (
+    HostOption,
+    PortOption,
+    checked_settings,
+    checked_topology,
+    console,
+    err,
+    listening,
+)
 from simpul.httpauth import auth_headers
 from simpul.settings import Settings, get_settings
-
-console = Console()
-err = Console(stderr=True)
 
 connectors_app = typer.Typer(
     help="Watch and steer the connectors `simpul connect` runs (its REST API).",
@@ -30,18 +34,6 @@ UrlOption = Annotated[
     str | None,
     typer.Option("--url", help="REST API of `simpul connect` [default: 127.0.0.1:connect_port]"),
 ]
-
-
-def _settings() -> Settings:
-    from simpul.cli.main import _settings as checked
-
-    return checked()
-
-
-def _topology(settings: Settings):  # type: ignore[no-untyped-def]
-    from simpul.cli.main import _topology as checked
-
-    return checked(settings)
 
 
 def declared_connectors(settings: Settings, topology: Any) -> list[Any]:
@@ -65,8 +57,8 @@ def connect(host: HostOption = None, port: PortOption = None) -> None:
     from connectors.runtime import serve
     from simpul.topology.connectors import ConnectorConfigError
 
-    settings = listening(_settings(), "connect_port", host, port)
-    topology = _topology(settings)
+    settings = listening(checked_settings(), "connect_port", host, port)
+    topology = checked_topology(settings)
     specs = declared_connectors(settings, topology)
     console.print(
         f"{len(specs)} connectors; REST API on "
@@ -177,8 +169,8 @@ def ingress(ctx: typer.Context, host: HostOption = None, port: PortOption = None
         return
     from connectors.ingress.app import serve
 
-    settings = listening(_settings(), "ingress_port", host, port)
-    topology = _topology(settings)
+    settings = listening(checked_settings(), "ingress_port", host, port)
+    topology = checked_topology(settings)
     console.print(
         f"HTTP ingress on [bold]http://{settings.bind_host}:{settings.ingress_port}[/bold] "
         "(OpenAPI: /docs)"
@@ -199,8 +191,8 @@ def keys_create(
     label: Annotated[str | None, typer.Option(help="A note: which system uses it")] = None,
 ) -> None:
     """Create an API key for an agency; the key is printed once and stored only hashed."""
-    settings = _settings()
-    topology = _topology(settings)
+    settings = checked_settings()
+    topology = checked_topology(settings)
     if agency not in topology.agencies_by_code:
         err.print(f"[red]agency: unknown agency {agency!r}[/red]")
         raise typer.Exit(2)
@@ -214,7 +206,7 @@ def keys_revoke(
     key: Annotated[str, typer.Argument(help="Key id, or the key's first 12 characters")],
 ) -> None:
     """Revoke an API key: requests with it get 401 from now on."""
-    revoked = _key_store(_settings()).revoke(key)
+    revoked = _key_store(checked_settings()).revoke(key)
     if not revoked:
         err.print(f"[red]no active key {key!r}[/red]")
         raise typer.Exit(1)
@@ -227,7 +219,7 @@ def keys_list(
 ) -> None:
     """List API keys (id, agency, prefix, created, revoked); never the keys themselves."""
     table = Table("id", "agency", "prefix", "label", "created", "revoked")
-    for item in _key_store(_settings()).list(agency):
+    for item in _key_store(checked_settings()).list(agency):
         table.add_row(
             str(item.id),
             item.agency,

@@ -8,7 +8,7 @@ import logging
 import typer
 from rich.console import Console
 
-from simpul.cli.serving import HostOption, PortOption, listening
+from simpul.cli.common import HostOption, PortOption, checked_settings, checked_topology, listening
 
 err = Console(stderr=True)
 
@@ -16,12 +16,11 @@ err = Console(stderr=True)
 def deliver(host: HostOption = None, port: PortOption = None) -> None:
     """POST agency inbox messages to their webhooks (signed, retried, dead-lettered);
     /metrics and /health on SIMPUL_DELIVER_WEB_PORT."""
-    from simpul.cli.main import _settings, _topology
     from simpul.topology.subscriptions import SubscriptionError, SubscriptionPlan
     from sinks.webhook import WebhookConfigError, serve
 
-    settings = listening(_settings(), "deliver_web_port", host, port)
-    topology = _topology(settings)
+    settings = listening(checked_settings(), "deliver_web_port", host, port)
+    topology = checked_topology(settings)
     try:
         SubscriptionPlan.build(topology, settings.schemas_dir)
         if not any(s.webhook for s in topology.subscriptions):

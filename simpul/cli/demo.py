@@ -16,13 +16,17 @@ import time
 import urllib.request
 from collections import defaultdict
 from pathlib import Path
+from typing import Annotated
 
+import typer
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from simpul import dbmigrate
+from simpul.cli.common import checked_settings, err
+from simpul.cli.common import console as shared_console
 from simpul.cli.keys import installation_owners
 from simpul.cli.services.broker import EMBEDDED_LOSES, EmbeddedBroker, free_port, port_is_free
 from simpul.cli.services.postgres import PostgresCluster, PostgresUnavailable
@@ -311,7 +315,8 @@ def _simulate_with_progress(
             progress.update(task, completed=done, stored=stored["n"])
 
         from simpul.catalog import EventCatalog
-        from simpul.cli.simulate import PaluData, simulate
+        from simpul.citydata import PaluData
+        from simpul.cli.simulate import simulate
         from simpul.publisher import PublisherPool
         from simpul.registry.client import make_resolver
 
@@ -467,3 +472,20 @@ def _summary(
         else "[red]✗ the accounting does not balance[/red]"
     )
     return 0 if ok else 1
+
+
+def demo(
+    duration: Annotated[float, typer.Option(min=1, help="Seconds of simulated traffic")] = 30.0,
+    rate: Annotated[float, typer.Option(min=1, help="Events per second")] = 100.0,
+    city: Annotated[
+        str | None,
+        typer.Option(help="Run topology/<city>.yaml: palu, kupang, malang, batu, yogyakarta"),
+    ] = None,
+) -> None:
+    """Start broker, topics, store and worker; simulate all agencies; print what arrived; stop."""
+    try:
+        city_topology(city, checked_settings().topology_file)
+    except FileNotFoundError as error:
+        err.print(str(error), markup=False, style="red", soft_wrap=True)
+        raise typer.Exit(2) from None
+    raise typer.Exit(run_demo(shared_console, duration=duration, rate=rate, city=city))

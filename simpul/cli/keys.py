@@ -7,9 +7,9 @@ import re
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from simpul.cli.common import checked_settings, checked_topology, console, err
 from simpul.settings import Settings
 from simpul.signing import GATEWAYS, KeyError_, Kind, kind_of
 from simpul.topology.model import Topology
@@ -21,8 +21,6 @@ keys_app = typer.Typer(
     no_args_is_help=True,
 )
 agency_app.add_typer(keys_app, name="keys")
-console = Console()
-err = Console(stderr=True)
 
 
 def installation_owners(topology: Topology) -> list[tuple[str, Kind]]:
@@ -32,10 +30,8 @@ def installation_owners(topology: Topology) -> list[tuple[str, Kind]]:
 
 
 def _context() -> tuple[Settings, Topology]:
-    from simpul.cli.main import _settings, _topology
-
-    settings = _settings()
-    return settings, _topology(settings)
+    settings = checked_settings()
+    return settings, checked_topology(settings)
 
 
 def _kind(topology: Topology, owner: str) -> Kind:

@@ -9,6 +9,11 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from simpul.cli.common import checked_settings, checked_topology, console, err
+
+staff_app = typer.Typer(help="Staff master data (SIMPEG and BKN's register).", no_args_is_help=True)
+payroll_app = typer.Typer(help="Payroll basis for BKD (TPP).", no_args_is_help=True)
+
 
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print the scorecard as JSON")] = False,
@@ -16,12 +21,11 @@ def status(
     """Which agencies are connected, how fresh their data is, and what fails (last 24 h)."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from simpul.cli.main import _settings, _topology, console, err
     from simpul.db import make_engine
     from sinks.reports.scorecard import STATUS_LABELS, age, build_scorecard, percent
 
-    settings = _settings()
-    topology = _topology(settings)
+    settings = checked_settings()
+    topology = checked_topology(settings)
     try:
         card = build_scorecard(
             make_engine(settings.database_url), topology, connectors_dir=settings.connectors_dir
@@ -71,12 +75,11 @@ def export(
     out: Annotated[Path, typer.Option(help="Directory for the CSV and metadata files")],
 ) -> None:
     """Write aggregated, non-personal open datasets (Satu Data Indonesia) as CSV + JSON."""
-    from simpul.cli.main import _settings, _topology, console, err
     from simpul.db import make_engine
     from sinks.reports.open_data import SUPPRESSED, ExportError, export_open_data
 
-    settings = _settings()
-    topology = _topology(settings)
+    settings = checked_settings()
+    topology = checked_topology(settings)
     try:
         result = export_open_data(
             make_engine(settings.database_url),
@@ -95,6 +98,7 @@ def export(
     console.print(f"wrote {len(result.files)} files to {result.directory}")
 
 
+@staff_app.command("reconcile")
 def staff_reconcile(
     national: Annotated[
         str, typer.Option(help="Agency code the national register (BKN SIASN) publishes under")
@@ -109,13 +113,12 @@ def staff_reconcile(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON")] = False,
 ) -> None:
     """Staff whose local SIMPEG record differs from BKN's national one, field by field."""
-    from simpul.cli.main import _settings, _topology, console, err
     from simpul.db import make_engine
     from simpul.topology.subscriptions import mask
     from sinks.reports.staff_reconciliation import EVENT_TYPE, reconcile
 
-    settings = _settings()
-    topology = _topology(settings)
+    settings = checked_settings()
+    topology = checked_topology(settings)
     producers = [
         a.code for a in topology.agencies if topology.event_type(EVENT_TYPE).may_produce(a.code)
     ]
@@ -176,6 +179,7 @@ def staff_reconcile(
     console.print(report.summary())
 
 
+@payroll_app.command("control")
 def payroll_control(
     period: Annotated[str, typer.Option(help="Month paid, YYYY-MM (e.g. 2026-11)")],
     out: Annotated[
@@ -187,13 +191,12 @@ def payroll_control(
     import csv
     import dataclasses
 
-    from simpul.cli.main import _settings, _topology, console, err
     from simpul.db import make_engine
     from sinks.reports.payroll import PayrollError, UnitTotal, rupiah
     from sinks.reports.payroll import payroll_control as build
 
-    settings = _settings()
-    topology = _topology(settings)
+    settings = checked_settings()
+    topology = checked_topology(settings)
     try:
         report = build(make_engine(settings.database_url), topology, period)
     except PayrollError as error:
@@ -252,12 +255,11 @@ def readiness(
 ) -> None:
     """Per agency: connected or not, events/day, share rejected and why, fields missing or
     malformed, freshness against cadence; and "N of M agencies connected" week by week."""
-    from simpul.cli.main import _settings, _topology, console
     from simpul.db import make_engine
     from sinks.reports.readiness import build_readiness
 
-    settings = _settings()
-    topology = _topology(settings)
+    settings = checked_settings()
+    topology = checked_topology(settings)
     report = build_readiness(
         make_engine(settings.database_url),
         topology,

@@ -8,28 +8,22 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from simpul.cli.serving import HostOption, PortOption, listening
+from simpul.cli.common import (
+    HostOption,
+    PortOption,
+    checked_settings,
+    checked_topology,
+    console,
+    err,
+    listening,
+)
 from simpul.registry import compatibility
 from simpul.settings import Settings
 from simpul.topology.model import EventType, Topology
 
-console = Console()
-err = Console(stderr=True)
-
-
-def _settings() -> Settings:
-    from simpul.cli.main import _settings as load
-
-    return load()
-
-
-def _topology(settings: Settings) -> Topology:
-    from simpul.cli.main import _topology as load
-
-    return load(settings)
+schemas_app = typer.Typer(help="Avro schemas of the event types.", no_args_is_help=True)
 
 
 def registry(host: HostOption = None, port: PortOption = None) -> None:
@@ -39,7 +33,7 @@ def registry(host: HostOption = None, port: PortOption = None) -> None:
     from simpul.registry.api import serve
     from simpul.registry.client import admin_token, token_path
 
-    settings = listening(_settings(), "registry_port", host, port)
+    settings = listening(checked_settings(), "registry_port", host, port)
     if dbmigrate.current(settings.database_url) is None:
         err.print("[red]the central store is not migrated[/red]: run `simpul db upgrade` first")
         raise typer.Exit(2)
@@ -57,6 +51,7 @@ def registry(host: HostOption = None, port: PortOption = None) -> None:
     serve(settings)
 
 
+@schemas_app.command("register")
 def schemas_register(
     direct: Annotated[
         bool,
@@ -69,8 +64,8 @@ def schemas_register(
     """Register every event type's .avsc under `simpul.in.<type>-value` through the registry."""
     from simpul.registry.client import RegistryClient, RegistryRequestError, RegistryUnavailable
 
-    settings = _settings()
-    topology = _topology(settings)
+    settings = checked_settings()
+    topology = checked_topology(settings)
     if direct or not settings.registry_url:
         from simpul.db import make_engine
         from simpul.registry.store import SchemaStore, register_all
@@ -243,6 +238,7 @@ def check_schemas(
     return source, checks
 
 
+@schemas_app.command("check")
 def schemas_check(
     git: Annotated[
         bool, typer.Option("--git", help="Compare with HEAD's files even if a registry answers")
@@ -253,8 +249,8 @@ def schemas_check(
     Compares with the registered versions when the registry answers, else with the last
     commit's files under BACKWARD, and says which file, which field, what breaks and whom.
     """
-    settings = _settings()
-    topology = _topology(settings)
+    settings = checked_settings()
+    topology = checked_topology(settings)
     source, checks = check_schemas(settings, topology, use_registry=not git)
     failed = [c for c in checks if c.problems]
     table = Table("file", "subject", "mode", "compared with", "result", title=f"against {source}")

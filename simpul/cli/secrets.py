@@ -7,15 +7,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from simpul.cli.acls import PROCESSES
+from simpul.cli.common import checked_settings, checked_topology, console
 from simpul.settings import PROJECT_ROOT
 
 secrets_app = typer.Typer(
     help="Secrets of this installation (never shipped).", no_args_is_help=True
 )
-console = Console()
 
 #: The secrets docker-compose.yml refuses to start without.
 COMPOSE_SECRETS = (
@@ -74,11 +73,10 @@ def secrets_init(
     """Generate the registry admin token, audit key, HTTP token, database password and every
     webhook secret the topology names, into ENV_FILE (0600); keep those already there."""
     from simpul.cli.keys import installation_owners
-    from simpul.cli.main import _settings, _topology
     from simpul.signing import ensure_keys
 
-    settings = _settings()
-    topology = _topology(settings)
+    settings = checked_settings()
+    topology = checked_topology(settings)
     webhook_envs = [s.webhook.secret_env for s in topology.subscriptions if s.webhook]
     added = init_env_file(env_file, [*COMPOSE_SECRETS, *webhook_envs])
     console.print(

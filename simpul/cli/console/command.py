@@ -7,13 +7,10 @@ import sys
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from simpul.cli.common import checked_settings, checked_topology, console, err
 from simpul.settings import Settings
-
-console = Console()
-err = Console(stderr=True)
 
 console_app = typer.Typer(
     help="The web console for operators, integration staff and the data protection officer.",
@@ -21,12 +18,6 @@ console_app = typer.Typer(
 )
 users_app = typer.Typer(help="Console users and their roles.", no_args_is_help=True)
 console_app.add_typer(users_app, name="users")
-
-
-def _settings() -> Settings:
-    from simpul.cli.main import _settings as checked
-
-    return checked()
 
 
 def _users(settings: Settings):  # type: ignore[no-untyped-def]
@@ -52,10 +43,9 @@ def serve_console(
     from simpul import dbmigrate
     from simpul.cli.console.app import parse_health_urls, serve
     from simpul.cli.console.auth import UserError, session_secret
-    from simpul.cli.main import _topology
 
-    settings = _settings()
-    topology = _topology(settings)
+    settings = checked_settings()
+    topology = checked_topology(settings)
     if dbmigrate.current(settings.database_url) is None:
         err.print("[red]the central store is not migrated[/red]: run `simpul db upgrade` first")
         raise typer.Exit(2)
@@ -96,7 +86,7 @@ def users_add(
     else:
         password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
     try:
-        user = _users(_settings()).add(name, role, password)
+        user = _users(checked_settings()).add(name, role, password)
     except UserError as error:
         err.print(f"[red]{error}[/red]")
         raise typer.Exit(2) from None
@@ -109,7 +99,7 @@ def users_remove(name: Annotated[str, typer.Argument(help="Login name")]) -> Non
     from simpul.cli.console.auth import UserError
 
     try:
-        _users(_settings()).remove(name)
+        _users(checked_settings()).remove(name)
     except UserError as error:
         err.print(f"[red]{error}[/red]")
         raise typer.Exit(1) from None
@@ -120,6 +110,6 @@ def users_remove(name: Annotated[str, typer.Argument(help="Login name")]) -> Non
 def users_list() -> None:
     """List console users and their roles (never their password hashes)."""
     table = Table("name", "role", "language")
-    for user in _users(_settings()).list():
+    for user in _users(checked_settings()).list():
         table.add_row(user.name, user.role, user.language)
     console.print(table)
