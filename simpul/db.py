@@ -1,9 +1,12 @@
-"""Database plumbing shared by the central store and the schema registry storage."""
+"""Database plumbing shared by the central store and the schema registry storage.
+
+Every table registers on `metadata`; the modules that define them live in sinks/ and
+connectors/ too, and only `simpul.cli.db.central_store_metadata` imports them all.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-import importlib
 import json
 from pathlib import Path
 from typing import Any
@@ -19,23 +22,6 @@ metadata = MetaData(
         "pk": "pk_%(table_name)s",
     }
 )
-
-#: Every module that defines tables of the central store. Named, not imported, here: the
-#: core does not depend on sinks/ or connectors/; migrations and their test load them all.
-TABLE_MODULES = (
-    "simpul.registry.store",
-    "sinks.central_store",
-    "sinks.dead_letters",
-    "sinks.audit",
-    "connectors.state",
-)
-
-
-def full_metadata() -> MetaData:
-    """The metadata with every table of the central store registered on it."""
-    for name in TABLE_MODULES:
-        importlib.import_module(name)
-    return metadata
 
 
 def _json_default(value: Any) -> Any:

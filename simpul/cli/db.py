@@ -5,11 +5,28 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from sqlalchemy import MetaData
 
 from simpul.cli.common import checked_settings, console
 
 db_app = typer.Typer(help="Central store migrations.", no_args_is_help=True)
 
+
+def central_store_metadata() -> MetaData:
+    """`simpul.db.metadata` with every table of the central store registered on it.
+
+    Imported here, not in the core: the tables are defined beside the code that owns them
+    (registry, sinks, connectors), and the CLI is the one package that may import them all.
+    """
+    from connectors import state
+    from simpul.db import metadata
+    from simpul.registry import store
+    from sinks import audit, central_store, dead_letters
+
+    # Importing each module registers its tables; every one must use the shared metadata.
+    for module in (store, central_store, dead_letters, audit, state):
+        assert module.metadata is metadata, module.__name__
+    return metadata
 
 
 @db_app.command("upgrade")

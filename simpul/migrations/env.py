@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from alembic import context
 
-from simpul.db import full_metadata
-
-metadata = full_metadata()
-
 config = context.config
+
+#: Upgrading needs no target metadata; comparing or autogenerating does, and whoever asks for
+#: it hands it in (`simpul.cli.db.central_store_metadata`), so the core imports no table module.
+metadata = config.attributes.get("target_metadata")
 
 
 def run_migrations_online() -> None:
