@@ -33,7 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from simpul.db import make_engine  # noqa: E402
-from simpul.registry.store import SchemaResolver, SchemaStore  # noqa: E402
+from simpul.registry.resolver import SchemaResolver  # noqa: E402
+from simpul.registry.store import SchemaStore  # noqa: E402
 from simpul.topology.model import load_topology  # noqa: E402
 from sinks.central_store import CentralStore, StoredEvent  # noqa: E402
 

@@ -62,7 +62,8 @@ from tests.helpers import auth, install_test_keys, sign  # noqa: E402
 
 install_test_keys(ROOT / "topology" / "palu.yaml")  # signing keys; the workers inherit them
 from simpul.citydata import WEIGHTS, PaluData  # noqa: E402
-from simpul.registry.store import SchemaResolver, SchemaStore, register_all  # noqa: E402
+from simpul.registry.resolver import SchemaResolver  # noqa: E402
+from simpul.registry.store import SchemaStore, register_all  # noqa: E402
 from simpul.topics import apply_topics  # noqa: E402
 from simpul.topology.model import load_topology  # noqa: E402
 from tests.helpers import install_test_keys  # noqa: E402

@@ -30,7 +30,8 @@ from simpul.catalog import EventCatalog  # noqa: E402
 from simpul.citydata import PaluData  # noqa: E402
 from simpul.db import make_engine  # noqa: E402
 from simpul.envelope import Envelope  # noqa: E402
-from simpul.registry.store import SchemaResolver, SchemaStore, register_all  # noqa: E402
+from simpul.registry.resolver import SchemaResolver  # noqa: E402
+from simpul.registry.store import SchemaStore, register_all  # noqa: E402
 from simpul.settings import Settings  # noqa: E402
 from simpul.signing import KeyRing  # noqa: E402
 from simpul.topology.model import load_topology  # noqa: E402

@@ -43,7 +43,8 @@ from simpul.db import make_engine
 from simpul.envelope import format_time
 from simpul.publisher import PublisherPool
 from simpul.redaction import redacted
-from simpul.registry.store import SchemaResolver, SchemaStore
+from simpul.registry.resolver import SchemaResolver
+from simpul.registry.store import SchemaStore
 from simpul.settings import Settings
 from simpul.signing import signer_for
 from simpul.topology.connectors import ConnectorSpec, located_connectors

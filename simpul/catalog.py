@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from simpul.codec import AvroSchema
-from simpul.registry.store import SchemaResolver
+from simpul.registry.resolver import SchemaResolver
 from simpul.topology.model import Agency, EventType, Topology
 from simpul.validation import check_avro, check_identifiers, identifier_fields
 

@@ -45,7 +45,7 @@ from simpul.envelope import header
 from simpul.errors import InvalidMessage
 from simpul.installation import known_development_secret
 from simpul.kafka_clients import aiokafka_options
-from simpul.registry.store import SchemaResolver
+from simpul.registry.resolver import SchemaResolver
 from simpul.settings import Settings
 from simpul.topology.model import Topology
 from simpul.topology.subscriptions import Subscription, inbox_topic, webhook_dlq_topic

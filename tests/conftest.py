@@ -31,7 +31,8 @@ from simpul.cli.services.kafka import KafkaCluster
 from simpul.cli.services.postgres import PostgresCluster
 from simpul.db import make_engine
 from simpul.registry.client import RegistryClient
-from simpul.registry.store import SchemaResolver, SchemaStore
+from simpul.registry.resolver import SchemaResolver
+from simpul.registry.store import SchemaStore
 from simpul.settings import PROJECT_ROOT, Settings
 from simpul.topics import apply_topics
 from simpul.topology.model import Topology, load_topology

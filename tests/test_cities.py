@@ -17,7 +17,8 @@ from simpul.catalog import EventCatalog
 from simpul.citydata import CityData
 from simpul.db import make_engine
 from simpul.envelope import Envelope
-from simpul.registry.store import SchemaResolver, SchemaStore, register_all
+from simpul.registry.resolver import SchemaResolver
+from simpul.registry.store import SchemaStore, register_all
 from simpul.topology.connectors import located_connectors
 from simpul.topology.model import Topology, load_topology
 from simpul.topology.subscriptions import SubscriptionPlan

@@ -283,7 +283,8 @@ def _service(tmp_path: Any, raw: dict[str, Any]) -> Any:
     from simpul import dbmigrate
     from simpul.catalog import EventCatalog
     from simpul.db import make_engine
-    from simpul.registry.store import SchemaResolver, SchemaStore, register_all
+    from simpul.registry.resolver import SchemaResolver
+    from simpul.registry.store import SchemaStore, register_all
     from simpul.settings import Settings
     from streams.joins.service import JoinService
     from tests.conftest import SCHEMAS_DIR

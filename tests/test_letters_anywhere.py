@@ -15,7 +15,8 @@ from simpul.citydata import CityData
 from simpul.db import make_engine
 from simpul.envelope import Envelope
 from simpul.errors import InvalidMessage
-from simpul.registry.store import SchemaResolver, SchemaStore, register_all
+from simpul.registry.resolver import SchemaResolver
+from simpul.registry.store import SchemaStore, register_all
 from simpul.topology.model import Topology, load_topology
 from streams.ingest.pipeline import RawRecord, validate_record
 

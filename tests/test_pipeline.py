@@ -14,7 +14,8 @@ from simpul.codec import frame
 from simpul.db import make_engine
 from simpul.envelope import Envelope
 from simpul.errors import InvalidMessage
-from simpul.registry.store import SchemaResolver, SchemaStore, register_all
+from simpul.registry.resolver import SchemaResolver
+from simpul.registry.store import SchemaStore, register_all
 from simpul.settings import Settings
 from simpul.signing import KeyRing
 from simpul.topology.model import Topology

@@ -498,7 +498,8 @@ def serve(settings: Settings, topology: Any) -> None:
     """Run the ingress on ``settings.ingress_port`` until SIGINT/SIGTERM."""
     from simpul.db import make_engine
     from simpul.httpauth import TokenAuth, http_token, open_paths
-    from simpul.registry.store import SchemaResolver, SchemaStore
+    from simpul.registry.resolver import SchemaResolver
+    from simpul.registry.store import SchemaStore
     from simpul.serving import run
 
     engine = make_engine(settings.database_url)

@@ -11,9 +11,10 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -94,11 +95,6 @@ async def _json_body(request: Request) -> dict[str, Any]:
     return body
 
 
-# Module level: with postponed annotations FastAPI resolves these names in module globals.
-Body = Annotated[dict[str, Any], Depends(_json_body)]
-Deleted = Annotated[bool, Query(description="Include soft-deleted entries")]
-
-
 def _schema_text(body: dict[str, Any]) -> str:
     """The ``schema`` of a register/lookup/compatibility body, validated as Avro (42201)."""
     schema_type = body.get("schemaType") or "AVRO"
@@ -144,9 +140,275 @@ def _bearer_or_basic(request: Request) -> str | None:
     return None
 
 
+def _store(request: Request) -> SchemaStore:
+    store: SchemaStore = request.app.state.store
+    return store
+
+
+def _authorize(request: Request) -> None:
+    token: str = request.app.state.admin_token
+    given = _bearer_or_basic(request)
+    if given is None or not hmac.compare_digest(given.encode(), token.encode()):
+        raise RegistryError(
+            401, 40101, "Unauthorized: send the admin token as 'Authorization: Bearer <token>'"
+        )
+
+
+def _reader(request: Request) -> None:
+    if request.app.state.read_auth:
+        _authorize(request)
+
+
+# Module level: with postponed annotations FastAPI resolves these names in module globals.
+Body = Annotated[dict[str, Any], Depends(_json_body)]
+Deleted = Annotated[bool, Query(description="Include soft-deleted entries")]
+Store = Annotated[SchemaStore, Depends(_store)]
+Read = Depends(_reader)
+Write = Depends(_authorize)
+
+#: One router per concern of the Confluent API; `create_app` mounts them all.
+subjects = APIRouter(tags=["subjects"])
+schemas = APIRouter(tags=["schemas"])
+config = APIRouter(tags=["config"])
+compatibility_checks = APIRouter(tags=["compatibility"])
+
+
+def _found(store: SchemaStore, subject: str, version: str, deleted: bool) -> dict[str, Any]:
+    wanted = _version(version)
+    found = store.version(subject, wanted, deleted=deleted)
+    if found is None:
+        try:
+            store.versions(subject, deleted=True)
+        except LookupError as error:
+            raise _lookup_error(error) from None
+        raise RegistryError(404, 40402, f"Version {version} not found.")
+    return {
+        "subject": found.subject,
+        "version": found.version,
+        "id": found.id,
+        "schema": found.schema,
+    }
+
+
+# --- subjects and their versions ---------------------------------------------------------------
+
+
+@subjects.get("/subjects", dependencies=[Read])
+def list_subjects(store: Store, deleted: Deleted = False) -> list[str]:
+    return store.subjects(deleted=deleted)
+
+
+@subjects.get("/subjects/{subject}/versions", dependencies=[Read])
+def versions(store: Store, subject: str, deleted: Deleted = False) -> list[int]:
+    try:
+        return store.versions(subject, deleted=deleted)
+    except LookupError as error:
+        raise _lookup_error(error) from None
+
+
+@subjects.get("/subjects/{subject}/versions/{version}", dependencies=[Read])
+def get_version(
+    store: Store, subject: str, version: str, deleted: Deleted = False
+) -> dict[str, Any]:
+    return _found(store, subject, version, deleted)
+
+
+@subjects.get("/subjects/{subject}/versions/{version}/schema", dependencies=[Read])
+def get_version_schema(
+    store: Store, subject: str, version: str, deleted: Deleted = False
+) -> Response:
+    found = _found(store, subject, version, deleted)
+    return Response(found["schema"], media_type=CONTENT_TYPE)
+
+
+@subjects.get("/subjects/{subject}/versions/{version}/referencedby", dependencies=[Read])
+def referenced_by(store: Store, subject: str, version: str) -> list[int]:
+    _found(store, subject, version, False)
+    return []  # schema references are not supported, so nothing refers to a version
+
+
+@subjects.post("/subjects/{subject}/versions", dependencies=[Write])
+def register(store: Store, subject: str, body: Body) -> dict[str, Any]:
+    text = _schema_text(body)
+    try:
+        schema_id, _ = store.register_checked(subject, text)
+    except IncompatibleSchema as error:
+        raise RegistryError(409, 409, str(error)) from None
+    return {"id": schema_id}
+
+
+@subjects.post("/subjects/{subject}", dependencies=[Read])
+def lookup(store: Store, subject: str, body: Body, deleted: Deleted = False) -> dict[str, Any]:
+    text = _schema_text(body)
+    try:
+        found = store.lookup(subject, text, deleted=deleted)
+    except LookupError as error:
+        raise _lookup_error(error) from None
+    return {
+        "subject": found.subject,
+        "version": found.version,
+        "id": found.id,
+        "schema": found.schema,
+    }
+
+
+@subjects.delete("/subjects/{subject}", dependencies=[Write])
+def delete_subject(store: Store, subject: str, permanent: bool = False) -> list[int]:
+    try:
+        return store.delete_subject(subject, permanent=permanent)
+    except LookupError as error:
+        raise _lookup_error(error) from None
+
+
+@subjects.delete("/subjects/{subject}/versions/{version}", dependencies=[Write])
+def delete_version(store: Store, subject: str, version: str, permanent: bool = False) -> int:
+    try:
+        return store.delete_version(subject, _version(version), permanent=permanent)
+    except LookupError as error:
+        raise _lookup_error(error) from None
+
+
+# --- schemas by id ------------------------------------------------------------------------------
+
+
+def _schema(store: SchemaStore, schema_id: int) -> str:
+    text = store.schema(schema_id) if 0 < schema_id <= MAX_VERSION else None
+    if text is None:
+        raise RegistryError(404, 40403, f"Schema {schema_id} not found")
+    return text
+
+
+@schemas.get("/schemas/types", dependencies=[Read])
+def schema_types() -> list[str]:
+    return ["AVRO"]
+
+
+@schemas.get("/schemas/ids/{schema_id}", dependencies=[Read])
+def schema_by_id(store: Store, schema_id: int) -> dict[str, Any]:
+    return {"schema": _schema(store, schema_id)}
+
+
+@schemas.get("/schemas/ids/{schema_id}/schema", dependencies=[Read])
+def raw_schema_by_id(store: Store, schema_id: int) -> Response:
+    return Response(_schema(store, schema_id), media_type=CONTENT_TYPE)
+
+
+@schemas.get("/schemas/ids/{schema_id}/versions", dependencies=[Read])
+def schema_versions(store: Store, schema_id: int, deleted: Deleted = False) -> list[dict[str, Any]]:
+    _schema(store, schema_id)
+    return [{"subject": s, "version": v} for s, v in store.id_versions(schema_id, deleted=deleted)]
+
+
+@schemas.get("/schemas/ids/{schema_id}/subjects", dependencies=[Read])
+def schema_subjects(store: Store, schema_id: int, deleted: Deleted = False) -> list[str]:
+    _schema(store, schema_id)
+    return sorted({s for s, _ in store.id_versions(schema_id, deleted=deleted)})
+
+
+# --- compatibility configuration ----------------------------------------------------------------
+
+
+@config.get("/config", dependencies=[Read])
+def get_global_config(store: Store) -> dict[str, Any]:
+    return {"compatibilityLevel": store.compatibility(None)}
+
+
+@config.put("/config", dependencies=[Write])
+def put_global_config(store: Store, body: Body) -> dict[str, Any]:
+    return {"compatibility": store.set_config(None, _mode(body))}
+
+
+@config.get("/config/{subject}", dependencies=[Read])
+def get_subject_config(
+    store: Store,
+    subject: str,
+    defaultToGlobal: bool = False,
+) -> dict[str, Any]:
+    level = store.config(subject)
+    if level is None:
+        if not defaultToGlobal:
+            raise RegistryError(
+                404,
+                40408,
+                f"Subject '{subject}' does not have subject-level compatibility configured",
+            )
+        level = store.compatibility(None)
+    return {"compatibilityLevel": level}
+
+
+@config.put("/config/{subject}", dependencies=[Write])
+def put_subject_config(store: Store, subject: str, body: Body) -> dict[str, Any]:
+    return {"compatibility": store.set_config(subject, _mode(body))}
+
+
+@config.delete("/config/{subject}", dependencies=[Write])
+def delete_subject_config(store: Store, subject: str) -> dict[str, Any]:
+    was = store.delete_config(subject)
+    if was is None:
+        raise RegistryError(404, 40401, f"Subject '{subject}' not found.")
+    return {"compatibilityLevel": was}
+
+
+# --- compatibility checks -----------------------------------------------------------------------
+
+
+def _compatibility_answer(
+    problems: list[compatibility.Incompatibility], verbose: bool
+) -> dict[str, Any]:
+    answer: dict[str, Any] = {"is_compatible": not problems}
+    if verbose:
+        answer["messages"] = [p.explain() for p in problems]
+    return answer
+
+
+@compatibility_checks.post(
+    "/compatibility/subjects/{subject}/versions/{version}", dependencies=[Read]
+)
+def check_version(
+    store: Store, subject: str, version: str, body: Body, verbose: bool = False
+) -> dict[str, Any]:
+    text = _schema_text(body)
+    found = _found(store, subject, version, False)
+    mode = store.compatibility(subject)
+    # Against one given version, the transitive modes mean the same as their base mode.
+    problems = compatibility.check(text, [(found["version"], found["schema"])], mode)
+    return _compatibility_answer(problems, verbose)
+
+
+@compatibility_checks.post("/compatibility/subjects/{subject}/versions", dependencies=[Read])
+def check_all(store: Store, subject: str, body: Body, verbose: bool = False) -> dict[str, Any]:
+    text = _schema_text(body)
+    live = [(v.version, v.schema) for v in store.subject_versions(subject)]
+    problems = compatibility.check(text, live, store.compatibility(subject))
+    return _compatibility_answer(problems, verbose)
+
+
+# --- the app ------------------------------------------------------------------------------------
+
+
+async def _registry_error(_: Request, error: Exception) -> Response:
+    assert isinstance(error, RegistryError)
+    response = _error(error.status, error.code, error.message)
+    if error.status == 401:
+        response.headers["WWW-Authenticate"] = "Bearer"
+    return response
+
+
+async def _validation_error(_: Request, error: Exception) -> Response:
+    assert isinstance(error, RequestValidationError)
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
+    )
+    return _error(422, 422, problems)
+
+
+async def _http_error(_: Request, error: Exception) -> Response:
+    assert isinstance(error, StarletteHTTPException)
+    return _error(error.status_code, error.status_code, str(error.detail))
+
+
 def create_app(settings: Settings, store: SchemaStore | None = None) -> FastAPI:
     """The registry app over the central store at ``settings.database_url``."""
-    store = store or SchemaStore(make_engine(settings.database_url))
     token = admin_token(settings, create=True) or ""
     if not token:
         raise ValueError("registry_admin_token: the token file is empty; delete it to regenerate")
@@ -157,225 +419,32 @@ def create_app(settings: Settings, store: SchemaStore | None = None) -> FastAPI:
         docs_url="/docs",
         openapi_url="/openapi.json",
     )
-    app.state.store = store
+    app.state.store = store or SchemaStore(make_engine(settings.database_url))
+    app.state.admin_token = token
+    app.state.read_auth = settings.registry_read_auth
+    app.add_exception_handler(RegistryError, _registry_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
 
-    def _authorize(request: Request) -> None:
-        given = _bearer_or_basic(request)
-        if given is None or not hmac.compare_digest(given.encode(), token.encode()):
-            raise RegistryError(
-                401, 40101, "Unauthorized: send the admin token as 'Authorization: Bearer <token>'"
-            )
-
-    def admin(request: Request) -> None:
-        _authorize(request)
-
-    def reader(request: Request) -> None:
-        if settings.registry_read_auth:
-            _authorize(request)
-
-    Read = Depends(reader)
-    Write = Depends(admin)
-
-    @app.exception_handler(RegistryError)
-    async def _registry_error(_: Request, error: RegistryError) -> Response:
-        headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
-        response = _error(error.status, error.code, error.message)
-        if headers:
-            response.headers.update(headers)
+    @app.middleware("http")
+    async def count_requests(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        response = await call_next(request)
+        metrics.REGISTRY_REQUESTS.labels(request.method, str(response.status_code)).inc()
         return response
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(_: Request, error: RequestValidationError) -> Response:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
-        )
-        return _error(422, 422, problems)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, error: StarletteHTTPException) -> Response:
-        return _error(error.status_code, error.status_code, str(error.detail))
 
     @app.get("/", dependencies=[Read])
     def root() -> dict[str, Any]:
         return {}
-
-    @app.middleware("http")
-    async def count_requests(request: Request, call_next: Any) -> Response:
-        response: Response = await call_next(request)
-        metrics.REGISTRY_REQUESTS.labels(request.method, str(response.status_code)).inc()
-        return response
 
     @app.get("/metrics", include_in_schema=False)
     def prometheus_metrics() -> Response:
         """Prometheus scrape of this process (open: it holds no schema content)."""
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/schemas/types", dependencies=[Read])
-    def schema_types() -> list[str]:
-        return ["AVRO"]
-
-    @app.get("/subjects", dependencies=[Read])
-    def subjects(deleted: Deleted = False) -> list[str]:
-        return store.subjects(deleted=deleted)
-
-    @app.get("/subjects/{subject}/versions", dependencies=[Read])
-    def versions(subject: str, deleted: Deleted = False) -> list[int]:
-        try:
-            return store.versions(subject, deleted=deleted)
-        except LookupError as error:
-            raise _lookup_error(error) from None
-
-    def _get_version(subject: str, version: str, deleted: bool) -> dict[str, Any]:
-        wanted = _version(version)
-        found = store.version(subject, wanted, deleted=deleted)
-        if found is None:
-            try:
-                store.versions(subject, deleted=True)
-            except LookupError as error:
-                raise _lookup_error(error) from None
-            raise RegistryError(404, 40402, f"Version {version} not found.")
-        return {
-            "subject": found.subject,
-            "version": found.version,
-            "id": found.id,
-            "schema": found.schema,
-        }
-
-    @app.get("/subjects/{subject}/versions/{version}", dependencies=[Read])
-    def get_version(subject: str, version: str, deleted: Deleted = False) -> dict[str, Any]:
-        return _get_version(subject, version, deleted)
-
-    @app.get("/subjects/{subject}/versions/{version}/schema", dependencies=[Read])
-    def get_version_schema(subject: str, version: str, deleted: Deleted = False) -> Response:
-        found = _get_version(subject, version, deleted)
-        return Response(found["schema"], media_type=CONTENT_TYPE)
-
-    @app.get("/subjects/{subject}/versions/{version}/referencedby", dependencies=[Read])
-    def referenced_by(subject: str, version: str) -> list[int]:
-        _get_version(subject, version, False)
-        return []  # schema references are not supported, so nothing refers to a version
-
-    @app.post("/subjects/{subject}/versions", dependencies=[Write])
-    def register(subject: str, body: Body) -> dict[str, Any]:
-        text = _schema_text(body)
-        try:
-            schema_id, _ = store.register_checked(subject, text)
-        except IncompatibleSchema as error:
-            raise RegistryError(409, 409, str(error)) from None
-        return {"id": schema_id}
-
-    @app.post("/subjects/{subject}", dependencies=[Read])
-    def lookup(subject: str, body: Body, deleted: Deleted = False) -> dict[str, Any]:
-        text = _schema_text(body)
-        try:
-            found = store.lookup(subject, text, deleted=deleted)
-        except LookupError as error:
-            raise _lookup_error(error) from None
-        return {
-            "subject": found.subject,
-            "version": found.version,
-            "id": found.id,
-            "schema": found.schema,
-        }
-
-    @app.delete("/subjects/{subject}", dependencies=[Write])
-    def delete_subject(subject: str, permanent: bool = False) -> list[int]:
-        try:
-            return store.delete_subject(subject, permanent=permanent)
-        except LookupError as error:
-            raise _lookup_error(error) from None
-
-    @app.delete("/subjects/{subject}/versions/{version}", dependencies=[Write])
-    def delete_version(subject: str, version: str, permanent: bool = False) -> int:
-        try:
-            return store.delete_version(subject, _version(version), permanent=permanent)
-        except LookupError as error:
-            raise _lookup_error(error) from None
-
-    def _schema(schema_id: int) -> str:
-        text = store.schema(schema_id) if 0 < schema_id <= MAX_VERSION else None
-        if text is None:
-            raise RegistryError(404, 40403, f"Schema {schema_id} not found")
-        return text
-
-    @app.get("/schemas/ids/{schema_id}", dependencies=[Read])
-    def schema_by_id(schema_id: int) -> dict[str, Any]:
-        return {"schema": _schema(schema_id)}
-
-    @app.get("/schemas/ids/{schema_id}/schema", dependencies=[Read])
-    def raw_schema_by_id(schema_id: int) -> Response:
-        return Response(_schema(schema_id), media_type=CONTENT_TYPE)
-
-    @app.get("/schemas/ids/{schema_id}/versions", dependencies=[Read])
-    def schema_versions(schema_id: int, deleted: Deleted = False) -> list[dict[str, Any]]:
-        _schema(schema_id)
-        return [
-            {"subject": s, "version": v} for s, v in store.id_versions(schema_id, deleted=deleted)
-        ]
-
-    @app.get("/schemas/ids/{schema_id}/subjects", dependencies=[Read])
-    def schema_subjects(schema_id: int, deleted: Deleted = False) -> list[str]:
-        _schema(schema_id)
-        return sorted({s for s, _ in store.id_versions(schema_id, deleted=deleted)})
-
-    @app.get("/config", dependencies=[Read])
-    def get_global_config() -> dict[str, Any]:
-        return {"compatibilityLevel": store.compatibility(None)}
-
-    @app.put("/config", dependencies=[Write])
-    def put_global_config(body: Body) -> dict[str, Any]:
-        return {"compatibility": store.set_config(None, _mode(body))}
-
-    @app.get("/config/{subject}", dependencies=[Read])
-    def get_subject_config(subject: str, defaultToGlobal: bool = False) -> dict[str, Any]:
-        level = store.config(subject)
-        if level is None:
-            if not defaultToGlobal:
-                raise RegistryError(
-                    404,
-                    40408,
-                    f"Subject '{subject}' does not have subject-level compatibility configured",
-                )
-            level = store.compatibility(None)
-        return {"compatibilityLevel": level}
-
-    @app.put("/config/{subject}", dependencies=[Write])
-    def put_subject_config(subject: str, body: Body) -> dict[str, Any]:
-        return {"compatibility": store.set_config(subject, _mode(body))}
-
-    @app.delete("/config/{subject}", dependencies=[Write])
-    def delete_subject_config(subject: str) -> dict[str, Any]:
-        was = store.delete_config(subject)
-        if was is None:
-            raise RegistryError(404, 40401, f"Subject '{subject}' not found.")
-        return {"compatibilityLevel": was}
-
-    def _compatibility_answer(
-        problems: list[compatibility.Incompatibility], verbose: bool
-    ) -> dict[str, Any]:
-        answer: dict[str, Any] = {"is_compatible": not problems}
-        if verbose:
-            answer["messages"] = [p.explain() for p in problems]
-        return answer
-
-    @app.post("/compatibility/subjects/{subject}/versions/{version}", dependencies=[Read])
-    def check_version(
-        subject: str, version: str, body: Body, verbose: bool = False
-    ) -> dict[str, Any]:
-        text = _schema_text(body)
-        found = _get_version(subject, version, False)
-        mode = store.compatibility(subject)
-        # Against one given version, the transitive modes mean the same as their base mode.
-        problems = compatibility.check(text, [(found["version"], found["schema"])], mode)
-        return _compatibility_answer(problems, verbose)
-
-    @app.post("/compatibility/subjects/{subject}/versions", dependencies=[Read])
-    def check_all(subject: str, body: Body, verbose: bool = False) -> dict[str, Any]:
-        text = _schema_text(body)
-        live = [(v.version, v.schema) for v in store.subject_versions(subject)]
-        problems = compatibility.check(text, live, store.compatibility(subject))
-        return _compatibility_answer(problems, verbose)
-
+    for router in (schemas, subjects, config, compatibility_checks):
+        app.include_router(router)
     return app
 
 

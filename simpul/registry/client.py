@@ -19,9 +19,10 @@ from urllib.parse import quote
 import httpx
 
 from simpul.installation import installation_secret
+from simpul.registry.resolver import SchemaResolver, SchemaSource
 from simpul.settings import Settings
 
-log = logging.getLogger("simpul.registry.store")
+log = logging.getLogger("simpul.registry.client")
 # httpx logs every request at INFO; a worker resolving ids would flood its log with them.
 logging.getLogger("httpx").setLevel(logging.WARNING)
 
@@ -151,9 +152,10 @@ class RegistryClient:
         found = self._get_or_none(f"/schemas/ids/{schema_id}", 40403, 404)
         if found is None:
             return None
+        text: str = found["schema"]
         with self._lock:
-            self._schemas[schema_id] = found["schema"]
-        return found["schema"]
+            self._schemas[schema_id] = text
+        return text
 
     def latest(self, subject: str) -> tuple[int, int] | None:
         cached = self._latest.get(subject)
@@ -224,7 +226,7 @@ class RegistryClient:
         return str(self.request("PUT", path, {"compatibility": mode})["compatibility"])
 
 
-def schema_source(settings: Settings) -> Any:
+def schema_source(settings: Settings) -> SchemaSource:
     """Where ids are resolved: `simpul registry` when ``registry_url`` is set, else the
     central store read directly (tests, benchmarks, a single-process setup)."""
     if settings.registry_url:
@@ -235,8 +237,6 @@ def schema_source(settings: Settings) -> Any:
     return SchemaStore(make_engine(settings.database_url))
 
 
-def make_resolver(settings: Settings) -> Any:
+def make_resolver(settings: Settings) -> SchemaResolver:
     """A `SchemaResolver` over `schema_source`, with the configured latest-version TTL."""
-    from simpul.registry.store import SchemaResolver
-
     return SchemaResolver(schema_source(settings), latest_ttl_s=settings.registry_cache_ttl_s)

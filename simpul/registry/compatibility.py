@@ -141,7 +141,8 @@ def _check_pair(
     reader_text: str, writer_text: str, direction: Literal["backward", "forward"], version: int
 ) -> list[Incompatibility]:
     reader, writer = parse(reader_text), parse(writer_text)
-    result = ReaderWriterCompatibilityChecker().get_compatibility(reader, writer)
+    checker = ReaderWriterCompatibilityChecker()  # type: ignore[no-untyped-call]  # avro ships no annotations
+    result = checker.get_compatibility(reader, writer)
     if result.compatibility is SchemaCompatibilityType.compatible:
         return []
     definition = json.loads(reader_text)

@@ -12,7 +12,8 @@ from sqlalchemy import Engine, select
 from simpul.codec import unframe
 from simpul.db import dumps
 from simpul.errors import InvalidMessage
-from simpul.registry.store import SchemaResolver, SchemaStore
+from simpul.registry.resolver import SchemaResolver
+from simpul.registry.store import SchemaStore
 from simpul.signing import KEYID_HEADER, SIGNATURE_HEADER, KeyRing
 from sinks.central_store import event_log
 

@@ -42,7 +42,8 @@ def _catalog():  # type: ignore[no-untyped-def]
     from simpul import dbmigrate
     from simpul.catalog import EventCatalog
     from simpul.db import make_engine
-    from simpul.registry.store import SchemaResolver, SchemaStore, register_all
+    from simpul.registry.resolver import SchemaResolver
+    from simpul.registry.store import SchemaStore, register_all
     from simpul.topology.model import load_topology
 
     url = f"sqlite:///{tempfile.mkdtemp(prefix='simpul-fuzz-')}/registry.db"

@@ -45,7 +45,8 @@ from simpul.envelope import parse_time
 from simpul.httpauth import auth_headers
 from simpul.identifiers import check_nik, check_nip
 from simpul.registry import compatibility
-from simpul.registry.store import IncompatibleSchema, SchemaResolver, SchemaStore
+from simpul.registry.resolver import SchemaResolver
+from simpul.registry.store import IncompatibleSchema, SchemaStore
 from simpul.settings import Settings
 from simpul.topology.model import Topology
 from simpul.topology.subscriptions import mask
