@@ -1,5 +1,5 @@
-"""The connector runtime behind `simpul connect`: one thread per task, a Kafka-Connect-shaped
-REST API to watch and steer them, and Prometheus metrics per connector.
+"""The connector runtime behind `simpul connect`: one thread per task, and Prometheus metrics
+per connector; its REST API to watch and steer them is `connectors.api`.
 
 Delivery guarantee: at-least-once, duplicates dropped by the bus. A batch is published, the
 runtime waits for the broker's acknowledgement of every record, and only then lets the
@@ -22,9 +22,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from fastapi import FastAPI, Response
-from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
 from connectors.base import (
@@ -42,7 +39,6 @@ from simpul.catalog import EventCatalog
 from simpul.db import make_engine
 from simpul.envelope import format_time
 from simpul.publisher import PublisherPool
-from simpul.redaction import redacted
 from simpul.registry.resolver import SchemaResolver
 from simpul.registry.store import SchemaStore
 from simpul.settings import Settings
@@ -339,88 +335,6 @@ class ConnectRuntime:
         self.publishers.close()
 
 
-def _not_found(name: str) -> JSONResponse:
-    return JSONResponse(
-        {"error_code": 404, "message": f"Connector {name} not found"}, status_code=404
-    )
-
-
-def create_app(runtime: ConnectRuntime) -> FastAPI:
-    """The REST API in Kafka Connect's shape (the subset that applies to declared connectors)."""
-    app = FastAPI(
-        title="Simpul connectors",
-        description="Status and control of the connectors `simpul connect` runs.",
-        version="1",
-    )
-
-    @app.get("/connectors", summary="Names of the connectors (expand=status adds their status)")
-    def list_connectors(expand: str | None = None) -> Any:
-        if expand == "status":
-            return {
-                name: {"status": task.status(runtime.worker_id)}
-                for name, task in runtime.tasks.items()
-            }
-        return sorted(runtime.tasks)
-
-    @app.get("/connectors/{name}", summary="A connector's configuration and tasks")
-    def get_connector(name: str) -> Any:
-        task = runtime.tasks.get(name)
-        if task is None:
-            return _not_found(name)
-        return {
-            "name": name,
-            "config": redacted(task.spec.declared()),
-            "tasks": [{"connector": name, "task": 0}],
-            "type": "source",
-        }
-
-    @app.get("/connectors/{name}/status", summary="State of the connector and its tasks")
-    def get_status(name: str) -> Any:
-        task = runtime.tasks.get(name)
-        return _not_found(name) if task is None else task.status(runtime.worker_id)
-
-    def act(name: str, action: str, status_code: int) -> Any:
-        """Run ``task.<action>()`` on the named connector; 404 when there is none."""
-        task = runtime.tasks.get(name)
-        if task is None:
-            return _not_found(name)
-        getattr(task, action)()
-        return Response(status_code=status_code)
-
-    @app.put("/connectors/{name}/pause", status_code=202, summary="Pause: stop reading")
-    def pause(name: str) -> Any:
-        return act(name, "pause", 202)
-
-    @app.put("/connectors/{name}/resume", status_code=202, summary="Resume a paused connector")
-    def resume(name: str) -> Any:
-        return act(name, "resume", 202)
-
-    @app.post(
-        "/connectors/{name}/restart",
-        status_code=204,
-        response_class=Response,
-        response_model=None,
-        summary="Restart the task from its durable position (clears FAILED)",
-    )
-    def restart(name: str) -> Any:
-        return act(name, "restart", 204)
-
-    @app.get("/metrics", include_in_schema=False)
-    def prometheus() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
-    @app.get("/health", summary="Liveness, and how many tasks run or failed")
-    def health() -> Any:
-        states = [str(task.state) for task in runtime.tasks.values()]
-        return {
-            "connectors": len(states),
-            "running": states.count("RUNNING"),
-            "failed": states.count("FAILED"),
-        }
-
-    return app
-
-
 def build_runtime(settings: Settings, topology: Topology) -> ConnectRuntime:
     """Every declared connector, resolved and validated; raises `ConnectorConfigError`."""
     located = located_connectors(topology, settings.connectors_dir)
@@ -429,20 +343,3 @@ def build_runtime(settings: Settings, topology: Topology) -> ConnectRuntime:
     engine = make_engine(settings.database_url)
     catalog = EventCatalog(topology, SchemaResolver(SchemaStore(engine)))
     return ConnectRuntime(specs, resolved, ConnectorContext(settings, engine), catalog)
-
-
-def serve(settings: Settings, topology: Topology) -> list[dict[str, Any]]:
-    """Run every connector and the REST API until SIGINT/SIGTERM; then stop them cleanly and
-    return their final status."""
-    from simpul.httpauth import TokenAuth, http_token, open_paths
-    from simpul.serving import run
-
-    token = http_token(settings, create=True) or ""
-    runtime = build_runtime(settings, topology)
-    runtime.start()
-    try:
-        app = TokenAuth(create_app(runtime), token, open_paths(settings))
-        run(app, settings.connect_port, settings.bind_host, settings.http_max_body_bytes)
-    finally:
-        runtime.stop()
-    return [task.status(runtime.worker_id) for task in runtime.tasks.values()]

@@ -54,7 +54,7 @@ def declared_connectors(settings: Settings, topology: Any) -> list[Any]:
 def connect(host: HostOption = None, port: PortOption = None) -> None:
     """Run every declared connector (topology + connectors_dir) with the REST API and /metrics
     on SIMPUL_CONNECT_PORT (Bearer token, see README Security)."""
-    from connectors.runtime import serve
+    from connectors.api import serve
     from simpul.topology.connectors import ConnectorConfigError
 
     settings = listening(checked_settings(), "connect_port", host, port)
