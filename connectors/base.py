@@ -45,7 +45,8 @@ class SourceRecord:
     ref: str  # for people: "line 7", "id=42"
     position: Mapping[str, Any] = field(default_factory=dict)  # where to resume after it
     time: dt.datetime | None = None  # ce_time; now when unknown
-    problem: str | None = None  # the record could not even be read ("line 4: not JSON")
+    #: Why the record could not even be read: a `Problem`, or a plain "line 4: not JSON".
+    problem: str | None = None
 
 
 @dataclass(slots=True)

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from simpul import jsontext
+from simpul.validation import Problem
 
 _MISSING = object()
 
@@ -130,13 +131,13 @@ def _array(value: Any, items: Any) -> Any:
 
 def missing_fields(
     definition: Mapping[str, Any], payload: Mapping[str, Any], mapping: Mapping[str, str]
-) -> list[str]:
+) -> list[Problem]:
     """Required fields (no default) absent from the payload, naming the source column."""
-    problems = []
+    problems: list[Problem] = []
     for item in definition["fields"]:
         name = item["name"]
         if name not in payload and "default" not in item:
             source = mapping.get(name, name)
             where = f" (source column {source!r})" if source != name else ""
-            problems.append(f"{name}: missing{where}")
+            problems.append(Problem(name, f"missing{where}"))
     return problems

@@ -45,6 +45,7 @@ from simpul.settings import Settings
 from simpul.signing import signer_for
 from simpul.topology.connectors import ConnectorSpec, located_connectors
 from simpul.topology.model import Topology
+from simpul.validation import Problem
 
 log = logging.getLogger("simpul.connect")
 
@@ -192,39 +193,40 @@ class ConnectorTask:
         etype = self.catalog.topology.event_type(self.spec.event_type)
         schema = self.catalog.latest_schema(etype.name)
         agency = self.catalog.topology.agency(self.spec.agency)
-        checked: list[tuple[SourceRecord, dict[str, Any] | None, str | None]] = []
+        # Per record: its payload and its problems (none: it is published).
+        checked: list[tuple[SourceRecord, dict[str, Any] | None, list[Problem]]] = []
         for record in batch:
             if record.problem is not None:
-                checked.append((record, None, record.problem))
+                checked.append((record, None, [Problem.of(record.problem)]))
                 continue
             payload = map_payload(record.data, self.spec.field_mapping, schema.definition)
             problems = missing_fields(schema.definition, payload, self.spec.field_mapping)
             problems = problems or self.catalog.payload_problems(etype, schema, payload)
             if not problems and (scope := self.catalog.scope_problem(agency, payload)):
                 problems = [scope]
-            checked.append((record, payload, "; ".join(problems) if problems else None))
+            checked.append((record, payload, problems))
 
         outcome = BatchOutcome()
         tolerate = self.spec.errors_tolerance == "all"
         if not tolerate and self.kind.atomic_batches and any(p for _, _, p in checked):
             # All or nothing: report every bad record, publish none, fail the batch.
-            outcome.rejected = [Rejected(r, p) for r, _, p in checked if p]
+            outcome.rejected = [Rejected(r, "; ".join(p)) for r, _, p in checked if p]
             outcome.failed = outcome.rejected[0]
             self._count_failed(len(outcome.rejected))
             return outcome
 
         publisher = self.publishers(self.spec.agency)
         futures: list[Any] = []
-        for record, mapped, problem in checked:
-            if problem is not None:
-                rejected = Rejected(record, problem)
+        for record, mapped, problems in checked:
+            if problems:
+                rejected = Rejected(record, "; ".join(problems))
                 if not tolerate:
                     outcome.failed = rejected
                     self._count_failed(1)
                     break
                 outcome.rejected.append(rejected)
                 if not self.kind.writes_rejects:
-                    futures.append(self._dead_letter(publisher, record, problem))
+                    futures.append(self._dead_letter(publisher, record, problems))
             else:
                 assert mapped is not None
                 futures.append(
@@ -255,11 +257,13 @@ class ConnectorTask:
             metrics.CONNECTOR_RECORDS_FAILED.labels(self.spec.name).inc(count)
             self.counters.failed += count
 
-    def _dead_letter(self, publisher: Any, record: SourceRecord, reason: str) -> Any:
-        """The record as read (JSON), with the CloudEvents and dead-letter headers."""
+    def _dead_letter(self, publisher: Any, record: SourceRecord, problems: list[Problem]) -> Any:
+        """The record as read (JSON), with the CloudEvents and dead-letter headers; the code
+        names the first problem's field."""
         ce_id = record_ce_id(self.spec.name, record.identity)
         value = json.dumps(dict(record.data), default=str, ensure_ascii=False).encode()
-        field = reason.split(":", 1)[0]
+        field = problems[0].field
+        reason = "; ".join(problems)
         headers = [
             ("ce_specversion", b"1.0"),
             ("ce_id", ce_id.encode()),

@@ -8,7 +8,7 @@ from typing import Any
 from simpul.codec import AvroSchema
 from simpul.registry.resolver import SchemaResolver
 from simpul.topology.model import Agency, EventType, Topology
-from simpul.validation import check_avro, check_identifiers, identifier_fields
+from simpul.validation import Problem, check_avro, check_identifiers, identifier_fields
 
 
 class EventCatalog:
@@ -35,8 +35,8 @@ class EventCatalog:
         payload: Mapping[str, Any],
         *,
         decoded: bool = False,
-    ) -> list[str]:
-        """Type and identifier problems, each as ``field: reason``; empty when acceptable.
+    ) -> list[Problem]:
+        """Type and identifier problems, each naming its field; empty when acceptable.
 
         ``decoded=True`` says the payload was just decoded with ``schema``, so its Avro types
         are right by construction and only the identifier rules are checked.
@@ -45,10 +45,10 @@ class EventCatalog:
         if not problems:
             problems = check_identifiers(self.identifiers(schema), payload)
             if event_type.key not in payload:
-                problems.append(f"{event_type.key}: key field missing")
+                problems.append(Problem(event_type.key, "key field missing"))
         return problems
 
-    def scope_problem(self, agency: Agency, payload: Mapping[str, Any]) -> str | None:
+    def scope_problem(self, agency: Agency, payload: Mapping[str, Any]) -> Problem | None:
         """A kelurahan office reports for its own kelurahan; where the topology lets offices
         issue for residents of other kelurahan, a letter names the issuing office's kelurahan
         in ``issuing_kelurahan_code`` and the resident's in ``kelurahan_code``."""
@@ -58,13 +58,17 @@ class EventCatalog:
         if not own:
             return None
         if issuing and issuing != own:
-            return f"issuing_kelurahan_code: {agency.code} issues for {own}, not {issuing}"
+            return Problem(
+                "issuing_kelurahan_code", f"{agency.code} issues for {own}, not {issuing}"
+            )
         if resident and resident != own:
             if not self.topology.offices_issue_for_any_kelurahan:
-                return f"kelurahan_code: {agency.code} may only report for {own}, not {resident}"
+                return Problem(
+                    "kelurahan_code", f"{agency.code} may only report for {own}, not {resident}"
+                )
             if not issuing:
-                return (
-                    f"issuing_kelurahan_code: required when {agency.code} ({own}) issues for a "
-                    f"resident of {resident}"
+                return Problem(
+                    "issuing_kelurahan_code",
+                    f"required when {agency.code} ({own}) issues for a resident of {resident}",
                 )
         return None

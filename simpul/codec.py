@@ -60,7 +60,8 @@ class AvroSchema:
 
     @property
     def definition(self) -> dict[str, Any]:
-        return json.loads(self.text)
+        parsed: dict[str, Any] = json.loads(self.text)
+        return parsed
 
     def encode(self, payload: dict[str, Any]) -> bytes:
         buffer = io.BytesIO()

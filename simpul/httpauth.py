@@ -14,6 +14,8 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
 from simpul.installation import installation_secret
 from simpul.settings import Settings
 
@@ -96,7 +98,7 @@ class TokenAuth:
 
     def __init__(
         self,
-        app: Any,
+        app: ASGIApp,
         token: str,
         exempt: frozenset[str] = frozenset(),
         only: frozenset[str] | None = None,
@@ -108,7 +110,7 @@ class TokenAuth:
             return path in self.only
         return path not in self.exempt
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and self._guarded(scope["path"]):
             headers = dict(scope.get("headers") or ())
             given = headers.get(b"authorization", b"").decode("latin-1")
@@ -122,10 +124,10 @@ class BodyLimit:
     """ASGI middleware: a request body over ``limit`` bytes gets 413 and is not read further
     (Content-Length is checked first; a chunked body is counted as it arrives)."""
 
-    def __init__(self, app: Any, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app, self.limit = app, limit
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -138,16 +140,16 @@ class BodyLimit:
         seen = 0
         started = False
 
-        async def bounded_receive() -> dict[str, Any]:
+        async def bounded_receive() -> Message:
             nonlocal seen
-            message: dict[str, Any] = await receive()
+            message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
                     raise _TooLarge
             return message
 
-        async def tracking_send(message: dict[str, Any]) -> None:
+        async def tracking_send(message: Message) -> None:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
@@ -165,7 +167,7 @@ class _TooLarge(Exception):
 
 
 async def _json(
-    send: Any, status: int, body: dict[str, Any], extra: list[tuple[bytes, bytes]] | None = None
+    send: Send, status: int, body: dict[str, Any], extra: list[tuple[bytes, bytes]] | None = None
 ) -> None:
     data = json.dumps(body).encode()
     await send(

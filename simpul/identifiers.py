@@ -146,7 +146,7 @@ def mask_log_records() -> None:
         return
 
     def factory(*args: object, **kwargs: object) -> logging.LogRecord:
-        record = previous(*args, **kwargs)  # type: ignore[arg-type]
+        record = previous(*args, **kwargs)
         try:
             message = record.getMessage()
         except (TypeError, ValueError):
@@ -156,5 +156,6 @@ def mask_log_records() -> None:
             record.msg, record.args = masked, None
         return record
 
+    # A mark on the function says it is installed; mypy does not model function attributes.
     factory._simpul_masking = True  # type: ignore[attr-defined]
     logging.setLogRecordFactory(factory)

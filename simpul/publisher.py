@@ -85,7 +85,8 @@ class Publisher:
             if not problems and (scope := self.catalog.scope_problem(self.agency, payload)):
                 problems = [scope]
             if problems:
-                raise PayloadError(event_type, problems)
+                texts: list[str] = [*problems]  # each a Problem, read as "field: reason"
+                raise PayloadError(event_type, texts)
         envelope = Envelope(
             type=event_type,
             source=self.agency.source,

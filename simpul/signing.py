@@ -26,7 +26,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import yaml
 from cryptography.exceptions import InvalidSignature
@@ -177,7 +177,7 @@ def read_public_keys(path: Path) -> list[PublicKey]:
             PublicKey(
                 key_id=key_id,
                 owner=owner,
-                kind=kind,  # type: ignore[arg-type]
+                kind=cast(Kind, kind),  # checked to be one of the two just above
                 public_key=public,
                 created_at=_parse_time(raw.get("created_at"), f"{where}.created_at")
                 or dt.datetime.now(dt.UTC),

@@ -13,6 +13,32 @@ from simpul.codec import AvroSchema
 from simpul.identifiers import CHECKS
 
 
+class Problem(str):
+    """One problem with a payload: the field it is about and why, read as ``field: reason``.
+
+    A `str`, so it joins, logs and compares as the text always did; callers that need the
+    field take ``.field`` instead of splitting the text on ':'.
+    """
+
+    field: str
+    reason: str
+
+    def __new__(cls, field: str, reason: str, *, text: str | None = None) -> Problem:
+        problem = super().__new__(cls, f"{field}: {reason}" if text is None else text)
+        problem.field = field
+        problem.reason = reason
+        return problem
+
+    @classmethod
+    def of(cls, text: str) -> Problem:
+        """``text`` as a problem: itself when it is one; else read as ``field: reason`` (a
+        plain string from outside, a third-party connector's say)."""
+        if isinstance(text, Problem):
+            return text
+        field, sep, reason = text.partition(": ")
+        return cls(field, reason) if sep else cls("", text, text=text)
+
+
 def identifier_fields(definition: Mapping[str, Any]) -> dict[str, str]:
     """Top-level field name -> identifier kind, as declared in the schema."""
     found: dict[str, str] = {}
@@ -25,26 +51,26 @@ def identifier_fields(definition: Mapping[str, Any]) -> dict[str, str]:
     return found
 
 
-def check_identifiers(fields: Mapping[str, str], payload: Mapping[str, Any]) -> list[str]:
+def check_identifiers(fields: Mapping[str, str], payload: Mapping[str, Any]) -> list[Problem]:
     """Every identifier problem in the payload, as ``field: reason``."""
-    problems = []
+    problems: list[Problem] = []
     for name, kind in fields.items():
         value = payload.get(name)
         if value is None:
             continue  # nullability is Avro's business
         if reason := CHECKS[kind](value):
-            problems.append(f"{name}: {reason}")
+            problems.append(Problem(name, reason))
     return problems
 
 
-def check_avro(schema: AvroSchema, payload: Mapping[str, Any]) -> list[str]:
+def check_avro(schema: AvroSchema, payload: Mapping[str, Any]) -> list[Problem]:
     """Avro type problems, each naming the field, before anything is encoded."""
     if not isinstance(payload, Mapping):
-        return [f"(payload): expected an object, got {type(payload).__name__}"]
-    problems = []
+        return [Problem("(payload)", f"expected an object, got {type(payload).__name__}")]
+    problems: list[Problem] = []
     declared = {item["name"] for item in schema.definition["fields"]}
     for name in sorted(set(payload) - declared):
-        problems.append(f"{name}: not a field of {schema.definition['name']}")
+        problems.append(Problem(name, f"not a field of {schema.definition['name']}"))
     try:
         avro_validate(dict(payload), schema.parsed, raise_errors=True)
     except AvroValidationError as error:
@@ -53,10 +79,10 @@ def check_avro(schema: AvroSchema, payload: Mapping[str, Any]) -> list[str]:
     return problems
 
 
-def _field_first(message: str, record_name: str) -> str:
+def _field_first(message: str, record_name: str) -> Problem:
     # fastavro says "simpul.hr.v1.EmployeeUpdated.nip is <15> of type <class 'int'> must be string"
     head, sep, rest = message.partition(" is ")
     if sep and "." in head:
         path = head.split(f"{record_name}.", 1)[-1]
-        return f"{path}: is {rest}"
-    return message
+        return Problem(path, f"is {rest}")
+    return Problem.of(message)

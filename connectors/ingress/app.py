@@ -49,6 +49,7 @@ from simpul.envelope import MAX_ID_LENGTH, parse_time
 from simpul.publisher import PublisherPool
 from simpul.settings import Settings
 from simpul.signing import signer_for
+from simpul.validation import Problem
 
 JSON_TYPES = (
     "application/json",
@@ -413,14 +414,14 @@ def create_app(
             declared = {f["name"] for f in schema.definition["fields"]}
             unknown = sorted(set(data) - declared)
             payload = map_payload(data, {}, schema.definition)
-            found = [f"{name}: not a field of {etype.name}" for name in unknown]
+            found = [Problem(name, f"not a field of {etype.name}") for name in unknown]
             found += missing_fields(schema.definition, payload, {})
             found = found or catalog.payload_problems(etype, schema, payload)
             if not found and (scope := catalog.scope_problem(agency_model, payload)):
                 found = [scope]
-            for text in found:
-                name, _, reason = text.partition(": ")
-                problems.append(([*where, *name.split(".")], reason or text))
+            for problem in found:
+                path = problem.field.split(".") if problem.field else []
+                problems.append(([*where, *path], problem.reason or problem))
             ce_id = client_ids[index] or str(uuid.uuid4())
             prepared.append((payload, ce_id, time_value))
         if problems:

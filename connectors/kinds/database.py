@@ -30,6 +30,7 @@ from connectors.base import BatchOutcome, SourceConnector, SourceRecord
 from connectors.state import OffsetStore
 from simpul import jsontext
 from simpul.db import make_engine
+from simpul.validation import Problem
 
 Mode = Literal["timestamp+incrementing", "incrementing", "timestamp"]
 
@@ -203,17 +204,17 @@ class OutboxConnector(_DatabaseSource):
             try:
                 data = jsontext.loads(raw)
             except json.JSONDecodeError as error:
-                problem = f"payload: not JSON ({error.msg} at {error.pos})"
+                problem = Problem("payload", f"not JSON ({error.msg} at {error.pos})")
                 data = {"payload": raw if isinstance(raw, str) else raw.decode(errors="replace")}
             except ValueError as error:  # nested too deep, or bytes that are not UTF-8
-                problem = f"payload: not usable JSON ({error})"
+                problem = Problem("payload", f"not usable JSON ({error})")
                 data = {"payload": raw if isinstance(raw, str) else raw.decode(errors="replace")}
         elif isinstance(raw, Mapping):
             data = raw
         else:
-            problem = f"payload: expected a JSON object, got {type(raw).__name__}"
+            problem = Problem("payload", f"expected a JSON object, got {type(raw).__name__}")
         if not problem and not isinstance(data, Mapping):
-            problem = f"payload: expected a JSON object, got {type(data).__name__}"
+            problem = Problem("payload", f"expected a JSON object, got {type(data).__name__}")
             data = {}
         return SourceRecord(
             data=data,

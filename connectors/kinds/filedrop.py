@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from connectors.base import BatchOutcome, SourceConnector, SourceRecord
 from connectors.state import OffsetStore
 from simpul import jsontext, metrics
+from simpul.validation import Problem
 
 
 class FileDropOptions(BaseModel):
@@ -74,7 +75,7 @@ class _Current:
     records: list[SourceRecord]
 
 
-Row = tuple[int, dict[str, Any] | None, str | None]
+Row = tuple[int, dict[str, Any] | None, Problem | None]
 
 
 def read_rows(source: bytes | BinaryIO, fmt: str, delimiter: str) -> Iterator[Row]:
@@ -90,11 +91,15 @@ def read_rows(source: bytes | BinaryIO, fmt: str, delimiter: str) -> Iterator[Ro
                 for row in reader:
                     number = reader.line_num
                     if None in row:
-                        yield reader.line_num, None, "row: more values than header columns"
+                        yield (
+                            reader.line_num,
+                            None,
+                            Problem("row", "more values than header columns"),
+                        )
                     elif any(v for v in row.values()):
                         yield reader.line_num, dict(row), None
             except csv.Error as error:
-                yield reader.line_num, None, f"row: {error}"
+                yield reader.line_num, None, Problem("row", str(error))
             return
         for number, line in enumerate(text, start=1):
             if not line.strip():
@@ -102,17 +107,25 @@ def read_rows(source: bytes | BinaryIO, fmt: str, delimiter: str) -> Iterator[Ro
             try:
                 value = jsontext.loads(line)
             except json.JSONDecodeError as error:
-                yield number, None, f"line: not JSON ({error.msg}, column {error.colno})"
+                yield number, None, Problem("line", f"not JSON ({error.msg}, column {error.colno})")
                 continue
             except ValueError as error:
-                yield number, None, f"line: {error}"
+                yield number, None, Problem("line", str(error))
                 continue
             if not isinstance(value, dict):
-                yield number, None, f"line: expected a JSON object, got {type(value).__name__}"
+                yield (
+                    number,
+                    None,
+                    Problem("line", f"expected a JSON object, got {type(value).__name__}"),
+                )
             else:
                 yield number, value, None
     except UnicodeDecodeError as error:
-        yield max(number, 1), None, f"file: not UTF-8 text (after line {number}, {error.reason})"
+        yield (
+            max(number, 1),
+            None,
+            Problem("file", f"not UTF-8 text (after line {number}, {error.reason})"),
+        )
     finally:
         text.detach()
 

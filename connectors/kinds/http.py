@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from connectors.base import BatchOutcome, SourceConnector, SourceRecord, record_ce_id
 from connectors.state import ApiKeyStore
 from simpul import jsontext
+from simpul.validation import Problem
 
 
 class HttpOptions(BaseModel):
@@ -154,7 +155,9 @@ class HttpConnector(SourceConnector):
                         data=row if isinstance(row, dict) else {},
                         identity=f"{agency}:{idem}:{i}",
                         ref=f"body.{i}",
-                        problem=None if isinstance(row, dict) else "row: expected a JSON object",
+                        problem=None
+                        if isinstance(row, dict)
+                        else Problem("row", "expected a JSON object"),
                     )
                     for i, row in enumerate(rows)
                 ]

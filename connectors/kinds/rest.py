@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from connectors.base import BatchOutcome, SourceConnector, SourceRecord
 from connectors.mapping import lookup
 from connectors.state import OffsetStore
+from simpul.validation import Problem
 
 
 class RestOptions(BaseModel):
@@ -140,15 +141,16 @@ class RestSourceConnector(SourceConnector):
         ref = f"page {page} item {index + 1}"
         epoch = dt.datetime.min.replace(tzinfo=dt.UTC)
         if not isinstance(item, Mapping):
-            problem = f"{ref}: expected a JSON object, got {type(item).__name__}"
+            problem = Problem(ref, f"expected a JSON object, got {type(item).__name__}")
             return epoch, "", SourceRecord({}, f"{page}:{index}", ref, problem=problem)
         when = _parse_time(item.get(self.options.cursor_field))
         ident = str(item.get(self.options.id_field, ""))
         if when is None or not ident:
-            problem = (
-                f"{ref}: {self.options.cursor_field} is not an ISO 8601 time"
+            problem = Problem(
+                ref,
+                f"{self.options.cursor_field} is not an ISO 8601 time"
                 if when is None
-                else f"{ref}: {self.options.id_field} is missing"
+                else f"{self.options.id_field} is missing",
             )
             return epoch, ident, SourceRecord(dict(item), f"{page}:{index}", ref, problem=problem)
         record = SourceRecord(

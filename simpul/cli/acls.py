@@ -161,7 +161,7 @@ def apply(topology: Topology, admin_options: dict[str, object], passwords: dict[
         UserScramCredentialUpsertion,
     )
 
-    admin = KafkaAdminClient(client_id="simpul-acls", **admin_options)  # type: ignore[arg-type]
+    admin = KafkaAdminClient(client_id="simpul-acls", **admin_options)
     try:
         wanted = users(topology)
         admin.alter_user_scram_credentials(

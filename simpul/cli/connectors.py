@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -18,6 +18,11 @@ from simpul.cli.common import (
 )
 from simpul.httpauth import auth_headers
 from simpul.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from connectors.state import ApiKeyStore
+    from simpul.topology.connectors import ConnectorSpec
+    from simpul.topology.model import Topology
 
 connectors_app = typer.Typer(
     help="Watch and steer the connectors `simpul connect` runs (its REST API).",
@@ -36,7 +41,7 @@ UrlOption = Annotated[
 ]
 
 
-def declared_connectors(settings: Settings, topology: Any) -> list[Any]:
+def declared_connectors(settings: Settings, topology: Topology) -> list[ConnectorSpec]:
     """Every declared connector, kinds resolved and options checked; exits 2 naming the field."""
     from connectors.base import resolve_all
     from simpul.topology.connectors import ConnectorConfigError, located_connectors
@@ -178,7 +183,7 @@ def ingress(ctx: typer.Context, host: HostOption = None, port: PortOption = None
     serve(settings, topology)
 
 
-def _key_store(settings: Settings):  # type: ignore[no-untyped-def]
+def _key_store(settings: Settings) -> ApiKeyStore:
     from connectors.state import ApiKeyStore
     from simpul.db import make_engine
 

@@ -30,6 +30,7 @@ from simpul.cli.common import console as shared_console
 from simpul.cli.keys import installation_owners
 from simpul.cli.services.broker import EMBEDDED_LOSES, EmbeddedBroker, free_port, port_is_free
 from simpul.cli.services.postgres import PostgresCluster, PostgresUnavailable
+from simpul.cli.simulate import SimulationReport, simulate
 from simpul.db import make_engine
 from simpul.registry.client import RegistryClient
 from simpul.settings import PROJECT_ROOT, Settings
@@ -37,6 +38,9 @@ from simpul.signing import ensure_keys
 from simpul.topics import apply_topics
 from simpul.topology.model import Topology, load_topology
 from sinks.central_store import CentralStore
+
+#: Metric samples by name, then by sorted label pairs.
+Samples = dict[str, dict[tuple[tuple[str, str], ...], float]]
 
 #: The demo runs for seconds, so joins wait only briefly for their other side.
 DEMO_JOIN_WAIT_S = 5.0
@@ -51,18 +55,18 @@ def _request(port: int, path: str) -> urllib.request.Request:
     return urllib.request.Request(url, headers={"Authorization": f"Bearer {HTTP_TOKEN}"})
 
 
-def scrape(port: int) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+def scrape(port: int) -> Samples:
     """Metric samples by name, then by sorted label pairs."""
     with urllib.request.urlopen(_request(port, "/metrics"), timeout=5) as response:
         text = response.read().decode()
-    samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = defaultdict(dict)
+    samples: Samples = defaultdict(dict)
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             samples[sample.name][tuple(sorted(sample.labels.items()))] = sample.value
     return samples
 
 
-def total(samples: dict, name: str, **match: str) -> float:  # type: ignore[type-arg]
+def total(samples: Samples, name: str, **match: str) -> float:
     return sum(
         value
         for labels, value in samples.get(name, {}).items()
@@ -70,7 +74,7 @@ def total(samples: dict, name: str, **match: str) -> float:  # type: ignore[type
     )
 
 
-def histogram_quantile(samples: dict, name: str, q: float) -> float | None:  # type: ignore[type-arg]
+def histogram_quantile(samples: Samples, name: str, q: float) -> float | None:
     """Prometheus-style quantile over all label sets, from cumulative buckets."""
     buckets: dict[float, float] = defaultdict(float)
     for labels, value in samples.get(f"{name}_bucket", {}).items():
@@ -291,7 +295,7 @@ def _deliveries_summary(console: Console, settings: Settings, topology: Topology
 
 def _simulate_with_progress(
     console: Console, settings: Settings, rate: float, duration: float, store: CentralStore
-):  # type: ignore[no-untyped-def]
+) -> SimulationReport:
     stored = {"n": 0}
     stop = threading.Event()
 
@@ -316,7 +320,6 @@ def _simulate_with_progress(
 
         from simpul.catalog import EventCatalog
         from simpul.citydata import PaluData
-        from simpul.cli.simulate import simulate
         from simpul.publisher import PublisherPool
         from simpul.registry.client import make_resolver
 
@@ -354,7 +357,7 @@ def _stop(console: Console, name: str, process: subprocess.Popen[bytes]) -> None
         console.print(f"[yellow]{name} did not stop in 30s; killed[/yellow]")
 
 
-def _joins_summary(console: Console, topology: Topology, samples: dict) -> None:  # type: ignore[type-arg]
+def _joins_summary(console: Console, topology: Topology, samples: Samples) -> None:
     table = Table(
         "join",
         "output",
@@ -380,7 +383,7 @@ def _joins_summary(console: Console, topology: Topology, samples: dict) -> None:
     console.print(table)
 
 
-def _wait_drained(port: int, sent: int, timeout: float) -> dict:  # type: ignore[type-arg]
+def _wait_drained(port: int, sent: int, timeout: float) -> Samples:
     deadline = time.monotonic() + timeout
     samples = scrape(port)
     while time.monotonic() < deadline:
@@ -399,9 +402,9 @@ def _wait_drained(port: int, sent: int, timeout: float) -> dict:  # type: ignore
 
 def _summary(
     console: Console,
-    topology,
-    samples: dict,
-    store: CentralStore,  # type: ignore[no-untyped-def, type-arg]
+    topology: Topology,
+    samples: Samples,
+    store: CentralStore,
     sent: int,
 ) -> int:
     stored = store.counts_by_type()

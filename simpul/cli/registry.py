@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -20,6 +20,7 @@ from simpul.cli.common import (
     listening,
 )
 from simpul.registry import compatibility
+from simpul.registry.client import RegistryClient
 from simpul.settings import Settings
 from simpul.topology.model import EventType, Topology
 
@@ -91,7 +92,7 @@ def schemas_register(
     console.print(table)
 
 
-def register_http(client: Any, topology: Topology, schemas_dir: Path) -> dict[str, int]:
+def register_http(client: RegistryClient, topology: Topology, schemas_dir: Path) -> dict[str, int]:
     """Register every event type's schema through `simpul registry`; name → schema id."""
     return {
         event_type.name: client.register(

@@ -19,6 +19,7 @@ from simpul.citydata import WEIGHTS, PaluData
 from simpul.cli.common import checked_settings, checked_topology, console
 from simpul.codec import frame
 from simpul.envelope import Envelope
+from simpul.publisher import Publisher
 from simpul.settings import Settings
 
 INVALID_KINDS = ("bad_nik", "bad_kelurahan", "unauthorized", "undecodable", "missing_header")
@@ -42,7 +43,7 @@ class SimulationReport:
 
 
 def simulate(
-    publishers: Callable[[str], Any],
+    publishers: Callable[[str], Publisher],
     data: PaluData,
     *,
     rate: float,
@@ -97,7 +98,11 @@ def simulate(
 
 
 def _publish_invalid(
-    publishers: Callable[[str], Any], data: PaluData, event_type: str, kind: str, now: dt.datetime
+    publishers: Callable[[str], Publisher],
+    data: PaluData,
+    event_type: str,
+    kind: str,
+    now: dt.datetime,
 ) -> None:
     payload = data.payload(event_type, now)
     agency = data.producer_of(event_type, payload)

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import (
     Boolean,
     Column,
+    Connection,
     DateTime,
     Engine,
     ForeignKey,
@@ -342,7 +343,7 @@ class SchemaStore:
 
     # --- compatibility configuration ----------------------------------------------------------
 
-    def _compatibility(self, conn: Any, subject: str) -> str:
+    def _compatibility(self, conn: Connection, subject: str) -> str:
         cfg = schema_config_table.c
         rows = dict(
             conn.execute(
@@ -394,7 +395,7 @@ class SchemaStore:
         return was
 
 
-def register_all(store: SchemaStore | Any, topology: Topology, schemas_dir: Path) -> dict[str, int]:
+def register_all(store: SchemaStore, topology: Topology, schemas_dir: Path) -> dict[str, int]:
     """Register every event type's ``.avsc`` under ``simpul.in.<type>-value``."""
     ids = {}
     for event_type in topology.event_types:

@@ -4,13 +4,16 @@ who may log in and with which role."""
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
 from simpul.cli.common import checked_settings, checked_topology, console, err
 from simpul.settings import Settings
+
+if TYPE_CHECKING:
+    from simpul.cli.console.auth import UserStore
 
 console_app = typer.Typer(
     help="The web console for operators, integration staff and the data protection officer.",
@@ -20,7 +23,7 @@ users_app = typer.Typer(help="Console users and their roles.", no_args_is_help=T
 console_app.add_typer(users_app, name="users")
 
 
-def _users(settings: Settings):  # type: ignore[no-untyped-def]
+def _users(settings: Settings) -> UserStore:
     from simpul.cli.console.auth import UserStore, users_path
 
     return UserStore(users_path(settings))

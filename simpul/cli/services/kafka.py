@@ -16,7 +16,7 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -447,13 +447,3 @@ class KafkaCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-@contextlib.contextmanager
-def kafka_cluster(data_dir: Path, nodes: int = 1, **kwargs: object) -> Iterator[KafkaCluster]:
-    cluster = KafkaCluster(data_dir, nodes, **kwargs)  # type: ignore[arg-type]
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()

@@ -1,0 +1,53 @@
+"""A payload problem is a value: its field and reason are read, never split out of the text."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from simpul.codec import AvroSchema
+from simpul.validation import Problem, check_avro, check_identifiers
+
+pytestmark = pytest.mark.unit
+
+SCHEMA = AvroSchema.from_text(
+    1,
+    json.dumps(
+        {
+            "type": "record",
+            "name": "DeathRegistered",
+            "namespace": "simpul.population.v1",
+            "fields": [
+                {"name": "nik", "type": "string", "simpul.identifier": "nik"},
+                {"name": "certificate_number", "type": "string"},
+            ],
+        }
+    ),
+)
+
+
+def test_a_bad_nik_is_a_problem_naming_its_field() -> None:
+    [problem] = check_identifiers({"nik": "nik"}, {"nik": "72710112345"})
+    assert isinstance(problem, Problem)
+    assert problem.field == "nik"
+    assert problem.reason and problem.reason in problem
+    assert problem == f"nik: {problem.reason}"  # reads as the text it always was
+
+
+def test_avro_problems_name_the_field_the_schema_refused() -> None:
+    problems = check_avro(SCHEMA, {"nik": 7271, "certificate_number": "AL.123", "extra": 1})
+    assert {p.field for p in problems} == {"extra", "nik"}
+    assert all(p == f"{p.field}: {p.reason}" for p in problems)
+
+
+def test_a_plain_string_from_outside_is_read_as_field_and_reason() -> None:
+    problem = Problem.of("line 4: not JSON")
+    assert (problem.field, problem.reason, str(problem)) == (
+        "line 4",
+        "not JSON",
+        "line 4: not JSON",
+    )
+    assert Problem.of(problem) is problem
+    bare = Problem.of("unreadable")
+    assert (bare.field, str(bare)) == ("", "unreadable")
