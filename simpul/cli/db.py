@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from sqlalchemy import MetaData
 
 from simpul.cli.common import checked_settings, console
+
+if TYPE_CHECKING:
+    from sqlalchemy import MetaData
 
 db_app = typer.Typer(help="Central store migrations.", no_args_is_help=True)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -20,9 +20,11 @@ from simpul.cli.common import (
     listening,
 )
 from simpul.registry import compatibility
-from simpul.registry.client import RegistryClient
 from simpul.settings import Settings
 from simpul.topology.model import EventType, Topology
+
+if TYPE_CHECKING:
+    from simpul.registry.client import RegistryClient
 
 schemas_app = typer.Typer(help="Avro schemas of the event types.", no_args_is_help=True)
 

@@ -9,18 +9,18 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from simpul.citydata import WEIGHTS, PaluData
 from simpul.cli.common import checked_settings, checked_topology, console
-from simpul.codec import frame
-from simpul.envelope import Envelope
-from simpul.publisher import Publisher
 from simpul.settings import Settings
+
+if TYPE_CHECKING:  # Avro and Kafka load when a simulation runs, not for `simpul --help`
+    from simpul.citydata import PaluData
+    from simpul.publisher import Publisher
 
 INVALID_KINDS = ("bad_nik", "bad_kelurahan", "unauthorized", "undecodable", "missing_header")
 
@@ -58,6 +58,8 @@ def simulate(
     ``publishers(agency_code)`` returns a `Publisher`. A duplicate re-sends an earlier event
     with its original ``ce_id``; an invalid event is broken in one of `INVALID_KINDS`.
     """
+    from simpul.citydata import WEIGHTS
+
     rng = data.rng
     report = SimulationReport()
     total = limit if limit is not None else int(rate * duration)
@@ -104,6 +106,9 @@ def _publish_invalid(
     kind: str,
     now: dt.datetime,
 ) -> None:
+    from simpul.codec import frame
+    from simpul.envelope import Envelope
+
     payload = data.payload(event_type, now)
     agency = data.producer_of(event_type, payload)
     publisher = publishers(agency)
@@ -173,6 +178,7 @@ def run_simulation(
     quiet: bool = False,
 ) -> SimulationReport:
     from simpul.catalog import EventCatalog
+    from simpul.citydata import PaluData
     from simpul.publisher import PublisherPool
     from simpul.registry.client import make_resolver
 

@@ -13,14 +13,16 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import httpx
 
 from simpul.installation import installation_secret
-from simpul.registry.resolver import SchemaResolver, SchemaSource
 from simpul.settings import Settings
+
+if TYPE_CHECKING:  # the resolver pulls in SQLAlchemy; a CLI command need not pay for it
+    from simpul.registry.resolver import SchemaResolver, SchemaSource
 
 log = logging.getLogger("simpul.registry.client")
 # httpx logs every request at INFO; a worker resolving ids would flood its log with them.
@@ -239,4 +241,6 @@ def schema_source(settings: Settings) -> SchemaSource:
 
 def make_resolver(settings: Settings) -> SchemaResolver:
     """A `SchemaResolver` over `schema_source`, with the configured latest-version TTL."""
+    from simpul.registry.resolver import SchemaResolver
+
     return SchemaResolver(schema_source(settings), latest_ttl_s=settings.registry_cache_ttl_s)
