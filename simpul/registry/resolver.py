@@ -109,6 +109,14 @@ class SchemaResolver:
         if refused_at is not None and now - refused_at < MISS_TTL_S:
             return False
         ids = self.store.subject_ids(subject)
+        if schema_id not in ids:
+            # A source that is down answers from its cache, which cannot know an id registered
+            # since. Resolving the id first tells: while the source is down that raises (the
+            # caller retries, nothing is remembered), and an unknown id is invalid; once the id
+            # resolves, the subject's ids are read again, so a refusal never rests on a list
+            # read during an outage.
+            self.by_id(schema_id)
+            ids = self.store.subject_ids(subject)
         with self._lock:
             self._subject_ids[subject] = ids
             if schema_id not in ids:
