@@ -58,3 +58,11 @@ def test_passwords_are_generated_once_and_kept_private(topology: Topology, tmp_p
     assert first == again and set(first) == set(acls.users(topology))
     assert oct(path.stat().st_mode & 0o777) == "0o600"
     assert len(set(json.loads(path.read_text()).values())) == len(first)
+
+
+def test_the_worker_writes_the_valid_topics_but_never_reads_them(topology: Topology) -> None:
+    """It fans out from the ingest batch it decoded; reading simpul.valid.* is the joins'."""
+    plan = acls.plan(topology)
+    assert "simpul.valid." in granted(plan, "simpul-worker", "write")
+    assert "simpul.valid." not in granted(plan, "simpul-worker", "read")
+    assert "simpul.valid." in granted(plan, "simpul-joins", "read")

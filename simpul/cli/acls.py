@@ -79,7 +79,7 @@ def plan(topology: Topology, worker_id: str = "simpul") -> list[Grant]:
 
     worker = process_user("worker")
     grants += _topic(worker, "simpul.in.", "prefixed", "read")
-    grants += _topic(worker, "simpul.valid.", "prefixed", "read", "write")  # fan-out reads it
+    grants += _topic(worker, "simpul.valid.", "prefixed", "write")  # fans out from its own batch
     for prefix in ("simpul.dlq.", "simpul.out."):
         grants += _topic(worker, prefix, "prefixed", "write")
     grants.append(_group(worker, worker_id))
