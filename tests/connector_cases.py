@@ -77,7 +77,7 @@ def stored_keys(stack: Any, event_type: str, keys: list[str]) -> set[str]:
 
 
 def dead_lettered_by(bootstrap: str, topic: str, connector: str) -> list[Any]:
-    from tests.helpers import read_topic
+    from tests.support.topics import read_topic
 
     return [
         m
@@ -471,7 +471,7 @@ def http_case(stack: Any) -> Case:
 # -- a paged REST register (BKN's SIASN, faked over real HTTP) ----------------------------------
 def rest_case(stack: Any) -> Case:
     """BKN's national register of civil servants, read by changed-since cursor and pages."""
-    from tests.fake_bkn import BKN_MAPPING, FakeBkn, bkn_record
+    from tests.support.fake_bkn import BKN_MAPPING, FakeBkn, bkn_record
 
     name = f"contract-rest-{next(_serial)}"
     bkn = FakeBkn().__enter__()

@@ -16,9 +16,11 @@ from simpul.db import make_engine
 from simpul.envelope import Envelope
 from simpul.settings import Settings
 from simpul.signing import create_key, load_signer, revoke_key
-from tests.conftest import Stack, wait_until
-from tests.helpers import read_topic, sign
-from tests.test_worker import dead_letter_for, number, permit, publisher, stored
+from tests.support.permits import dead_letter_for, number, permit, publisher, stored
+from tests.support.processes import wait_until
+from tests.support.signing import sign
+from tests.support.stack import Stack
+from tests.support.topics import read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

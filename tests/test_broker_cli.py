@@ -16,36 +16,17 @@ from kafka.admin import NewTopic
 
 from simpul.cli.services.broker import free_port
 from simpul.cli.services.kafka import KAFKA_VERSION
-from tests.conftest import wait_until
+from tests.support.paths import REPO_ROOT
+from tests.support.processes import SimpulProcess
 
 pytestmark = [pytest.mark.integration]
 
-COMPOSE = Path(__file__).resolve().parent.parent / "docker-compose.yml"
+COMPOSE = REPO_ROOT / "docker-compose.yml"
 
 
-def _simpul(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "simpul", *args],
-        env={**(env or os.environ), "COLUMNS": "400"},  # rich: one line per message
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def _wait_for_line(process: subprocess.Popen[str], needle: str, timeout: float = 240) -> str:
-    seen: list[str] = []
-
-    def found() -> bool:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        seen.append(line)
-        if process.poll() is not None and not line:
-            raise AssertionError(f"broker exited {process.returncode}:\n{''.join(seen)}")
-        return needle in line
-
-    wait_until(found, timeout, needle, every=0)
-    return "".join(seen)
+def _simpul(*args: str, env: dict[str, str] | None = None) -> SimpulProcess:
+    env = {**(env or os.environ), "COLUMNS": "400"}  # rich: one line per message
+    return SimpulProcess(args, env, capture=True)
 
 
 def _topic_records(bootstrap: str, topic: str) -> list[bytes]:
@@ -64,7 +45,7 @@ def test_kafka_broker_keeps_its_data_across_a_restart_and_stops_cleanly(tmp_path
     data = tmp_path / "kafka"
     args = ("broker", "--engine", "kafka", "--port", str(port), "--data-dir", str(data))
     first = _simpul(*args)
-    banner = _wait_for_line(first, "Point Simpul at it")
+    banner = first.wait_for_line("Point Simpul at it")
     assert f"Apache Kafka {KAFKA_VERSION}" in banner and f"127.0.0.1:{port}" in banner
     bootstrap = f"127.0.0.1:{port}"
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
@@ -80,7 +61,7 @@ def test_kafka_broker_keeps_its_data_across_a_restart_and_stops_cleanly(tmp_path
     assert first.wait(90) == 0
 
     second = _simpul(*args)
-    _wait_for_line(second, "Point Simpul at it")
+    second.wait_for_line("Point Simpul at it")
     try:
         assert _topic_records(bootstrap, "simpul.test.durable") == [
             b"event-%d" % n for n in range(50)
@@ -124,7 +105,7 @@ def test_kafka_broker_names_the_missing_maven_when_nothing_is_cached(tmp_path: P
 
 def test_embedded_broker_says_what_a_restart_loses(tmp_path: Path) -> None:
     process = _simpul("broker", "--port", str(free_port()))
-    banner = _wait_for_line(process, "For a durable broker", timeout=60)
+    banner = process.wait_for_line("For a durable broker", timeout=60)
     assert "memory only" in banner and "202" in banner and "consumer offsets" in banner
     process.send_signal(signal.SIGTERM)
     assert process.wait(30) == 0

@@ -3,23 +3,20 @@ type, producers, Indonesian and English descriptions, and an OpenAPI document.""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import jsonschema
 import pytest
 
 from connectors.ingress.catalogue import build_catalogue, json_schema, openapi_for, render_catalogue
 from simpul.topology.model import load_topology
+from tests.support.paths import REPO_ROOT
 
 pytestmark = pytest.mark.unit
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize("city", ["palu", "kupang", "malang", "batu", "yogyakarta"])
 def test_every_published_type_has_a_valid_example_and_an_openapi(city: str) -> None:
-    topology = load_topology(ROOT / "topology" / f"{city}.yaml")
-    entries = build_catalogue(topology, ROOT / "schemas")
+    topology = load_topology(REPO_ROOT / "topology" / f"{city}.yaml")
+    entries = build_catalogue(topology, REPO_ROOT / "schemas")
     assert {e.name for e in entries} >= {"permit.issued", "kelurahan.document.issued"}
     for entry in entries:
         assert entry.description_id != entry.description_en
@@ -40,8 +37,10 @@ def test_every_published_type_has_a_valid_example_and_an_openapi(city: str) -> N
 
 
 def test_an_agency_not_yet_onboarded_finds_its_type_and_example() -> None:
-    batu = load_topology(ROOT / "topology" / "batu.yaml")
-    deaths = next(e for e in build_catalogue(batu, ROOT / "schemas") if e.name.startswith("pop"))
+    batu = load_topology(REPO_ROOT / "topology" / "batu.yaml")
+    deaths = next(
+        e for e in build_catalogue(batu, REPO_ROOT / "schemas") if e.name.startswith("pop")
+    )
     assert deaths.producers == [
         {"code": "dispendukcapil", "name": "Dinas Kependudukan dan Pencatatan Sipil"}
     ]

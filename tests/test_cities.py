@@ -22,8 +22,8 @@ from simpul.topology.connectors import located_connectors
 from simpul.topology.model import Topology, load_topology
 from simpul.topology.subscriptions import SubscriptionPlan
 from streams.ingest.pipeline import RawRecord, validate_record
+from tests.support.paths import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 CITIES = {
     # file stem: (city, region code, kelurahan + desa)
     "palu": ("Kota Palu", "7271", 46),
@@ -36,7 +36,7 @@ NOW = dt.datetime(2026, 11, 23, 3, 0, tzinfo=dt.UTC)
 
 
 def _topology(city: str) -> Topology:
-    return load_topology(ROOT / "topology" / f"{city}.yaml")
+    return load_topology(REPO_ROOT / "topology" / f"{city}.yaml")
 
 
 @pytest.mark.unit
@@ -50,9 +50,9 @@ def test_city_topology_is_valid_with_its_connectors_and_subscriptions(city: str)
         villages,
     )
     # The shipped connectors directory holds Palu's; each city sees only its own.
-    located = located_connectors(topology, ROOT / "topology" / "connectors")
+    located = located_connectors(topology, REPO_ROOT / "topology" / "connectors")
     assert all(spec.agency in topology.agencies_by_code for spec, _ in located)
-    assert SubscriptionPlan.build(topology, ROOT / "schemas").routes_for("permit.issued")
+    assert SubscriptionPlan.build(topology, REPO_ROOT / "schemas").routes_for("permit.issued")
 
 
 @pytest.mark.unit
@@ -110,7 +110,7 @@ def _catalog(tmp_path: Path, topology: Topology) -> EventCatalog:
     url = f"sqlite:///{tmp_path / 'registry.db'}"
     dbmigrate.upgrade(url)
     store = SchemaStore(make_engine(url))
-    register_all(store, topology, ROOT / "schemas")
+    register_all(store, topology, REPO_ROOT / "schemas")
     return EventCatalog(topology, SchemaResolver(store))
 
 

@@ -11,13 +11,13 @@ import pytest
 import yaml
 
 from simpul.cli import acls
-from simpul.settings import PROJECT_ROOT, Settings
+from simpul.settings import Settings
 from simpul.topology.model import load_topology
+from tests.support.paths import REPO_ROOT
 
 pytestmark = pytest.mark.unit
 
-ROOT = Path(__file__).resolve().parent.parent
-COMPOSE = ROOT / "docker-compose.yml"
+COMPOSE = REPO_ROOT / "docker-compose.yml"
 
 
 def _compose_client() -> list[str] | None:
@@ -47,7 +47,7 @@ def test_compose_config_validates(tmp_path: Path) -> None:
         [*client, "--env-file", str(empty), "-f", str(COMPOSE), "config", "-q"],
         capture_output=True,
         text=True,
-        cwd=ROOT,
+        cwd=REPO_ROOT,
         env=clean,
     )
     assert refused.returncode != 0 and "run simpul secrets init" in refused.stderr
@@ -57,7 +57,7 @@ def test_compose_config_validates(tmp_path: Path) -> None:
         [*client, "--env-file", str(env_file), "-f", str(COMPOSE), "config", "-q"],
         capture_output=True,
         text=True,
-        cwd=ROOT,
+        cwd=REPO_ROOT,
         env=clean,
     )
     assert result.returncode == 0, result.stderr
@@ -100,7 +100,7 @@ def test_compose_file_matches_the_compose_specification_schema() -> None:
 
     import jsonschema
 
-    schema = json.loads((ROOT / "deploy" / "compose-spec.json").read_text())
+    schema = json.loads((REPO_ROOT / "deploy" / "compose-spec.json").read_text())
     compose = yaml.safe_load(COMPOSE.read_text())
     validator = jsonschema.Draft201909Validator(schema)
     errors = [
@@ -117,7 +117,7 @@ def test_full_stack_services_with_healthchecks_and_scalable_workers() -> None:
     services = yaml.safe_load(COMPOSE.read_text())["services"]
     assert set(SIMPUL_SERVICES) | {"kafka", "postgres", "prometheus", "grafana"} <= set(services)
     known = {f"SIMPUL_{name.upper()}" for name in Settings.model_fields}
-    topology = load_topology(PROJECT_ROOT / "topology" / "palu.yaml")
+    topology = load_topology(REPO_ROOT / "topology" / "palu.yaml")
     secrets = {s.webhook.secret_env for s in topology.subscriptions if s.webhook}
     assert secrets <= set(services["deliverer"]["environment"]), "a webhook secret is missing"
     for name in SIMPUL_SERVICES:
@@ -144,8 +144,8 @@ def test_full_stack_services_with_healthchecks_and_scalable_workers() -> None:
     grafana = " ".join(services["grafana"]["volumes"])
     assert "deploy/grafana/provisioning" in grafana and "deploy/grafana/dashboards" in grafana
     for path in ("deploy/prometheus/prometheus.yml", "deploy/grafana/dashboards/simpul.json"):
-        assert (ROOT / path).is_file()
-    scrape = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
+        assert (REPO_ROOT / path).is_file()
+    scrape = yaml.safe_load((REPO_ROOT / "deploy/prometheus/prometheus.yml").read_text())
     jobs = {job["job_name"]: job for job in scrape["scrape_configs"]}
     # Every scaled replica is scraped: DNS discovery of the service name, not one static host.
     assert jobs["simpul-worker"]["dns_sd_configs"][0]["names"] == ["worker"]
@@ -175,7 +175,7 @@ def test_compose_has_no_default_secret_and_refuses_to_start_without_them() -> No
 
     text = COMPOSE.read_text()
     required = set(re.findall(r"\$\{(\w+):\?[^}]+\}", text))
-    topology = load_topology(PROJECT_ROOT / "topology" / "palu.yaml")
+    topology = load_topology(REPO_ROOT / "topology" / "palu.yaml")
     webhook = {s.webhook.secret_env for s in topology.subscriptions if s.webhook}
     assert set(COMPOSE_SECRETS) | webhook <= required
     assert not re.findall(r"\$\{\w+:-[^}]*\}", text), "a variable falls back to a default"
@@ -189,9 +189,9 @@ def test_compose_has_no_default_secret_and_refuses_to_start_without_them() -> No
     # The private signing keys are mounted read-only into the signers, never built in.
     for name in ("ingress", "connect", "joins"):
         assert any(v.endswith(":/run/simpul/keys:ro") for v in services[name]["volumes"]), name
-    dockerfile = (ROOT / "Dockerfile").read_text()
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
     assert "var" not in re.findall(r"^COPY (\S+)", dockerfile, re.M)
-    assert ".env" in (ROOT / ".dockerignore").read_text()
+    assert ".env" in (REPO_ROOT / ".dockerignore").read_text()
 
 
 def test_secrets_init_writes_a_private_env_file_and_keeps_what_is_there(tmp_path: Path) -> None:

@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import create_pg_database, drop_pg_database, wait_until
 from tests.connector_cases import (
     Case,
     database_case,
@@ -27,6 +26,8 @@ from tests.connector_cases import (
     stored_keys,
     tail_case,
 )
+from tests.support.postgres import create_pg_database, drop_pg_database
+from tests.support.processes import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -15,9 +15,10 @@ import pytest
 from connectors.base import record_ce_id
 from simpul.cli.services.broker import Broker
 from simpul.envelope import header
-from tests.conftest import Stack, make_stack, wait_until
 from tests.connector_cases import LETTER_COLUMNS, LetterFiles, start_runtime
-from tests.helpers import read_topic
+from tests.support.processes import wait_until
+from tests.support.stack import Stack, make_stack
+from tests.support.topics import read_topic
 
 pytestmark = pytest.mark.integration
 

@@ -26,8 +26,9 @@ from simpul.cli.simulate import PaluData
 from simpul.db import make_engine
 from simpul.envelope import header
 from simpul.publisher import PublisherPool
-from tests.conftest import Stack, make_stack
-from tests.helpers import read_topic
+from tests.support.processes import SimpulProcess, wait_until
+from tests.support.stack import Stack, make_stack
+from tests.support.topics import read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -73,7 +74,6 @@ def ingress(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    from tests.conftest import wait_until
 
     wait_until(lambda: server.started, 30, "ingress up")
     yield Ingress(stack, f"http://127.0.0.1:{port}", app)
@@ -220,28 +220,15 @@ def test_cli_creates_a_key_shown_once_and_revokes_it(ingress: Ingress, tmp_path:
 def test_simpul_ingress_process_serves_and_stops_on_sigterm(
     ingress: Ingress, tmp_path: Path
 ) -> None:
-    import signal
-
-    from tests.conftest import wait_until
 
     port = free_port()
     env = {
         **ingress.stack.env,
         "SIMPUL_INGRESS_PORT": str(port),
     }
-    log = open(tmp_path / "ingress.log", "wb")  # noqa: SIM115
-    process = subprocess.Popen(
-        [sys.executable, "-m", "simpul", "ingress"], env=env, stdout=log, stderr=log
-    )
+    process = SimpulProcess(["ingress"], env, tmp_path / "ingress.log")
     try:
-
-        def up() -> bool:
-            try:
-                return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(up, 60, "simpul ingress up")
+        process.wait_http(f"http://127.0.0.1:{port}/health", token=False)
         response = httpx.post(
             f"http://127.0.0.1:{port}/v1/events/permit.issued",
             json=ingress.permit(),
@@ -250,8 +237,7 @@ def test_simpul_ingress_process_serves_and_stops_on_sigterm(
         assert response.status_code == 202, response.text
         assert len(_published(ingress.stack, set(response.json()["ids"]))) == 1
     finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(30) == 0, (tmp_path / "ingress.log").read_text()
+        assert process.stop(timeout=30) == 0, process.log_text()
 
 
 def test_deeply_nested_json_is_422_naming_the_limit_never_500(ingress: Ingress) -> None:
@@ -318,7 +304,6 @@ def open_ingress(ingress: Ingress) -> Iterator[Ingress]:
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    from tests.conftest import wait_until
 
     wait_until(lambda: server.started, 30, "fuzzing ingress up")
     yield Ingress(stack, f"http://127.0.0.1:{port}", app)
@@ -405,25 +390,12 @@ def test_rejected_batches_do_not_grow_the_ingress_process(ingress: Ingress, tmp_
     """Issue 14: 60 rejected requests took the ingress from 83 MB to 288 MB. Ceiling: the
     resident set grows by less than 15 MB over 120 rejected 500-event batches (before the
     fix: 88 -> 125 MB)."""
-    import signal
-
-    from tests.conftest import wait_until
 
     port = free_port()
     env = {**ingress.stack.env, "SIMPUL_INGRESS_PORT": str(port)}
-    log = open(tmp_path / "ingress.log", "wb")  # noqa: SIM115
-    process = subprocess.Popen(
-        [sys.executable, "-m", "simpul", "ingress"], env=env, stdout=log, stderr=log
-    )
+    process = SimpulProcess(["ingress"], env, tmp_path / "ingress.log")
     try:
-
-        def up() -> bool:
-            try:
-                return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(up, 60, "simpul ingress up")
+        process.wait_http(f"http://127.0.0.1:{port}/health", token=False)
         key = ingress.key("dpmptsp")
         batch = [ingress.permit(nib="123") for _ in range(500)]  # every event refused
         url = f"http://127.0.0.1:{port}/v1/events/permit.issued"
@@ -447,8 +419,7 @@ def test_rejected_batches_do_not_grow_the_ingress_process(ingress: Ingress, tmp_
         assert after - before < 15, f"resident {before:.0f} MB -> {after:.0f} MB"
         print(f"ingress resident memory {before:.0f} MB -> {after:.0f} MB over 120 batches")
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(30)
+        process.stop(timeout=30)
 
 
 def test_catalogue_lets_a_developer_integrate_from_it_alone(ingress: Ingress) -> None:

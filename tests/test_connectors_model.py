@@ -13,7 +13,6 @@ import yaml
 
 from connectors.base import installed_kinds, record_ce_id, resolve_all, resolve_kind
 from connectors.mapping import map_payload
-from simpul.settings import PROJECT_ROOT
 from simpul.topology.connectors import (
     ConnectorConfigError,
     ConnectorSpec,
@@ -21,11 +20,12 @@ from simpul.topology.connectors import (
     load_connector_files,
 )
 from simpul.topology.model import TopologyError, load_topology, parse_topology
+from tests.support.paths import REPO_ROOT
 
 pytestmark = pytest.mark.unit
 
-PALU = PROJECT_ROOT / "topology" / "palu.yaml"
-PALU_CONNECTORS = PROJECT_ROOT / "topology" / "connectors"
+PALU = REPO_ROOT / "topology" / "palu.yaml"
+PALU_CONNECTORS = REPO_ROOT / "topology" / "connectors"
 
 
 def _file_drop(**override: Any) -> dict[str, Any]:

@@ -16,11 +16,11 @@ from simpul.db import make_engine
 from simpul.settings import Settings
 from simpul.topology.connectors import ConnectorConfigError, ConnectorSpec
 from simpul.topology.model import load_topology
-from tests.fake_bkn import BKN_MAPPING, FakeBkn, bkn_record
+from tests.support.fake_bkn import BKN_MAPPING, FakeBkn, bkn_record
+from tests.support.paths import REPO_ROOT
 
 pytestmark = pytest.mark.unit
 
-ROOT = Path(__file__).resolve().parent.parent
 T0 = dt.datetime(2026, 11, 2, 1, 0, tzinfo=dt.UTC)
 
 
@@ -53,7 +53,7 @@ def _connector(tmp_path: Path, spec: ConnectorSpec) -> RestSourceConnector:
 
 @pytest.fixture(scope="module")
 def employees() -> list:  # type: ignore[type-arg]
-    kupang = load_topology(ROOT / "topology" / "kupang.yaml")
+    kupang = load_topology(REPO_ROOT / "topology" / "kupang.yaml")
     return CityData(kupang, seed=53, residents_count=10, employees_count=20).employees
 
 

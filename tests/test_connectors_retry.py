@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from simpul.cli.services.broker import Broker
-from tests.conftest import make_stack, wait_until
 from tests.connector_cases import PEGAWAI_MAPPING, PegawaiSource, start_runtime
+from tests.support.processes import wait_until
+from tests.support.stack import make_stack
 
 pytestmark = pytest.mark.integration
 

@@ -21,9 +21,11 @@ from sqlalchemy import MetaData, update
 from connectors.state import OffsetStore
 from simpul.cli.services.broker import free_port
 from simpul.db import make_engine
-from tests.conftest import Stack, create_pg_database, drop_pg_database, wait_until
 from tests.connector_cases import PEGAWAI_MAPPING, PegawaiSource, _pegawai, stored_keys
-from tests.helpers import auth
+from tests.support.postgres import create_pg_database, drop_pg_database
+from tests.support.processes import SimpulProcess, wait_until
+from tests.support.signing import auth
+from tests.support.stack import Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -45,28 +47,15 @@ class Connect:
             "SIMPUL_CONNECT_PORT": str(self.port),
             "SIMPUL_CONNECT_POLL_INTERVAL_S": "0.2",
         }
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process: SimpulProcess | None = None
 
     def start(self) -> None:
-        log = open(self.workdir / "connect.log", "ab")  # noqa: SIM115
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "simpul", "connect"], env=self.env, stdout=log, stderr=log
-        )
-        wait_until(self._up, 60, "simpul connect up")
-
-    def _up(self) -> bool:
-        assert self.process is not None
-        if self.process.poll() is not None:
-            raise AssertionError((self.workdir / "connect.log").read_text())
-        try:
-            return httpx.get(f"{self.url}/connectors", timeout=1, headers=auth()).status_code == 200
-        except httpx.HTTPError:
-            return False
+        self.process = SimpulProcess(["connect"], self.env, self.workdir / "connect.log")
+        self.process.wait_http(f"{self.url}/connectors")
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         assert self.process is not None
-        self.process.send_signal(sig)
-        code = self.process.wait(60)
+        code = self.process.stop(sig)
         self.process = None
         return code
 

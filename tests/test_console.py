@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-import signal
 import stat
 import subprocess
 import sys
@@ -29,12 +28,14 @@ from simpul.cli.console.i18n import LOCALE_DIR, format_time
 from simpul.cli.services.broker import free_port
 from simpul.db import make_engine
 from simpul.registry.store import SchemaStore
-from simpul.settings import PROJECT_ROOT, Settings
+from simpul.settings import Settings
 from simpul.topology.model import Topology, TopologyError, load_topology, parse_topology
-from tests.conftest import SCHEMAS_DIR, TOPOLOGY_FILE, wait_until
+from tests.support.paths import REPO_ROOT
+from tests.support.processes import SimpulProcess
+from tests.support.stack import SCHEMAS_DIR, TOPOLOGY_FILE
 
 PASSWORD = "Palu-console-test-2026"
-CONSOLE_DIR = PROJECT_ROOT / "simpul" / "console"
+CONSOLE_DIR = REPO_ROOT / "simpul" / "console"
 
 
 @pytest.fixture
@@ -310,26 +311,17 @@ def test_console_command_manages_users_and_stops_with_exit_0_on_sigterm(
     )  # fmt: skip
     assert "ops" in listed.stdout and "operator" in listed.stdout and "argon2" not in listed.stdout
 
-    process = subprocess.Popen(
-        [sys.executable, "-m", "simpul", "console", "--port", str(port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+    process = SimpulProcess(["console", "--port", str(port)], env, capture=True)
     try:
-
-        def up() -> bool:
-            try:
-                return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).is_success
-            except httpx.HTTPError:
-                return False
-
-        wait_until(up, 60, "console up")
+        process.wait_http(
+            f"http://127.0.0.1:{port}/health", ok=lambda status: 200 <= status < 300, token=False
+        )
         login = httpx.get(f"http://127.0.0.1:{port}/login")
         assert "Masuk ke konsol Simpul" in login.text
         assert "frame-ancestors 'none'" in login.headers["content-security-policy"]
     finally:
-        process.send_signal(signal.SIGTERM)
-        code = process.wait(30)
-    output = process.stdout.read() if process.stdout else ""
+        code = process.stop(timeout=30)
+    output = process.output()
     assert code == 0, output
     assert f"http://127.0.0.1:{port}/" in output  # bound to this machine only by default
 

@@ -10,7 +10,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -29,12 +28,13 @@ from simpul.db import make_engine
 from simpul.envelope import Envelope
 from simpul.publisher import Publisher
 from simpul.registry.store import SchemaStore
-from simpul.settings import PROJECT_ROOT
 from sinks.audit import receipts_for
 from sinks.dead_letters import dead_letters
-from tests.conftest import SCHEMAS_DIR, Stack, wait_until
 from tests.connector_cases import LETTER_COLUMNS, LetterFiles
-from tests.helpers import auth
+from tests.support.paths import REPO_ROOT
+from tests.support.processes import SimpulProcess, wait_until
+from tests.support.signing import auth
+from tests.support.stack import SCHEMAS_DIR, Stack
 
 CHROMIUM = "/usr/bin/chromium"
 pytestmark = [
@@ -47,38 +47,9 @@ pytestmark = [
 playwright_api = pytest.importorskip("playwright.sync_api")
 expect = playwright_api.expect
 
-SCREENSHOTS = Path(os.environ.get("SIMPUL_SCREENSHOTS_DIR", PROJECT_ROOT / "var" / "screenshots"))
+SCREENSHOTS = Path(os.environ.get("SIMPUL_SCREENSHOTS_DIR", REPO_ROOT / "var" / "screenshots"))
 PASSWORD = "Palu-console-test-2026"
 WAIT_MS = 60_000
-
-
-class Process:
-    """A `simpul` sub-command as a process, with its log in the work directory."""
-
-    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
-        self.log = log
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "simpul", *args],
-            env=env,
-            stdout=log.open("ab"),
-            stderr=subprocess.STDOUT,
-        )
-
-    def wait_http(self, url: str) -> None:
-        def up() -> bool:
-            if self.process.poll() is not None:
-                raise AssertionError(self.log.read_text(errors="replace"))
-            try:
-                return httpx.get(url, headers=auth(), timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(up, 60, url)
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(60)
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +88,7 @@ def console(pg_stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         "SIMPUL_CONNECT_POLL_INTERVAL_S": "0.2",
         "SIMPUL_CONSOLE_REFRESH_S": "1",
     }
-    connect = Process(["connect"], env, work / "connect.log")
+    connect = SimpulProcess(["connect"], env, work / "connect.log")
     connect.wait_http(f"http://127.0.0.1:{connect_port}/connectors")
     for name, role in (("ops", "operator"), ("ina", "integrator"), ("dpo", "dpo")):
         subprocess.run(
@@ -125,7 +96,7 @@ def console(pg_stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterat
              "--password-stdin"],
             input=PASSWORD + "\n", env=env, check=True, capture_output=True, text=True,
         )  # fmt: skip
-    served = Process(["console", "--port", str(console_port)], env, work / "console.log")
+    served = SimpulProcess(["console", "--port", str(console_port)], env, work / "console.log")
     base = f"http://127.0.0.1:{console_port}"
     served.wait_http(f"{base}/health")
     yield {

@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from kafka import KafkaProducer
 
 from simpul.cli.services.broker import EmbeddedBroker
 from simpul.envelope import Envelope
-from tests.conftest import Stack, make_stack, wait_until
-from tests.helpers import sign
-from tests.test_worker import dead_letters
+from tests.support.paths import REPO_ROOT
+from tests.support.permits import dead_letters
+from tests.support.processes import wait_until
+from tests.support.signing import sign
+from tests.support.stack import Stack, make_stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -58,9 +59,7 @@ def test_upstream_outage_pauses_the_type_and_resumes_by_command(limited_stack: S
 
     stack = limited_stack
     type_name = "hr.employee.updated"
-    definition = json.loads(
-        (Path(__file__).resolve().parent.parent / "schemas" / f"{type_name}.v1.avsc").read_text()
-    )
+    definition = json.loads((REPO_ROOT / "schemas" / f"{type_name}.v1.avsc").read_text())
     definition["fields"].append(
         {"name": "email", "type": ["null", "string"], "default": None, "doc": "Work e-mail."}
     )

@@ -22,21 +22,12 @@ from simpul.cli.services.postgres import PostgresCluster
 from simpul.codec import frame
 from simpul.envelope import Envelope
 from simpul.publisher import Publisher
-from tests.conftest import (
-    Stack,
-    create_pg_database,
-    drop_pg_database,
-    make_stack,
-    wait_until,
-)
-from tests.helpers import assert_store_matches as check_store
-from tests.helpers import (
-    assert_topics_match,
-    dead_letter_origins,
-    plan_traffic,
-    publish_plan,
-    stored_count,
-)
+from tests.support.postgres import create_pg_database, drop_pg_database
+from tests.support.processes import wait_until
+from tests.support.stack import Stack, make_stack
+from tests.support.topics import dead_letter_origins
+from tests.support.traffic import assert_store_matches as check_store
+from tests.support.traffic import assert_topics_match, plan_traffic, publish_plan, stored_count
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -15,7 +15,6 @@ import json
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -38,25 +37,19 @@ from simpul.cli.simulate import PaluData, make_nip
 from simpul.db import make_engine
 from simpul.publisher import PublisherPool
 from streams.joins.state import derived_id
-from tests.conftest import (
-    BROKER_ENGINE,
-    TOPOLOGY_FILE,
-    Stack,
-    create_pg_database,
-    drop_pg_database,
-    make_stack,
-    wait_until,
-)
-from tests.helpers import (
+from tests.support.brokers import BROKER_ENGINE
+from tests.support.postgres import create_pg_database, drop_pg_database
+from tests.support.processes import SimpulProcess, wait_until
+from tests.support.signing import auth
+from tests.support.stack import TOPOLOGY_FILE, Stack, make_stack
+from tests.support.topics import ce_ids_on, read_topic
+from tests.support.traffic import (
     AckTally,
     Expectation,
     assert_store_matches,
     assert_topics_match,
-    auth,
-    ce_ids_on,
     plan_traffic,
     publish_until_acked,
-    read_topic,
     stored_count,
 )
 
@@ -89,17 +82,11 @@ class Worker:
         self.port = free_port()
         self.env = {**stack.env, "SIMPUL_WORKER_WEB_PORT": str(self.port)}
         self.log = stack.workdir / f"worker-{name}.log"
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process: SimpulProcess | None = None
 
     def start(self) -> Worker:
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "simpul", "worker"],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        wait_until(lambda: "assigned_partitions" in self.health(), 90, "worker up")
+        self.process = SimpulProcess(["worker"], self.env, self.log)
+        self.process.wait_ready(lambda: "assigned_partitions" in self.health(), "/health", 90)
         return self
 
     def health(self) -> dict[str, Any]:
@@ -115,15 +102,13 @@ class Worker:
 
     def kill(self) -> None:
         assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(30)
+        self.process.kill()
         self.process = None
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+        if self.process is not None:
             try:
-                self.process.wait(60)
+                self.process.stop()
             except subprocess.TimeoutExpired:
                 self.process.kill()
         self.process = None
@@ -279,14 +264,8 @@ class IngressLoad:
         self.stop_event = threading.Event()
         self.error: BaseException | None = None
         env = {**stack.env, "SIMPUL_INGRESS_PORT": str(self.port)}
-        self.log = open(stack.workdir / "ingress.log", "ab")  # noqa: SIM115
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "simpul", "ingress"],
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        wait_until(self._up, 60, "simpul ingress up")
+        self.process = SimpulProcess(["ingress"], env, stack.workdir / "ingress.log")
+        self.process.wait_ready(self._up, "/health")
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _up(self) -> bool:
@@ -336,9 +315,7 @@ class IngressLoad:
         self.thread.join(120)
         assert not self.thread.is_alive()
         assert self.error is None, f"the ingress client failed: {self.error!r}"
-        self.process.send_signal(signal.SIGTERM)
-        self.process.wait(30)
-        self.log.close()
+        self.process.stop(timeout=30)
         # The ingress' events join the expectation: one permit number each, so each is newest.
         for ce_id, permit_number in self.accepted.items():
             self.expect.add_valid("permits", permit_number, dt.datetime.now(dt.UTC), ce_id)
@@ -480,7 +457,7 @@ def _state_records(bootstrap: str, topic: str) -> tuple[int, int]:
 def test_compacted_join_state_is_rebuilt_exactly_after_a_restart(
     broker_factory: Callable[..., Broker], pg_database: str, tmp_path: Path
 ) -> None:
-    from tests.test_joins_integration import JoinsProcess, assessment, employee
+    from tests.support.joins import JoinsProcess, assessment, employee
 
     started = time.monotonic()
     kafka = broker_factory()

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from tests.fuzz.targets import TARGETS
+from tests.support.paths import REPO_ROOT
 
 pytestmark = pytest.mark.unit
 
-ROOT = Path(__file__).resolve().parent.parent
 SECONDS = int(os.environ.get("SIMPUL_FUZZ_SECONDS", "3"))
 
 
@@ -35,7 +35,7 @@ def test_fuzz_target_finds_no_crash(target: str, tmp_path: Path) -> None:
             f"-artifact_prefix={tmp_path}/",
             "-rss_limit_mb=1024",
         ],
-        cwd=ROOT,
+        cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=SECONDS + 120,

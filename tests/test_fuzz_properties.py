@@ -27,9 +27,7 @@ from simpul.codec import AvroSchema, frame
 from simpul.envelope import REQUIRED, Envelope
 from simpul.errors import InvalidMessage
 from streams.ingest.pipeline import RawRecord, check_record
-from tests.test_pipeline import catalog, recipient, record
-
-__all__ = ["catalog"]
+from tests.support.records import recipient, record
 
 pytestmark = [
     pytest.mark.unit,

@@ -9,8 +9,8 @@ import pytest
 from simpul.httpauth import http_token, installation_secret
 from simpul.redaction import REDACTED, redacted
 from simpul.settings import Settings
-from tests.conftest import Stack
-from tests.helpers import auth
+from tests.support.signing import auth
+from tests.support.stack import Stack
 
 
 @pytest.mark.unit

@@ -16,10 +16,9 @@ from simpul.cli.main import app
 from simpul.settings import get_settings
 from simpul.topology.model import load_topology, parse_topology
 from simpul.wilayah import DATA_FILE, EDITION, UnknownRegion, Village, build, parse_sql, regency
+from tests.support.paths import REPO_ROOT
 
 pytestmark = pytest.mark.unit
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(autouse=True)
@@ -80,7 +79,7 @@ def test_init_writes_a_topology_with_one_office_per_kelurahan_and_desa(code: str
 
 
 def test_palu_from_the_list_matches_the_hand_written_palu_topology() -> None:
-    shipped = load_topology(ROOT / "topology" / "palu.yaml")
+    shipped = load_topology(REPO_ROOT / "topology" / "palu.yaml")
     generated = parse_topology(yaml.safe_load(render(build_topology("7271"))), "7271")
     assert [(k.code, k.name, k.district) for k in generated.kelurahan] == [
         (k.code, k.name, k.district) for k in shipped.kelurahan

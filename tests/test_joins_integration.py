@@ -8,73 +8,30 @@ import random
 import signal
 import subprocess
 import sys
-import urllib.request
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from sqlalchemy import text
 
-from simpul.cli.services.broker import Broker, free_port
+from simpul.cli.services.broker import Broker
 from simpul.cli.simulate import make_nik, make_nip
 from simpul.identifiers import mask_identifiers
 from simpul.publisher import PublisherPool
 from streams.joins.state import derived_id
-from tests.conftest import TOPOLOGY_FILE, Stack, make_stack, wait_until
-from tests.helpers import auth, read_topic
+from tests.support.joins import JoinsProcess, assessment, employee, now, recipient
+from tests.support.paths import REPO_ROOT
+from tests.support.processes import wait_until
+from tests.support.stack import TOPOLOGY_FILE, Stack, make_stack
+from tests.support.topics import read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SHORT_WAIT_S = 5  # the allowance and SKTM joins: expiry is tested
 LONG_WAIT_S = 300  # the deceased join: a restart happens while a death waits
 RNG = random.Random(7271)
-
-
-class JoinsProcess:
-    """`simpul joins` as a subprocess, with its /health and /metrics."""
-
-    def __init__(self, stack: Stack) -> None:
-        self.port = free_port()
-        self.env = {**stack.env, "SIMPUL_JOINS_WEB_PORT": str(self.port)}
-        self.log = stack.workdir / "joins.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "simpul", "joins"],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        wait_until(lambda: len(self.health().get("loaded_partitions", [])) == 4, 90, "joins up")
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        assert self.process is not None
-        self.process.send_signal(sig)
-        self.process.wait(60)
-        self.process = None
-
-    def _get(self, path: str) -> str:
-        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", headers=auth())
-        with urllib.request.urlopen(request, timeout=5) as reply:
-            return reply.read().decode()
-
-    def health(self) -> dict[str, Any]:
-        try:
-            return json.loads(self._get("/health"))
-        except OSError:
-            return {}
-
-    def metric(self, name: str, **labels: str) -> float:
-        total = 0.0
-        for line in self._get("/metrics").splitlines():
-            if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
 
 
 @pytest.fixture(scope="module")
@@ -112,44 +69,6 @@ def publish(stack: Stack) -> Iterator[Any]:
 
     yield send
     pool.close()
-
-
-def now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC).replace(microsecond=0)
-
-
-def employee(nip: str, grade: str, when: dt.datetime) -> dict[str, Any]:
-    return {
-        "nip": nip,
-        "name": "Andi Lamadjido",
-        "unit_code": "BKPSDM-01",
-        "position": "Analis Kepegawaian",
-        "grade": grade,
-        "status": "ACTIVE",
-        "updated_at": when,
-    }
-
-
-def assessment(nip: str, assessor: str) -> dict[str, Any]:
-    return {
-        "assessment_id": f"EKIN-2026-11-{uuid.uuid4().hex[:8]}",
-        "nip": nip,
-        "period": "2026-11",
-        "rating": "ABOVE",
-        "score": 110.5,
-        "assessor_nip": assessor,
-    }
-
-
-def recipient(nik: str, status: str, when: dt.datetime) -> dict[str, Any]:
-    return {
-        "nik": nik,
-        "programs": ["PKH", "PBI_JK"],
-        "disability_category": None,
-        "kelurahan_code": "7271021002",
-        "status": status,
-        "updated_at": when,
-    }
 
 
 def letter(nik: str, document_type: str = "SKTM") -> dict[str, Any]:
@@ -355,6 +274,6 @@ def test_joins_process_help_names_the_command(stack: Stack) -> None:
         text=True,
         timeout=60,
         env=stack.env,
-        cwd=Path(__file__).parent.parent,
+        cwd=REPO_ROOT,
     )
     assert result.returncode == 0 and "derived events" in result.stdout

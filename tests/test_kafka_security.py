@@ -25,14 +25,9 @@ from simpul.cli import acls
 from simpul.cli.services.kafka import KafkaCluster
 from simpul.publisher import Publisher
 from simpul.settings import Settings
-from tests.conftest import (
-    TOPOLOGY_FILE,
-    Stack,
-    create_pg_database,
-    drop_pg_database,
-    make_stack,
-    wait_until,
-)
+from tests.support.postgres import create_pg_database, drop_pg_database
+from tests.support.processes import wait_until
+from tests.support.stack import TOPOLOGY_FILE, Stack, make_stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -67,7 +62,7 @@ class Secured:
 
 @pytest.fixture(scope="module")
 def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
-    from tests.conftest import new_broker
+    from tests.support.brokers import new_broker
 
     workdir = tmp_path_factory.mktemp("secured")
     cluster = new_broker(workdir / "broker", admin_password=secrets.token_urlsafe(16))

@@ -18,10 +18,10 @@ from simpul.errors import InvalidMessage
 from simpul.registry.store import SchemaResolver, SchemaStore, register_all
 from simpul.topology.model import Topology, load_topology
 from streams.ingest.pipeline import RawRecord, validate_record
+from tests.support.paths import REPO_ROOT
 
 pytestmark = pytest.mark.unit
 
-ROOT = Path(__file__).resolve().parent.parent
 NOW = dt.datetime(2026, 11, 23, 3, 0, tzinfo=dt.UTC)
 # Kelurahan Oepura (Maulafa, 53.71.02) issues for a resident of Kelurahan Oebobo (Oebobo,
 # 53.71.04); the resident is generated (born 4 March 1988, a woman: day 44).
@@ -33,13 +33,13 @@ def _catalog(tmp_path: Path, topology: Topology) -> EventCatalog:
     url = f"sqlite:///{tmp_path / 'registry.db'}"
     dbmigrate.upgrade(url)
     store = SchemaStore(make_engine(url))
-    register_all(store, topology, ROOT / "schemas")
+    register_all(store, topology, REPO_ROOT / "schemas")
     return EventCatalog(topology, SchemaResolver(store))
 
 
 @pytest.fixture(scope="module")
 def kupang() -> Topology:
-    return load_topology(ROOT / "topology" / "kupang.yaml")
+    return load_topology(REPO_ROOT / "topology" / "kupang.yaml")
 
 
 def _letter(**changes: object) -> dict[str, object]:
@@ -76,7 +76,7 @@ def _office(topology: Topology, kelurahan_code: str) -> str:
 
 def test_kupang_topology_lets_any_office_issue_for_any_resident(kupang: Topology) -> None:
     assert kupang.offices_issue_for_any_kelurahan
-    assert not load_topology(ROOT / "topology" / "palu.yaml").offices_issue_for_any_kelurahan
+    assert not load_topology(REPO_ROOT / "topology" / "palu.yaml").offices_issue_for_any_kelurahan
     assert len([a for a in kupang.agencies if a.kelurahan_code]) == 51
 
 
@@ -158,7 +158,7 @@ def test_the_simulator_credits_the_issuing_office(kupang: Topology) -> None:
 
 def test_the_sktm_join_follows_the_residents_kelurahan(kupang: Topology) -> None:
     from streams.joins.state import Effects, JoinPartition
-    from tests.test_joins import event, logic
+    from tests.support.join_events import event, logic
 
     join, state, effects = logic(kupang, "sktm-verification", 60), JoinPartition(), Effects()
     join.on_left(state, event("kelurahan.document.issued", _letter(document_type="SKTM")), effects)

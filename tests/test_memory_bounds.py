@@ -84,7 +84,7 @@ def test_http_source_queue_is_bounded_and_answers_503(tmp_path) -> None:  # type
     from simpul.db import make_engine
     from simpul.settings import Settings
     from simpul.topology.connectors import ConnectorSpec
-    from tests.conftest import wait_until
+    from tests.support.processes import wait_until
 
     url = f"sqlite:///{tmp_path / 'store.db'}"
     dbmigrate.upgrade(url)

@@ -7,20 +7,19 @@ import json
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
 from simpul import metrics
+from tests.support.paths import REPO_ROOT
 
 pytestmark = pytest.mark.unit
 
-ROOT = Path(__file__).resolve().parent.parent
-DOCS = ROOT / "docs" / "operations.md"
-DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "simpul.json"
-PROMETHEUS = ROOT / "deploy" / "prometheus"
+DOCS = REPO_ROOT / "docs" / "operations.md"
+DASHBOARD = REPO_ROOT / "deploy" / "grafana" / "dashboards" / "simpul.json"
+PROMETHEUS = REPO_ROOT / "deploy" / "prometheus"
 CODE_DIRS = ("simpul", "streams", "sinks", "connectors")
 PROMETHEUS_CLASSES = {"Counter", "Gauge", "Histogram", "Summary", "Info", "Enum"}
 #: Series Prometheus itself or prometheus_client's default collectors provide.
@@ -58,8 +57,8 @@ def documented() -> dict[str, str]:
 def test_metrics_are_constructed_only_in_the_catalogue_module() -> None:
     offenders = []
     for folder in CODE_DIRS:
-        for path in (ROOT / folder).rglob("*.py"):
-            if path == ROOT / "simpul" / "metrics.py":
+        for path in (REPO_ROOT / folder).rglob("*.py"):
+            if path == REPO_ROOT / "simpul" / "metrics.py":
                 continue
             tree = ast.parse(path.read_text(), str(path))
             names = {
@@ -81,7 +80,7 @@ def test_metrics_are_constructed_only_in_the_catalogue_module() -> None:
                     and func.value.id in {"prometheus_client", "prom"}
                 )
                 if direct or dotted:
-                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+                    offenders.append(f"{path.relative_to(REPO_ROOT)}:{node.lineno}")
     assert offenders == [], f"metrics constructed outside simpul/metrics.py: {offenders}"
 
 
@@ -144,10 +143,10 @@ def test_dashboard_loads_and_queries_only_catalogued_metrics() -> None:
     unknown = {n for e in exprs for n in _metric_names(e) if not _known(n, names)}
     assert unknown == set()
     provider = yaml.safe_load(
-        (ROOT / "deploy/grafana/provisioning/dashboards/simpul.yaml").read_text()
+        (REPO_ROOT / "deploy/grafana/provisioning/dashboards/simpul.yaml").read_text()
     )
     datasource = yaml.safe_load(
-        (ROOT / "deploy/grafana/provisioning/datasources/prometheus.yaml").read_text()
+        (REPO_ROOT / "deploy/grafana/provisioning/datasources/prometheus.yaml").read_text()
     )
     assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
     uids = {p["datasource"]["uid"] for p in dashboard["panels"]}

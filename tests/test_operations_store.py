@@ -23,7 +23,7 @@ from sinks.central_store import CentralStore, StoredEvent, event_log
 from sinks.dead_letters import DeadLetterLog, DeadLetterRow, dead_letters
 from sinks.reports.open_data import ExportError, export_open_data, parse_period
 from sinks.reports.scorecard import build_scorecard, connectors_by_agency, render_html
-from tests.conftest import create_pg_database, drop_pg_database
+from tests.support.postgres import create_pg_database, drop_pg_database
 
 pytestmark = pytest.mark.integration
 

@@ -20,8 +20,9 @@ from simpul.db import make_engine
 from simpul.publisher import Publisher
 from sinks.central_store import event_log
 from sinks.dead_letters import dead_letters
-from tests.conftest import Stack, wait_until
-from tests.helpers import auth
+from tests.support.processes import wait_until
+from tests.support.signing import auth
+from tests.support.stack import Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

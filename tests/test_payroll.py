@@ -21,9 +21,8 @@ from simpul.topology.subscriptions import SubscriptionPlan
 from sinks.central_store import CentralStore, StoredEvent
 from sinks.reports.payroll import HASH_MODULUS, PayrollError, account_number, payroll_control
 from streams.joins.state import Effects, JoinPartition
-from tests.test_joins import assessment, employee, logic
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.join_events import assessment, employee, logic
+from tests.support.paths import REPO_ROOT
 
 
 @pytest.fixture(autouse=True)
@@ -34,7 +33,7 @@ def _fresh_settings() -> Iterator[None]:
     get_settings.cache_clear()
 
 
-KUPANG = ROOT / "topology" / "kupang.yaml"
+KUPANG = REPO_ROOT / "topology" / "kupang.yaml"
 T0 = dt.datetime(2026, 12, 1, 2, tzinfo=dt.UTC)
 
 
@@ -53,7 +52,9 @@ def test_the_tpp_basis_carries_the_employees_salary_account(kupang: Topology) ->
     (out,) = effects.derived
     assert out.payload["bank_account_ref"] == "BPD53-0012345678"
     # BKD receives it masked: bank and the last four digits only.
-    (route,) = SubscriptionPlan.build(kupang, ROOT / "schemas").routes_for("hr.allowance.basis")
+    (route,) = SubscriptionPlan.build(kupang, REPO_ROOT / "schemas").routes_for(
+        "hr.allowance.basis"
+    )
     masks = route.subscription.masks()
     assert "bank_account_ref" in masks and masks["bank_account_ref"].keep_last == 4
 
@@ -189,7 +190,7 @@ def test_bad_period_and_missing_policy_are_explained(kupang: Topology) -> None:
     engine = make_engine("sqlite://")
     with pytest.raises(PayrollError, match="expected YYYY-MM"):
         payroll_control(engine, kupang, "2026-13")
-    palu = load_topology(ROOT / "topology" / "palu.yaml")
+    palu = load_topology(REPO_ROOT / "topology" / "palu.yaml")
     with pytest.raises(PayrollError, match="declares no TPP policy"):
         payroll_control(engine, palu, "2026-11")
     assert account_number("BPD53-0012345678") == 12345678

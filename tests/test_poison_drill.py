@@ -25,9 +25,11 @@ from kafka.errors import InvalidTimestampError
 from simpul.cli.services.broker import EmbeddedBroker
 from simpul.codec import frame
 from simpul.envelope import Envelope
-from tests.conftest import Stack, make_stack, wait_until
-from tests.helpers import auth, sign
-from tests.test_worker import dead_letters
+from tests.support.paths import REPO_ROOT
+from tests.support.permits import dead_letters
+from tests.support.processes import wait_until
+from tests.support.signing import auth, sign
+from tests.support.stack import Stack, make_stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -246,9 +248,7 @@ def test_poison_drill_worker_never_stops(drill_stack: Stack, tmp_path: Path) -> 
             else ""
         )
     )
-    (Path(__file__).resolve().parent.parent / "var").mkdir(exist_ok=True)
-    (Path(__file__).resolve().parent.parent / "var" / "poison-drill.txt").write_text(
-        summary + "\n" + figures + "\n"
-    )
+    (REPO_ROOT / "var").mkdir(exist_ok=True)
+    (REPO_ROOT / "var" / "poison-drill.txt").write_text(summary + "\n" + figures + "\n")
     print(summary + "\n" + figures)
     assert "Traceback" not in stack.worker_log()

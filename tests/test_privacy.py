@@ -13,6 +13,7 @@ from simpul.errors import InvalidMessage
 from simpul.identifiers import mask_identifiers, mask_log_records
 from simpul.topology.model import Topology, load_topology
 from simpul.topology.subscriptions import Mask, SubscriptionError, SubscriptionPlan
+from tests.support.paths import REPO_ROOT
 
 NIK = "7271054507910003"
 NIP = "198507172010011003"
@@ -49,11 +50,10 @@ def test_mask_shows_at_most_eight_digits() -> None:
 
 @pytest.mark.unit
 def test_unmasked_identifier_needs_a_legal_basis(tmp_path: Path, topology: Topology) -> None:
-    from simpul.settings import PROJECT_ROOT
 
-    schemas = PROJECT_ROOT / "schemas"
+    schemas = REPO_ROOT / "schemas"
     SubscriptionPlan.build(topology, schemas)  # palu.yaml names its legal bases
-    raw = yaml.safe_load((PROJECT_ROOT / "topology" / "palu.yaml").read_text())
+    raw = yaml.safe_load((REPO_ROOT / "topology" / "palu.yaml").read_text())
     for sub in raw["subscriptions"]:
         if sub["name"] == "dinsos-deaths":
             del sub["legal_basis"]

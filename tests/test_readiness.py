@@ -20,8 +20,7 @@ from simpul.topology.model import load_topology
 from sinks.central_store import CentralStore, StoredEvent
 from sinks.dead_letters import dead_letters
 from sinks.reports.readiness import build_readiness, field_problems, render_html
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.paths import REPO_ROOT
 
 
 @pytest.fixture(autouse=True)
@@ -32,7 +31,7 @@ def _fresh_settings() -> Iterator[None]:
     get_settings.cache_clear()
 
 
-BATU = ROOT / "topology" / "batu.yaml"
+BATU = REPO_ROOT / "topology" / "batu.yaml"
 # A Wednesday noon, so weeks start on the Monday before.
 NOW = dt.datetime(2026, 11, 25, 12, tzinfo=dt.UTC)
 

@@ -5,15 +5,11 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import signal
 import stat
-import subprocess
-import sys
 import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +17,11 @@ import httpx
 import pytest
 
 from simpul import dbmigrate
-from simpul.cli.services.broker import free_port
 from simpul.db import make_engine
 from simpul.registry.store import IncompatibleSchema, SchemaStore
-from tests.conftest import SCHEMAS_DIR, _terminate, wait_until
-from tests.helpers import auth
+from tests.support.registry import Registry, start_registry
+from tests.support.signing import auth
+from tests.support.stack import SCHEMAS_DIR
 
 pytestmark = pytest.mark.integration
 
@@ -40,44 +36,6 @@ def permit_with(field: dict[str, Any]) -> str:
     return json.dumps(schema)
 
 
-@dataclass
-class Registry:
-    url: str
-    token: str | None
-    process: subprocess.Popen[bytes]
-    data_dir: Path
-
-    def client(self, auth: bool = False) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {self.token}"} if auth and self.token else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=10)
-
-
-def start_registry(database_url: str, data_dir: Path, **env: str) -> Registry:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "simpul", "registry"],
-        env={
-            **os.environ,
-            "SIMPUL_DATABASE_URL": database_url,
-            "SIMPUL_REGISTRY_PORT": str(port),
-            "SIMPUL_DATA_DIR": str(data_dir),
-            **env,
-        },
-        stdout=open(data_dir / "registry.log", "ab"),  # noqa: SIM115
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        try:
-            return httpx.get(f"{url}/", timeout=1).status_code in (200, 401)
-        except httpx.HTTPError:
-            return False
-
-    wait_until(up, 60, "registry up")
-    return Registry(url, env.get("SIMPUL_REGISTRY_ADMIN_TOKEN"), process, data_dir)
-
-
 @pytest.fixture(scope="module")
 def registry(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     dbmigrate.upgrade(pg_url)
@@ -85,7 +43,7 @@ def registry(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         pg_url, tmp_path_factory.mktemp("registry"), SIMPUL_REGISTRY_ADMIN_TOKEN="s3cret-admin"
     )
     yield running
-    _terminate(running.process)
+    running.process.stop()
 
 
 def subject() -> str:
@@ -281,7 +239,7 @@ def test_reads_can_require_the_token_and_a_generated_token_file_is_private(
         )
         assert allowed.status_code == 200 and isinstance(allowed.json(), list)
     finally:
-        _terminate(locked.process)
+        locked.process.stop()
 
 
 # --- storage on both backends -----------------------------------------------------------------

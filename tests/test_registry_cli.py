@@ -14,10 +14,10 @@ import pytest
 
 from simpul import dbmigrate
 from simpul.cli.services.broker import free_port
-from simpul.settings import PROJECT_ROOT
 from simpul.topology.model import load_topology
-from tests.conftest import SCHEMAS_DIR, TOPOLOGY_FILE, _terminate
-from tests.test_registry_api import Registry, start_registry
+from tests.support.paths import REPO_ROOT
+from tests.support.registry import Registry, start_registry
+from tests.support.stack import SCHEMAS_DIR, TOPOLOGY_FILE
 
 pytestmark = pytest.mark.integration
 
@@ -116,7 +116,7 @@ def test_invalid_avsc_fails_with_the_reason(repo: Path) -> None:
 def test_fresh_clone_of_this_project_passes_the_check(tmp_path: Path) -> None:
     clone = tmp_path / "clone"
     subprocess.run(
-        ["git", "clone", "-q", str(PROJECT_ROOT), str(clone)], check=True, capture_output=True
+        ["git", "clone", "-q", str(REPO_ROOT), str(clone)], check=True, capture_output=True
     )
     env = {"SIMPUL_REGISTRY_URL": f"http://127.0.0.1:{free_port()}"}
     env["SIMPUL_SCHEMAS_DIR"] = str(clone / "schemas")
@@ -131,7 +131,7 @@ def registry(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         pg_url, tmp_path_factory.mktemp("cli-registry"), SIMPUL_REGISTRY_ADMIN_TOKEN=TOKEN
     )
     yield running
-    _terminate(running.process)
+    running.process.stop()
 
 
 def test_register_over_http_then_check_against_the_registered_versions(

@@ -15,8 +15,9 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerialize
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import MessageField, SerializationContext, StringSerializer
 
-from tests.conftest import SCHEMAS_DIR, Stack, wait_until
-from tests.helpers import sign
+from tests.support.processes import wait_until
+from tests.support.signing import sign
+from tests.support.stack import SCHEMAS_DIR, Stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

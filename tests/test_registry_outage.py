@@ -21,8 +21,9 @@ from simpul.envelope import Envelope
 from simpul.publisher import Publisher
 from simpul.registry.client import RegistryUnavailable, make_resolver
 from simpul.registry.store import SchemaStore
-from tests.conftest import SCHEMAS_DIR, Stack, make_stack, wait_until
-from tests.helpers import read_topic
+from tests.support.processes import wait_until
+from tests.support.stack import SCHEMAS_DIR, Stack, make_stack
+from tests.support.topics import read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

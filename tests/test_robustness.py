@@ -26,9 +26,7 @@ from streams.ingest.pipeline import (
     process_batch,
 )
 from streams.ingest.service import _letter_row
-from tests.test_pipeline import catalog, recipient, record
-
-__all__ = ["catalog"]  # the fixture, shared with tests/test_pipeline.py
+from tests.support.records import recipient, record
 
 pytestmark = pytest.mark.unit
 

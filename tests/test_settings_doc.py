@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from simpul.settings import PROJECT_ROOT, Settings, settings_table
+from simpul.settings import Settings, settings_table
+from tests.support.paths import REPO_ROOT
 
 pytestmark = pytest.mark.unit
 
 
 def test_settings_doc_is_generated_from_the_settings() -> None:
-    doc = (PROJECT_ROOT / "docs" / "settings.md").read_text()
+    doc = (REPO_ROOT / "docs" / "settings.md").read_text()
     assert doc == settings_table(), "run: .venv/bin/python -m simpul.settings > docs/settings.md"
 
 

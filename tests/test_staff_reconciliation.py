@@ -19,10 +19,9 @@ from simpul.settings import get_settings
 from simpul.topology.model import load_topology
 from sinks.central_store import CentralStore, StoredEvent
 from sinks.reports.staff_reconciliation import Difference, reconcile
+from tests.support.paths import REPO_ROOT
 
 pytestmark = pytest.mark.integration
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(autouse=True)
@@ -34,7 +33,7 @@ def _fresh_settings() -> Iterator[None]:
 
 
 T0 = dt.datetime(2026, 11, 2, 1, 0, tzinfo=dt.UTC)
-KUPANG = ROOT / "topology" / "kupang.yaml"
+KUPANG = REPO_ROOT / "topology" / "kupang.yaml"
 
 
 def _event(source: str, record: dict[str, object], at: dt.datetime) -> StoredEvent:

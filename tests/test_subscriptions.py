@@ -6,7 +6,6 @@ import copy
 import io
 import json
 import re
-from pathlib import Path
 from typing import Any
 
 import fastavro
@@ -27,12 +26,12 @@ from simpul.topology.subscriptions import (
     project,
     subscription_topics,
 )
+from tests.support.paths import REPO_ROOT
 
 pytestmark = pytest.mark.unit
 
-ROOT = Path(__file__).resolve().parent.parent
-PALU = ROOT / "topology" / "palu.yaml"
-SCHEMAS = ROOT / "schemas"
+PALU = REPO_ROOT / "topology" / "palu.yaml"
+SCHEMAS = REPO_ROOT / "schemas"
 
 
 @pytest.fixture(scope="module")

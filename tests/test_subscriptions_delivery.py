@@ -8,7 +8,6 @@ import hashlib
 import hmac
 import json
 import random
-from pathlib import Path
 
 import pytest
 
@@ -24,11 +23,11 @@ from sinks.webhook import (
     webhook_secrets,
 )
 from streams.fanout.service import fan_out
+from tests.support.paths import REPO_ROOT
 
 pytestmark = pytest.mark.unit
 
-ROOT = Path(__file__).resolve().parent.parent
-PALU = ROOT / "topology" / "palu.yaml"
+PALU = REPO_ROOT / "topology" / "palu.yaml"
 
 HEADERS = [
     ("ce_specversion", b"1.0"),
@@ -49,7 +48,7 @@ SKTM = {
 
 
 def test_fan_out_sends_to_matching_subscriptions_only_with_audit_rows() -> None:
-    plan = SubscriptionPlan.build(load_topology(PALU), ROOT / "schemas")
+    plan = SubscriptionPlan.build(load_topology(PALU), REPO_ROOT / "schemas")
     routes = [
         (r, AvroSchema.from_text(100 + i, json.dumps(r.schema)))
         for i, r in enumerate(plan.routes_for("kelurahan.document.issued"))

@@ -18,7 +18,6 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import fastavro
@@ -34,12 +33,13 @@ from simpul.db import make_engine
 from simpul.publisher import Publisher
 from simpul.registry.store import SchemaStore
 from sinks.audit import delivery_audit, receipts_for
-from tests.conftest import TOPOLOGY_FILE, Stack, make_stack, wait_until
-from tests.helpers import auth
+from tests.support.paths import REPO_ROOT
+from tests.support.processes import SimpulProcess, wait_until
+from tests.support.signing import auth
+from tests.support.stack import TOPOLOGY_FILE, Stack, make_stack
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parent.parent
 AUDIT_KEY = "e2e-audit-key-0123456789"
 SECRETS = {
     "SIMPUL_WEBHOOK_SECRET_DINSOS": "dinsos-secret",
@@ -320,7 +320,7 @@ def test_inbox_deliveries_are_audited_by_subject(stack: Stack, published: Publis
 
 
 def _snippet(language: str) -> str:
-    text = (ROOT / "docs" / "subscriptions.md").read_text()
+    text = (REPO_ROOT / "docs" / "subscriptions.md").read_text()
     match = re.search(rf"<!-- snippet:{language} -->\n```{language}\n(.*?)```", text, re.S)
     assert match, f"docs/subscriptions.md has no {language} snippet"
     return match.group(1)
@@ -329,7 +329,7 @@ def _snippet(language: str) -> str:
 @pytest.fixture(scope="module")
 def deliverer(
     stack: Stack, published: Published, endpoints: Endpoints
-) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+) -> Iterator[tuple[SimpulProcess, int]]:
     port = free_port()
     env = {
         **stack.env,
@@ -339,14 +339,9 @@ def deliverer(
         "SIMPUL_DELIVER_RETRY_BASE_S": "0.4",
         "SIMPUL_DELIVER_TIMEOUT_S": "1.5",
     }
-    log = open(stack.workdir / "deliver.log", "ab")  # noqa: SIM115
-    process = subprocess.Popen(
-        [sys.executable, "-m", "simpul", "deliver"], env=env, stdout=log, stderr=subprocess.STDOUT
-    )
+    process = SimpulProcess(["deliver"], env, stack.workdir / "deliver.log")
     yield process, port
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        process.wait(60)
+    process.stop()
 
 
 @pytest.mark.smoke
@@ -472,12 +467,9 @@ def test_signature_verifies_with_the_documented_snippets(endpoints: Endpoints) -
             assert result.returncode == (0 if valid else 1), result.stderr
 
 
-def _start_deliverer(stack: Stack, port: int) -> subprocess.Popen[bytes]:
+def _start_deliverer(stack: Stack, port: int) -> SimpulProcess:
     env = {**stack.env, **SECRETS, "SIMPUL_DELIVER_WEB_PORT": str(port)}
-    log = open(stack.workdir / "deliver-2.log", "ab")  # noqa: SIM115
-    return subprocess.Popen(
-        [sys.executable, "-m", "simpul", "deliver"], env=env, stdout=log, stderr=subprocess.STDOUT
-    )
+    return SimpulProcess(["deliver"], env, stack.workdir / "deliver-2.log")
 
 
 def _authorized(port: int, path: str) -> urllib.request.Request:
@@ -499,7 +491,7 @@ def test_restarted_deliverer_resumes_after_the_finished_messages(
     port = free_port()
     process = _start_deliverer(stack, port)
     try:
-        wait_until(lambda: _health(port).get("assigned_partitions", 0) > 0, 60, "deliverer up")
+        process.wait_ready(lambda: _health(port).get("assigned_partitions", 0) > 0, "partitions")
         time.sleep(2)
         assert len(endpoints.hits) == before  # every finished message's offset was committed
         data = PaluData(stack.topology, seed=100)

@@ -10,10 +10,11 @@ import pytest
 import yaml
 
 from simpul.topology.model import TopologyError, load_topology, parse_topology
+from tests.support.paths import REPO_ROOT
 
 pytestmark = pytest.mark.unit
 
-PALU = Path(__file__).resolve().parent.parent / "topology" / "palu.yaml"
+PALU = REPO_ROOT / "topology" / "palu.yaml"
 
 
 @pytest.fixture

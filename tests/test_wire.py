@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from pathlib import Path
 
 import pytest
 
 from simpul.codec import AvroSchema, frame, normalize, unframe
 from simpul.envelope import Envelope
 from simpul.errors import InvalidMessage
+from tests.support.paths import REPO_ROOT
 
 pytestmark = pytest.mark.unit
 
-SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
+SCHEMAS = REPO_ROOT / "schemas"
 
 
 def test_envelope_round_trips_through_headers() -> None:

@@ -1,22 +1,16 @@
-"""Helpers for the fault tests: generated traffic with known expectations, dead letter reads,
-and a throw-away PostgreSQL cluster that a test may stop and start."""
+"""Generated traffic with known expectations (valid, duplicate and every kind of invalid event),
+publishing it through a failing broker, and checking the store and the topics against it."""
 
 from __future__ import annotations
 
 import datetime as dt
-import functools
-import os
 import random
-import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 from sqlalchemy import text
 
@@ -24,11 +18,10 @@ from simpul.catalog import EventCatalog
 from simpul.cli.simulate import INVALID_KINDS, PaluData
 from simpul.codec import frame
 from simpul.db import make_engine
-from simpul.envelope import Envelope, Headers
+from simpul.envelope import Envelope
 from simpul.publisher import PublisherPool
-from simpul.settings import Settings
-from simpul.signing import Signer, signer_for
 from simpul.topology.model import Topology
+from tests.support.topics import read_topic
 
 STATE_KEYS = {
     "employees": "nip",
@@ -181,95 +174,6 @@ def send_invalid(publisher: Any, catalog: EventCatalog, item: Planned) -> Any:
     return publisher(item.agency).send_signed(et.topic("in"), key, value, envelope.to_headers())
 
 
-def install_test_keys(topology_file: Path) -> Path:
-    """Generate signing keys for every agency and gateway of the topology into a temporary
-    directory and point ``SIMPUL_KEYS_DIR`` / ``SIMPUL_PUBLIC_KEYS_FILE`` at it (this process
-    and its children). Returns the public keys file."""
-    from simpul.cli.keys import installation_owners
-    from simpul.signing import ensure_keys
-    from simpul.topology.model import load_topology
-
-    if os.environ.get("SIMPUL_TEST_KEYS") == "1":
-        return Path(os.environ["SIMPUL_PUBLIC_KEYS_FILE"])
-    root = Path(tempfile.mkdtemp(prefix="simpul-test-keys-"))
-    public, private = root / "public.keys.yaml", root / "private"
-    ensure_keys(public, private, installation_owners(load_topology(topology_file)))
-    os.environ.update(
-        SIMPUL_KEYS_DIR=str(private),
-        SIMPUL_PUBLIC_KEYS_FILE=str(public),
-        SIMPUL_HTTP_TOKEN=uuid.uuid4().hex,  # status, health and connect REST need it
-        SIMPUL_TEST_KEYS="1",
-    )
-    return public
-
-
-@functools.cache
-def test_signer(owner: str) -> Signer:
-    """The signer of an agency or gateway under the test keys (`install_test_keys`)."""
-    return signer_for(Settings(), owner)
-
-
-def sign(owner: str, headers: Headers, key: bytes | None, value: bytes | None) -> Headers:
-    """The one helper raw test producers use to sign a valid event as ``owner``."""
-    return test_signer(owner).sign(headers, key, value)
-
-
-def auth() -> dict[str, str]:
-    """The header Simpul's status, health, metrics and connect endpoints need in tests."""
-    return {"Authorization": f"Bearer {os.environ['SIMPUL_HTTP_TOKEN']}"}
-
-
-def read_topic(bootstrap: str, topic: str, idle_ms: int = 2000) -> Iterator[Any]:
-    """Every record of `topic` from the beginning, up to the end offsets taken at the start
-    (or until nothing arrives for `idle_ms`)."""
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap.split(","),
-        consumer_timeout_ms=idle_ms,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        max_poll_records=5000,
-    )
-    parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
-    consumer.assign(parts)
-    consumer.seek_to_beginning(*parts)
-    ends = consumer.end_offsets(parts)
-    try:
-        for tp in parts:
-            if consumer.position(tp) >= ends[tp]:
-                consumer.pause(tp)
-        while len(consumer.paused()) < len(parts):
-            batch = consumer.poll(timeout_ms=idle_ms)
-            if not batch:
-                return
-            for tp, records in batch.items():
-                for record in records:
-                    if record.offset < ends[tp]:
-                        yield record
-                if consumer.position(tp) >= ends[tp]:
-                    consumer.pause(tp)
-    finally:
-        consumer.close()
-
-
-def dead_letter_origins(bootstrap: str, topology: Topology) -> dict[tuple[str, str, str], dict]:
-    """Distinct dead letters by their origin (topic, partition, offset), with their headers.
-
-    The dead-letter topic is at-least-once too: a worker killed after producing a dead letter
-    but before committing produces it again; the origin identifies the copies.
-    """
-    origins: dict[tuple[str, str, str], dict] = {}
-    for et in topology.event_types:
-        for message in read_topic(bootstrap, et.topic("dlq")):
-            headers = {k: v.decode(errors="replace") for k, v in message.headers}
-            origin = (
-                headers["simpul_dlq_topic"],
-                headers["simpul_dlq_partition"],
-                headers["simpul_dlq_offset"],
-            )
-            origins[origin] = headers
-    return origins
-
-
 @dataclass
 class AckTally:
     """What a publisher saw while the broker was failing: acks, failed sends, retries."""
@@ -374,15 +278,6 @@ def assert_store_matches(database_url: str, expect: Expectation) -> None:
                 assert rows == wanted, f"{entity}: current state differs from the newest events"
     finally:
         engine.dispose()
-
-
-def ce_ids_on(bootstrap: str, topics: list[str]) -> set[str]:
-    """Distinct ce_ids on `topics`, read from the beginning with a plain client."""
-    return {
-        dict(message.headers)["ce_id"].decode()
-        for topic in topics
-        for message in read_topic(bootstrap, topic)
-    }
 
 
 def assert_topics_match(bootstrap: str, topology: Topology, expect: Expectation) -> None:
