@@ -6,7 +6,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 import weakref
@@ -14,19 +13,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from connectors.testing import wait_until
 from tests.support.signing import auth
-
-
-def wait_until(check: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:
-    """Poll `check` until it returns something true (which is returned), or fail naming `what`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(every)
 
 
 def authorized(url: str) -> urllib.request.Request:
@@ -183,3 +171,6 @@ class SimpulProcess:
 
     def kill(self, timeout: float = 30) -> int:
         return self.stop(signal.SIGKILL, timeout)
+
+
+__all__ = ["SimpulProcess", "authorized", "http_status", "terminate", "wait_until"]

@@ -1,45 +1,10 @@
-"""Reading topics back with a plain client, the way an outside auditor would."""
+"""Reading topics back with a plain client, the way an outside auditor would (`read_topic` is
+the contract suite's, connectors/testing.py: one reader for both)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
-
-from kafka import KafkaConsumer, TopicPartition
-
+from connectors.testing import read_topic
 from simpul.topology.model import Topology
-
-
-def read_topic(bootstrap: str, topic: str, idle_ms: int = 2000) -> Iterator[Any]:
-    """Every record of `topic` from the beginning, up to the end offsets taken at the start
-    (or until nothing arrives for `idle_ms`)."""
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap.split(","),
-        consumer_timeout_ms=idle_ms,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        max_poll_records=5000,
-    )
-    parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
-    consumer.assign(parts)
-    consumer.seek_to_beginning(*parts)
-    ends = consumer.end_offsets(parts)
-    try:
-        for tp in parts:
-            if consumer.position(tp) >= ends[tp]:
-                consumer.pause(tp)
-        while len(consumer.paused()) < len(parts):
-            batch = consumer.poll(timeout_ms=idle_ms)
-            if not batch:
-                return
-            for tp, records in batch.items():
-                for record in records:
-                    if record.offset < ends[tp]:
-                        yield record
-                if consumer.position(tp) >= ends[tp]:
-                    consumer.pause(tp)
-    finally:
-        consumer.close()
 
 
 def dead_letter_origins(bootstrap: str, topology: Topology) -> dict[tuple[str, str, str], dict]:
@@ -68,3 +33,6 @@ def ce_ids_on(bootstrap: str, topics: list[str]) -> set[str]:
         for topic in topics
         for message in read_topic(bootstrap, topic)
     }
+
+
+__all__ = ["ce_ids_on", "dead_letter_origins", "read_topic"]

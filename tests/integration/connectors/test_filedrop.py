@@ -13,9 +13,10 @@ from typing import Any
 import pytest
 
 from connectors.base import record_ce_id
+from connectors.testing import start_runtime
 from simpul.cli.services.broker import Broker
 from simpul.envelope import header
-from tests.connector_cases import LETTER_COLUMNS, LetterFiles, start_runtime
+from tests.support.connector_cases import LETTER_COLUMNS, LetterFiles
 from tests.support.processes import wait_until
 from tests.support.stack import Stack, make_stack
 from tests.support.topics import read_topic

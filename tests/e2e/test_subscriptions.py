@@ -93,7 +93,7 @@ class Endpoints:
                     endpoints.hits.append(
                         Hit(self.path, time.time(), dict(self.headers), body, status)
                     )
-                if delay:
+                if delay:  # a slow endpoint is the behaviour under test (the timeout)
                     time.sleep(delay)
                 try:
                     self.send_response(status)
@@ -387,6 +387,7 @@ def test_webhooks_retry_honour_retry_after_and_dead_letter(
     assert len(letters) == 1
     assert letters[0][2]["ce_id"] == published.ids["pindah"]
     assert letters[0][2]["simpul_dlq_reason"] == "HTTP 500 after 4 attempts"
+    # A fixed pause is the point: no fifth attempt may arrive in 1.5 s (past the back-off).
     time.sleep(1.5)
     assert len(endpoints.on("/mamboro")) == 4  # no fifth attempt
 
@@ -492,6 +493,7 @@ def test_restarted_deliverer_resumes_after_the_finished_messages(
     process = _start_deliverer(stack, port)
     try:
         process.wait_ready(lambda: _health(port).get("assigned_partitions", 0) > 0, "partitions")
+        # A fixed pause is the point: nothing may be delivered again in 2 s after the restart.
         time.sleep(2)
         assert len(endpoints.hits) == before  # every finished message's offset was committed
         data = PaluData(stack.topology, seed=100)

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from connectors.testing import start_runtime
 from simpul.cli.services.broker import Broker
-from tests.connector_cases import PEGAWAI_MAPPING, PegawaiSource, start_runtime
+from tests.support.connector_cases import PEGAWAI_MAPPING, PegawaiSource
 from tests.support.processes import wait_until
 from tests.support.stack import make_stack
 

@@ -2,7 +2,7 @@
 
 Each target of tests/fuzz/targets.py runs for a few seconds in its own process; a crash fails
 the test with the input libFuzzer saved. `make fuzz` runs the same targets for longer. Every
-crash found becomes a named test in tests/test_robustness.py.
+crash found becomes a named test in tests/unit/streams/ingest/test_robustness.py.
 """
 
 from __future__ import annotations

@@ -122,7 +122,8 @@ def settle(stack: Stack, expect: Expectation, bootstrap: str, timeout: float = 2
         f"{len(expect.valid_ids)} valid events stored",
         every=1,
     )
-    time.sleep(2)  # anything still in flight would show up as an extra row now
+    # A fixed pause is the point: anything still in flight would show up as an extra row now.
+    time.sleep(2)
     assert_store_matches(stack.settings.database_url, expect)
     with contextlib.suppress(AssertionError):  # the check below says what differs
         wait_until(lambda: _topics_ok(bootstrap, stack, expect), 60, "the topics", every=3)
@@ -191,7 +192,7 @@ def test_broker_killed_and_restarted_loses_nothing_acknowledged(
     acked_before_kill = len(tally.acked)
     kafka.kill()  # SIGKILL: no controlled shutdown, the log is recovered on start
     down_at = time.monotonic()
-    time.sleep(3)  # the publisher and the worker meet a dead broker
+    time.sleep(3)  # the outage itself: the publisher and the worker meet a dead broker
     kafka.start()
     outage_s = time.monotonic() - down_at
     publisher.join(300)
@@ -281,7 +282,7 @@ class IngressLoad:
             with httpx.Client(timeout=60) as client:
                 while not self.stop_event.is_set():
                     self._post_one(client)
-                    time.sleep(0.05)
+                    time.sleep(0.05)  # an agency's pace, not a wait
         except BaseException as error:  # reported by finish(), not lost with the thread
             self.error = error
 
@@ -304,7 +305,7 @@ class IngressLoad:
                     return
             except httpx.HTTPError as error:
                 self.statuses[type(error).__name__] += 1
-            time.sleep(0.5)
+            time.sleep(0.5)  # the client's back-off before it sends again
         raise AssertionError(f"the ingress never accepted {ce_id}: {self.statuses}")
 
     def start(self) -> None:

@@ -77,7 +77,9 @@ def test_registry_killed_mid_stream_does_not_stop_it(stack: Stack, tmp_path: Pat
     stack.stop_registry(signal.SIGKILL)
     with pytest.raises(RegistryUnavailable):
         make_resolver(settings).store.latest("simpul.in.permit.issued-value")
-    time.sleep(settings.registry_cache_ttl_s)  # the publisher's cached latest has expired now
+    # Waiting out the cache's time to live is the point: the publisher's cached latest schema
+    # has expired now, so the next publish must get by without the registry.
+    time.sleep(settings.registry_cache_ttl_s)
     during = publish(publisher, 20)
     wait_until(lambda: all_stored(stack, during), 60, "events during the outage stored")
 

@@ -74,7 +74,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
     kills = 0
     stack.start_worker()
     while kills < 6 or publisher.is_alive():
-        time.sleep(rng.uniform(0.3, 2.5))
+        time.sleep(rng.uniform(0.3, 2.5))  # the point: a random pause between kills
         assert stack.worker is not None
         stack.worker.send_signal(signal.SIGKILL)
         stack.worker.wait(10)
@@ -85,14 +85,15 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
             stack.start_worker()
         else:
             stack.start_worker(wait=False)
-            time.sleep(0.5)
+            time.sleep(0.5)  # the point: killed before it joined the group
     publisher.join()
     if stack.worker is None or stack.worker.poll() is not None:
         stack.start_worker()
     wait_until(
         lambda: _stored(stack) >= len(expect.valid_ids), 300, "all valid events stored", every=1
     )
-    time.sleep(2)  # anything still in flight would show up as an extra row now
+    # A fixed pause is the point: anything still in flight would show up as an extra row now.
+    time.sleep(2)
     assert kills >= 6
     assert_store_matches(stack, expect)
     print(
@@ -133,7 +134,7 @@ def test_database_outage_is_waited_out_without_loss(own_broker: Broker, tmp_path
         def steady() -> None:  # 100 events every 0.75 s for 45 s
             for chunk in chunks:
                 publish_plan(chunk, catalog, stack.settings)
-                time.sleep(0.75)
+                time.sleep(0.75)  # a steady agency's pace, not a wait
 
         publisher = threading.Thread(target=steady)
         publisher.start()
@@ -147,6 +148,7 @@ def test_database_outage_is_waited_out_without_loss(own_broker: Broker, tmp_path
         )
         assert health["status"] == "degraded"
         assert metric(stack, "simpul_store_up") == 0
+        # The point: the outage lasts 30 s, past the store retry's longest back-off.
         time.sleep(max(0.0, 30 - (time.monotonic() - down_at)))
         assert metric(stack, "simpul_store_errors_total", kind="transient") > 0
         rss_mb = _rss_mb(stack.worker.pid)  # type: ignore[union-attr]

@@ -1,5 +1,6 @@
-"""Connector cases for the contract suite: one per kind (and backend). A new kind is tested by
-adding one factory here and its name to `CASES`.
+"""Simpul's own connector kinds as cases of the contract suite (connectors/testing.py): one
+factory per kind (and backend); tests/integration/connectors/test_contract.py runs them. A new
+kind is tested by adding one factory here and its name to `CASES` there.
 
 A case knows how to add valid records to its source, how to add a bad one, and where the bad
 one must show up (the dead-letter topic, or the kind's rejects file).
@@ -14,8 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,59 +31,13 @@ from sqlalchemy import (
     select,
 )
 
-from connectors.base import ConnectorContext, resolve_all
-from connectors.runtime import ConnectRuntime
+from connectors.testing import Case, dead_lettered_by
 from simpul.cli.simulate import PaluData
 from simpul.db import dumps, make_engine
-from simpul.envelope import header
-from simpul.topology.connectors import ConnectorSpec, check_connectors
+from tests.support.paths import REPO_ROOT
 
-EXAMPLE_PACKAGE = Path(__file__).parent / "example_connector"
+EXAMPLE_PACKAGE = REPO_ROOT / "tests" / "example_connector"
 _serial = itertools.count(1)
-
-
-@dataclass
-class Case:
-    name: str
-    event_type: str
-    declaration: dict[str, Any]
-    add_valid: Callable[[int], list[str]]  # returns the business keys of the added records
-    add_bad: Callable[[], None]
-    bad_reported: Callable[[str], bool]  # given the broker bootstrap
-    cleanup: list[Callable[[], None]] = field(default_factory=list)
-
-
-def start_runtime(stack: Any, declaration: dict[str, Any]) -> ConnectRuntime:
-    spec = ConnectorSpec.model_validate(declaration)
-    assert not check_connectors(stack.topology, [spec], "connectors")
-    settings = stack.settings.model_copy(update={"connect_poll_interval_s": 0.2})
-    context = ConnectorContext(settings, make_engine(settings.database_url))
-    runtime = ConnectRuntime([spec], resolve_all([spec]), context, stack.catalog())
-    runtime.start()
-    return runtime
-
-
-def stored_keys(stack: Any, event_type: str, keys: list[str]) -> set[str]:
-    from sqlalchemy import text
-
-    engine = make_engine(stack.settings.database_url)
-    with engine.connect() as conn:
-        rows = conn.execute(
-            text("select key from event_log where type = :t"), {"t": event_type}
-        ).scalars()
-        found = set(rows) & set(keys)
-    engine.dispose()
-    return found
-
-
-def dead_lettered_by(bootstrap: str, topic: str, connector: str) -> list[Any]:
-    from tests.support.topics import read_topic
-
-    return [
-        m
-        for m in read_topic(bootstrap, topic, idle_ms=1500)
-        if header(m.headers, "simpul_dlq_connector") == connector
-    ]
 
 
 # -- database sources ---------------------------------------------------------------------------

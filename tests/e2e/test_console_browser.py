@@ -30,7 +30,7 @@ from simpul.publisher import Publisher
 from simpul.registry.store import SchemaStore
 from sinks.audit import receipts_for
 from sinks.dead_letters import dead_letters
-from tests.connector_cases import LETTER_COLUMNS, LetterFiles
+from tests.support.connector_cases import LETTER_COLUMNS, LetterFiles
 from tests.support.paths import REPO_ROOT
 from tests.support.processes import SimpulProcess, wait_until
 from tests.support.signing import auth

@@ -19,9 +19,10 @@ import yaml
 from sqlalchemy import MetaData, update
 
 from connectors.state import OffsetStore
+from connectors.testing import stored_keys
 from simpul.cli.services.broker import free_port
 from simpul.db import make_engine
-from tests.connector_cases import PEGAWAI_MAPPING, PegawaiSource, _pegawai, stored_keys
+from tests.support.connector_cases import PEGAWAI_MAPPING, PegawaiSource, _pegawai
 from tests.support.postgres import create_pg_database, drop_pg_database
 from tests.support.processes import SimpulProcess, wait_until
 from tests.support.signing import auth
@@ -175,7 +176,7 @@ def test_rest_api_and_cli_list_pause_resume_restart(
     )
     read_before = connect.status("simpeg-pegawai")["metrics"]["records_read"]
     paused_nips = main.add(5)
-    time.sleep(1.5)
+    time.sleep(1.5)  # the point: a paused task reads nothing in 1.5 s (several 0.2 s polls)
     assert connect.status("simpeg-pegawai")["metrics"]["records_read"] == read_before
     assert connect.cli("resume", "simpeg-pegawai").returncode == 0
     wait_until(

@@ -233,7 +233,7 @@ def test_dead_letter_of_a_message_near_the_size_limit_is_cut_to_fit() -> None:
 
 
 def test_registry_refuses_a_deeply_nested_schema_with_a_reason() -> None:
-    # Found by tests/test_fuzz_properties.py: RecursionError out of json.loads, a 500.
+    # Found by tests/unit/test_fuzz_properties.py: RecursionError out of json.loads, a 500.
     from simpul.registry import compatibility
 
     with pytest.raises(compatibility.InvalidSchema, match="nested deeper than 32"):
@@ -248,7 +248,7 @@ def test_registry_refuses_a_schema_the_workers_codec_cannot_use() -> None:
 
 
 def test_file_drop_line_nested_too_deep_is_a_rejected_row() -> None:
-    # Found by tests/test_fuzz_properties.py: RecursionError out of the JSON Lines parser.
+    # Found by tests/unit/test_fuzz_properties.py: RecursionError out of the JSON Lines parser.
     import io
 
     from connectors.kinds.filedrop import read_rows
@@ -284,8 +284,9 @@ def test_nul_in_a_header_or_a_payload_field_is_a_dead_letter(catalog: EventCatal
 
 
 def test_http_source_answer_to_a_client_that_gave_up_is_dropped() -> None:
-    # Found by tests/test_memory_bounds.py: set_result on the future a timed-out request had
-    # cancelled raised InvalidStateError out of the connector's commit (and its stop).
+    # Found by tests/unit/connectors/ingress/test_memory_bounds.py: set_result on the future
+    # a timed-out request had cancelled raised InvalidStateError out of the connector's commit
+    # (and its stop).
     from connectors.kinds.http import _Pending
 
     pending = _Pending([])
