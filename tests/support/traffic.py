@@ -111,8 +111,10 @@ def publish_plan(
     plan: list[Planned],
     catalog: EventCatalog,
     bootstrap_settings: Any,
+    pool: PublisherPool | None = None,
 ) -> None:
-    publisher = PublisherPool(bootstrap_settings, catalog, linger_ms=20)
+    """Publish `plan` in order; through `pool` if given (left open), else a pool of its own."""
+    publisher = pool or PublisherPool(bootstrap_settings, catalog, linger_ms=20)
     for item in plan:
         if item.kind in ("valid", "duplicate"):
             publisher(item.agency).publish(
@@ -120,7 +122,8 @@ def publish_plan(
             )
         else:
             send_invalid(publisher, catalog, item)
-    publisher.close()
+    if pool is None:
+        publisher.close()
 
 
 def send_invalid(publisher: Any, catalog: EventCatalog, item: Planned) -> Any:
