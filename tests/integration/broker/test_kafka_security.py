@@ -124,7 +124,10 @@ def agency_settings(secured: Secured, code: str) -> Settings:
 def test_an_unauthenticated_client_is_refused(secured: Secured) -> None:
     with pytest.raises(KafkaError):
         producer = KafkaProducer(
-            bootstrap_servers=secured.cluster.bootstrap, max_block_ms=5000, request_timeout_ms=3000
+            bootstrap_servers=secured.cluster.bootstrap,
+            max_block_ms=5000,
+            request_timeout_ms=3000,
+            bootstrap_timeout_ms=5000,  # refused at bootstrap: kafka-python's default waits 30 s
         )
         producer.send("simpul.in.permit.issued", b"forged").get(5)
 
@@ -134,6 +137,7 @@ def test_a_wrong_password_is_refused(secured: Secured) -> None:
         producer = KafkaProducer(
             bootstrap_servers=secured.cluster.bootstrap,
             max_block_ms=5000,
+            bootstrap_timeout_ms=5000,  # refused at bootstrap: kafka-python's default waits 30 s
             **sasl("agency-dpmptsp", "not-the-password"),
         )
         producer.send("simpul.in.permit.issued", b"forged").get(5)
