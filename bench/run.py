@@ -58,7 +58,7 @@ from simpul import dbmigrate  # noqa: E402
 from simpul.cli.services.broker import free_port  # noqa: E402
 from simpul.db import make_engine  # noqa: E402
 from simpul.envelope import Envelope  # noqa: E402
-from tests.helpers import auth, install_test_keys, sign  # noqa: E402
+from tests.support.signing import auth, install_test_keys, sign  # noqa: E402
 
 install_test_keys(ROOT / "topology" / "palu.yaml")  # signing keys; the workers inherit them
 from simpul.citydata import WEIGHTS, PaluData  # noqa: E402
@@ -66,7 +66,7 @@ from simpul.registry.resolver import SchemaResolver  # noqa: E402
 from simpul.registry.store import SchemaStore, register_all  # noqa: E402
 from simpul.topics import apply_topics  # noqa: E402
 from simpul.topology.model import load_topology  # noqa: E402
-from tests.helpers import install_test_keys  # noqa: E402
+from tests.support.signing import install_test_keys  # noqa: E402
 
 install_test_keys(ROOT / "topology" / "palu.yaml")  # signing keys; the workers inherit them
 
@@ -104,7 +104,7 @@ def broker(engine: str) -> Iterator[str]:
         return
     if engine == "kafka":
         from simpul.cli.services.kafka import KafkaCluster
-        from tests.conftest import warm_up  # one place: creates __consumer_offsets
+        from tests.support.brokers import warm_up  # one place: creates __consumer_offsets
 
         cluster = KafkaCluster(
             WORK / f"kafka-{uuid.uuid4().hex[:4]}",

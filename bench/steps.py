@@ -37,7 +37,7 @@ from simpul.signing import KeyRing  # noqa: E402
 from simpul.topology.model import load_topology  # noqa: E402
 from sinks.central_store import CentralStore  # noqa: E402
 from streams.ingest.pipeline import DedupWindow, RawRecord, process_batch  # noqa: E402
-from tests.helpers import install_test_keys, sign  # noqa: E402
+from tests.support.signing import install_test_keys, sign  # noqa: E402
 
 install_test_keys(ROOT / "topology" / "palu.yaml")
 

@@ -227,7 +227,7 @@ class DedupWindow:
     """
 
     #: Measured cost of one remembered id (digest object and set slot), with headroom;
-    #: tests/test_robustness.py checks it with tracemalloc.
+    #: tests/unit/streams/ingest/test_robustness.py checks it with tracemalloc.
     ENTRY_BYTES = 128
 
     def __init__(self, capacity: int) -> None:

@@ -7,7 +7,7 @@ check), ``filedrop`` (the file-drop parser), ``mapping`` (connector row mapping 
 check), ``schema`` (the registry's schema parsing), ``json`` (the bounded JSON loader). A
 target crashes only on an exception its entry point does not promise; libFuzzer then writes
 the input to ``crash-*`` (see -artifact_prefix) and exits non-zero. ``make fuzz`` runs each
-for a minute; tests/test_fuzz_atheris.py runs each for a few seconds in ``make test``.
+for a minute; tests/unit/test_fuzz_atheris.py runs each for a few seconds in ``make test``.
 """
 
 from __future__ import annotations
