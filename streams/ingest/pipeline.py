@@ -22,20 +22,9 @@ from simpul.identifiers import mask_identifiers
 from simpul.signing import Attestation, KeyRing, verify_many
 from simpul.topology.model import EventType
 from sinks.central_store import TRANSIENT_ERRORS, StoredEvent
+from streams.runtime.records import RawRecord
 
-
-# Not frozen: a frozen dataclass's __init__ costs 4x (made per event on the hot path).
-@dataclass(slots=True)
-class RawRecord:
-    """A Kafka record as consumed, with its position so a dead letter can point back."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: Headers
-    timestamp: float | None = None  # seconds since the epoch (producer CreateTime)
+__all__ = ["RawRecord"]  # re-exported: the pipeline's input
 
 
 # Not frozen: a frozen dataclass's __init__ costs 4x (made per event on the hot path).

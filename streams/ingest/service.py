@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import random
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -28,7 +27,7 @@ from mode import Service
 
 from simpul import metrics
 from simpul.catalog import EventCatalog
-from simpul.envelope import MAX_ID_LENGTH, header, without_simpul_headers
+from simpul.envelope import MAX_ID_LENGTH, header
 from simpul.errors import InvalidMessage
 from simpul.registry.client import RegistryUnavailable
 from simpul.settings import Settings
@@ -53,6 +52,7 @@ from streams.ingest.pipeline import (
     validate_batch,
 )
 from streams.runtime.batching import Batch, BatchService, Outgoing
+from streams.runtime.retry import RetryPolicy
 
 log = logging.getLogger("simpul.ingest")
 T = TypeVar("T")
@@ -123,6 +123,7 @@ class IngestService(BatchService):
             pause=settings.dlq_limit_pause,
         )
         self._resume_requests: set[str] = set()
+        self.outage = RetryPolicy(0.5, settings.store_retry_max_s)
 
     def dedup_for(self, topic: str) -> DedupWindow:
         return self.dedup[topic]
@@ -144,7 +145,7 @@ class IngestService(BatchService):
             )
             log.info("fan-out from ingest: %d routes", len(self.fanout.plan.routes))
 
-    def on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+    async def on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         for tp in revoked:
             self.dedup_for(tp.topic).forget([tp.partition])
 
@@ -156,19 +157,8 @@ class IngestService(BatchService):
         by_topic: dict[str, list[RawRecord]] = defaultdict(list)
         for tp, messages in batch.items():
             records = by_topic[tp.topic]
-            for m in messages:
-                records.append(
-                    RawRecord(
-                        tp.topic,
-                        tp.partition,
-                        m.offset,
-                        m.key,
-                        m.value,
-                        # simpul_* headers are Simpul's: a producer's are dropped here.
-                        without_simpul_headers(m.headers or ()),
-                        m.timestamp / 1000 if m.timestamp else None,
-                    )
-                )
+            # simpul_* headers are Simpul's: a producer's are dropped here.
+            records.extend(RawRecord.from_message(tp, m) for m in messages)
         validated = await self._retrying(self._validate_all, by_topic)
         held = self._apply_dlq_limit(batch, by_topic, validated)
         if held:
@@ -372,36 +362,31 @@ class IngestService(BatchService):
     async def _retrying(self, work: Callable[..., T], *args: Any) -> T:
         """Run blocking store work in a thread; while the store is unreachable, back off and
         retry for as long as it takes (valid events are never dead-lettered for an outage)."""
-        delay = 0.5
-        while True:
-            try:
-                result = await asyncio.to_thread(work, *args)
-            except TRANSIENT_ERRORS as error:
-                metrics.STORE_ERRORS.labels("transient").inc()
-                metrics.STORE_UP.set(0)
-                if self.health.store_up:
-                    self.health.store_down_since = time.time()
-                self.health.store_up = False
-                self.health.store_error = str(getattr(error, "orig", error)).splitlines()[0]
-                log.warning(
-                    "central store unavailable (%s); retrying in %.1fs",
-                    self.health.store_error,
-                    delay,
-                )
-                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-                delay = min(delay * 2, self.settings.store_retry_max_s)
-                continue
-            except RegistryUnavailable as error:
-                # Only ids never seen before need the registry; known ones come from the cache.
-                metrics.REGISTRY_UNAVAILABLE.inc()
-                log.warning("%s; retrying the batch in %.1fs", error, delay)
-                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-                delay = min(delay * 2, self.settings.store_retry_max_s)
-                continue
-            metrics.STORE_UP.set(1)
-            self.health.store_up, self.health.store_error = True, None
-            self.health.store_down_since = None
-            return result
+        result = await self.outage.until_done(
+            lambda: asyncio.to_thread(work, *args),
+            (*TRANSIENT_ERRORS, RegistryUnavailable),
+            self._unavailable,
+        )
+        metrics.STORE_UP.set(1)
+        self.health.store_up, self.health.store_error = True, None
+        self.health.store_down_since = None
+        return result
+
+    def _unavailable(self, error: BaseException, wait: float) -> None:
+        if isinstance(error, RegistryUnavailable):
+            # Only ids never seen before need the registry; known ones come from the cache.
+            metrics.REGISTRY_UNAVAILABLE.inc()
+            log.warning("%s; retrying the batch in %.1fs", error, wait)
+            return
+        metrics.STORE_ERRORS.labels("transient").inc()
+        metrics.STORE_UP.set(0)
+        if self.health.store_up:
+            self.health.store_down_since = time.time()
+        self.health.store_up = False
+        self.health.store_error = str(getattr(error, "orig", error)).splitlines()[0]
+        log.warning(
+            "central store unavailable (%s); retrying in %.1fs", self.health.store_error, wait
+        )
 
     def _observe(
         self,
