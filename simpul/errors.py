@@ -14,7 +14,7 @@ Stage = Literal[
     "authorize",
     "store",
     "join",
-    "deliver",
+    "webhook",
 ]
 
 

@@ -52,6 +52,7 @@ from sqlalchemy import (
 )
 
 from simpul.db import metadata
+from sinks.base import Buffered
 
 GENESIS = "0" * 64
 
@@ -200,8 +201,9 @@ def read_heads(path: Path, key: str) -> tuple[dict[str, dict[str, Any]], list[st
     return heads, forged
 
 
-class AuditLog:
-    """One writer's chain. `record` is blocking (run it in a thread) and thread-safe."""
+class AuditLog(Buffered["AuditEntry", None]):
+    """One writer's chain. `record` is blocking (run it in a thread) and thread-safe; as a
+    `Sink`, `flush` records the added entries."""
 
     def __init__(
         self,
@@ -211,6 +213,7 @@ class AuditLog:
         heads_file: Path | None = None,
         export_s: float = 10.0,
     ) -> None:
+        super().__init__()
         self.engine = engine
         self.key = key
         self._row_key = _derived(key, "row")  # once, not per row
@@ -231,6 +234,9 @@ class AuditLog:
         mac = self._hmac.copy()
         mac.update(identifier.strip().encode())
         return mac.hexdigest()
+
+    def _write(self, batch: Sequence[AuditEntry]) -> None:
+        self.record(batch)
 
     def record(self, entries: Sequence[AuditEntry]) -> None:
         if not entries:

@@ -16,6 +16,7 @@ finished.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import decimal
@@ -26,7 +27,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -126,10 +127,24 @@ class Attempt:
         return self.status is not None and not self.delivered and self.status not in RETRYABLE
 
 
+@dataclass(frozen=True, slots=True)
+class Post:
+    """One attempt to make: the body goes to ``url``, signed with ``secret`` at ``timestamp``."""
+
+    url: str
+    secret: bytes
+    body: bytes
+    attempt: int
+    timestamp: int
+
+
 class WebhookSink:
-    """An HTTP client for the webhook endpoints: `post` signs one body and sends it once."""
+    """An HTTP client for the webhook endpoints. As a `sinks.base.Sink`: `add` a `Post`,
+    await `flush` for each one's `Attempt` (sent concurrently, each once); `post` is the two
+    for one attempt. A failed POST is a value, never an exception."""
 
     def __init__(self, timeout_s: float, max_connections: int) -> None:
+        self._buffer: list[Post] = []
         self.timeout_s = timeout_s
         self.client = httpx.AsyncClient(
             timeout=timeout_s,
@@ -137,9 +152,33 @@ class WebhookSink:
             headers={"User-Agent": "Simpul-Webhook/1"},
         )
 
+    def add(self, item: Post) -> None:
+        self._buffer.append(item)
+
+    def flush(self) -> Awaitable[list[Attempt]]:
+        batch, self._buffer = self._buffer, []
+
+        async def send_all() -> list[Attempt]:
+            return list(await asyncio.gather(*(self._send(p) for p in batch)))
+
+        return send_all()
+
     async def post(
         self, url: str, secret: bytes, body: bytes, attempt: int, timestamp: int
     ) -> Attempt:
+        """One POST now (`add` and `flush` of one)."""
+        self.add(Post(url, secret, body, attempt, timestamp))
+        (result,) = await self.flush()
+        return result
+
+    async def _send(self, post: Post) -> Attempt:
+        url, secret, body, attempt, timestamp = (
+            post.url,
+            post.secret,
+            post.body,
+            post.attempt,
+            post.timestamp,
+        )
         try:
             response = await self.client.post(
                 url,

@@ -28,6 +28,7 @@ from mode import Service
 
 from simpul import metrics
 from simpul.codec import unframe
+from simpul.deadletter import dead_letter_headers
 from simpul.envelope import header
 from simpul.errors import InvalidMessage
 from simpul.registry.store import SchemaResolver
@@ -38,7 +39,6 @@ from sinks.audit import AuditEntry, AuditLog, inbox_subjects
 from sinks.central_store import TRANSIENT_ERRORS
 from sinks.dead_letters import DeadLetterLog, DeadLetterRow
 from sinks.webhook import WebhookSink, to_cloudevent, webhook_secrets
-from streams.ingest.pipeline import dead_letter_headers
 from streams.runtime.batching import Batch, BatchService
 from streams.runtime.host import ProcessHost
 from streams.runtime.records import RawRecord
@@ -284,7 +284,9 @@ class WebhookDeliverer(BatchService):
         record = job.record
         topic = webhook_dlq_topic(job.subscription.agency)
         now = dt.datetime.now(dt.UTC)
-        headers = dead_letter_headers(record, "webhook", "webhook.failed", reason, now)
+        headers = dead_letter_headers(
+            record.headers, "webhook", "webhook.failed", reason, now, record.origin()
+        )
         log.warning("dead letter %s@%d to %s: %s", record.topic, record.offset, topic, reason)
 
         async def send() -> None:
@@ -312,10 +314,13 @@ class WebhookDeliverer(BatchService):
             ce_id=header(record.headers, "ce_id") or None,
             dead_lettered_at=now,
         )
-        try:  # the scorecard's count; the dead-letter topic above is the record of truth
-            await asyncio.to_thread(self.dead_letter_log.record, [letter])
+        # The scorecard's count; the dead-letter topic above is the record of truth. A row not
+        # written now stays in the sink's buffer and goes with the next dead letter's flush.
+        self.dead_letter_log.add(letter)
+        try:
+            await asyncio.to_thread(self.dead_letter_log.flush)
         except Exception as error:
-            log.warning("dead letter not recorded in the store's dead_letters: %s", error)
+            log.warning("dead letter not yet recorded in the store's dead_letters: %s", error)
 
     async def checkpoint(self) -> None:
         """Write the audit rows of finished messages, then commit what is finished.

@@ -27,6 +27,7 @@ from mode import Service
 
 from simpul import metrics
 from simpul.catalog import EventCatalog
+from simpul.deadletter import dead_letter_headers, fit_dead_letter
 from simpul.envelope import MAX_ID_LENGTH, header
 from simpul.errors import InvalidMessage
 from simpul.registry.client import RegistryUnavailable
@@ -40,14 +41,12 @@ from streams.fanout.service import FanoutBatch, InboxFanout, inbox_partitions
 from streams.ingest.dlq_limit import DlqLimit
 from streams.ingest.pipeline import (
     Accepted,
-    BatchOutcome,
+    CheckedBatch,
     DedupWindow,
+    Invalid,
     RawRecord,
-    Rejected,
     agency_label,
-    dead_letter_headers,
     drop_duplicates,
-    fit_dead_letter,
     forwardable_timestamp,
     validate_batch,
 )
@@ -166,7 +165,7 @@ class IngestService(BatchService):
             for topic in held:
                 del validated[topic]
         began = time.thread_time()
-        outcomes: list[tuple[EventType, list[RawRecord], BatchOutcome]] = [
+        outcomes: list[tuple[EventType, list[RawRecord], CheckedBatch]] = [
             (
                 self.types_by_topic[topic],
                 by_topic[topic],
@@ -213,7 +212,7 @@ class IngestService(BatchService):
         await self.send_all(outgoing + fanned.outgoing)
         metrics.STAGE_CPU.labels("produce").inc(time.thread_time() - send_began)
         audited = (
-            asyncio.ensure_future(self._retrying(self._audit, fanned.entries))
+            asyncio.ensure_future(self._audit(fanned.entries))
             if self.fanout is not None and fanned.entries
             else None
         )
@@ -223,7 +222,8 @@ class IngestService(BatchService):
             await self.send_all(rejects)
         if letters:
             # One statement per batch, and only for batches that had dead letters.
-            await self._retrying(self.dead_letter_log.record, letters)
+            self.dead_letter_log.add_all(letters)
+            await self._retrying(self.dead_letter_log.flush)
         if audited is not None:
             await audited
         await self.commit(batch)
@@ -236,7 +236,7 @@ class IngestService(BatchService):
         self,
         batch: Batch,
         by_topic: dict[str, list[RawRecord]],
-        validated: dict[str, tuple[list[Accepted], list[Rejected]]],
+        validated: dict[str, tuple[list[Accepted], list[Invalid]]],
     ) -> set[str]:
         """Count each type's dead letters against the limit; the topics to hold back (their
         partitions rewound to this batch and paused) when the limit pauses them."""
@@ -287,7 +287,7 @@ class IngestService(BatchService):
 
     def _store_rejects(
         self,
-        outcomes: Sequence[tuple[EventType, list[RawRecord], BatchOutcome]],
+        outcomes: Sequence[tuple[EventType, list[RawRecord], CheckedBatch]],
         result: WriteResult,
         now: dt.datetime,
         rows: list[DeadLetterRow],
@@ -298,12 +298,12 @@ class IngestService(BatchService):
         letters = []
         for event, reason in result.rejected:
             event_type, record = where[event.ce_id]
-            rejected = Rejected(record, InvalidMessage("store", "store.row", reason))
+            rejected = Invalid(record, InvalidMessage("store", "store.row", reason))
             letters.append(self._dead_letter(event_type, rejected, now))
             rows.append(_letter_row(event_type, rejected, now))
         return letters
 
-    def _dead_letter(self, event_type: EventType, rejected: Rejected, now: dt.datetime) -> Outgoing:
+    def _dead_letter(self, event_type: EventType, rejected: Invalid, now: dt.datetime) -> Outgoing:
         error, record = rejected.error, rejected.record
         metrics.EVENTS_DEAD_LETTERED.labels(
             event_type.name, rejected.agency, error.stage, error.code
@@ -314,7 +314,9 @@ class IngestService(BatchService):
         key, value, headers = fit_dead_letter(
             record.key,
             record.value,
-            dead_letter_headers(record, error.stage, error.code, error.reason, now),
+            dead_letter_headers(
+                record.headers, error.stage, error.code, error.reason, now, record.origin()
+            ),
         )
         return Outgoing(
             event_type.topic("dlq"),
@@ -327,7 +329,7 @@ class IngestService(BatchService):
 
     def _validate_all(
         self, by_topic: dict[str, list[RawRecord]]
-    ) -> dict[str, tuple[list[Accepted], list[Rejected]]]:
+    ) -> dict[str, tuple[list[Accepted], list[Invalid]]]:
         began = time.thread_time()
         validated = {
             topic: validate_batch(records, self.types_by_topic[topic], self.catalog, self.keyring)
@@ -336,15 +338,20 @@ class IngestService(BatchService):
         metrics.STAGE_CPU.labels("validate").inc(time.thread_time() - began)
         return validated
 
-    def _audit(self, entries: list[AuditEntry]) -> None:
+    async def _audit(self, entries: list[AuditEntry]) -> None:
+        assert self.fanout is not None
+        self.fanout.audit.add_all(entries)
+        await self._retrying(self._audit_flush)
+
+    def _audit_flush(self) -> None:
         assert self.fanout is not None
         began = time.thread_time()
-        self.fanout.audit.record(entries)
+        self.fanout.audit.flush()
         metrics.STAGE_CPU.labels("audit").inc(time.thread_time() - began)
 
-    def _store_write(self, stored: list[StoredEvent]) -> WriteResult:
+    def _store_flush(self) -> WriteResult:
         began = time.thread_time()
-        result = self.store.write_isolating_bad_rows(stored)
+        result = self.store.flush()
         metrics.STAGE_CPU.labels("store").inc(time.thread_time() - began)
         return result
 
@@ -352,7 +359,8 @@ class IngestService(BatchService):
         if not stored:
             return WriteResult()
         started = time.perf_counter()
-        result = await self._retrying(self._store_write, stored)
+        self.store.add_all(stored)
+        result = await self._retrying(self._store_flush)
         metrics.STORE_BATCH_DURATION.observe(time.perf_counter() - started)
         metrics.STORE_BATCH_SIZE.observe(len(stored))
         if result.rejected:
@@ -392,7 +400,7 @@ class IngestService(BatchService):
         self,
         event_type: EventType,
         records: Sequence[RawRecord],
-        outcome: BatchOutcome,
+        outcome: CheckedBatch,
         result: WriteResult,
     ) -> None:
         name = event_type.name
@@ -430,7 +438,7 @@ class IngestService(BatchService):
                 )
 
 
-def _letter_row(event_type: EventType, rejected: Rejected, now: dt.datetime) -> DeadLetterRow:
+def _letter_row(event_type: EventType, rejected: Invalid, now: dt.datetime) -> DeadLetterRow:
     record, error = rejected.record, rejected.error
     return DeadLetterRow(
         topic=record.topic,

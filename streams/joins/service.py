@@ -40,13 +40,14 @@ from simpul import metrics
 from simpul.catalog import EventCatalog
 from simpul.codec import unframe
 from simpul.db import make_engine
+from simpul.deadletter import dead_letter_headers
 from simpul.envelope import Envelope, Headers, header
 from simpul.errors import InvalidMessage
 from simpul.settings import Settings
 from simpul.signing import signer_for
 from simpul.topology.model import Topology
 from sinks.dead_letters import DeadLetterLog, DeadLetterRow
-from streams.ingest.pipeline import RawRecord, agency_label, dead_letter_headers
+from streams.ingest.pipeline import RawRecord, agency_label
 from streams.joins.state import Effects, JoinEvent, JoinLogic, JoinPartition, StateChange
 from streams.runtime.batching import Batch, BatchService
 from streams.runtime.host import ProcessHost
@@ -263,7 +264,9 @@ class JoinService(BatchService):
         log.info("dead letter %s %s: %s", left_type.name, left.envelope.id, reason)
         # The left type's own key, so a replay to simpul.in passes the key check.
         key = str(left.payload[left_type.key]).encode()
-        headers = dead_letter_headers(left.record, "join", code, reason, now)
+        headers = dead_letter_headers(
+            left.record.headers, "join", code, reason, now, left.record.origin()
+        )
         agency = self.topology.agency_for_source(left.envelope.source)
         letter = DeadLetterRow(
             topic=left.record.topic,
@@ -303,7 +306,8 @@ class JoinService(BatchService):
             await asyncio.gather(*futures)
         if letters := [s.letter for s in sends if s.letter is not None]:
             # After the broker has the dead letters, before the offsets are committed.
-            await asyncio.to_thread(self.dead_letter_log.record, letters)
+            self.dead_letter_log.add_all(letters)
+            await asyncio.to_thread(self.dead_letter_log.flush)
 
     # Partition ownership and state rebuild
 

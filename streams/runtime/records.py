@@ -7,6 +7,7 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
+from simpul.deadletter import Origin
 from simpul.envelope import Headers, without_simpul_headers
 
 
@@ -40,3 +41,7 @@ class RawRecord:
             list(raw) if trusted_headers else without_simpul_headers(raw),
             message.timestamp / 1000 if message.timestamp else None,
         )
+
+    def origin(self) -> Origin:
+        """Where it was read, for its dead letter."""
+        return Origin(self.topic, self.partition, self.offset)
