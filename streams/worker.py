@@ -23,10 +23,10 @@ from simpul.registry.client import make_resolver
 from simpul.registry.store import SchemaStore
 from simpul.settings import Settings
 from simpul.topology.model import Topology
-from simpul.topology.subscriptions import SubscriptionPlan
 from sinks.audit import AuditLog
 from sinks.central_store import CentralStore
 from sinks.reports.scorecard import build_scorecard, export_gauges, render_html
+from streams.fanout.plan import SubscriptionPlan
 from streams.fanout.service import InboxFanout
 from streams.ingest.service import Health, IngestService
 from streams.runtime.host import ProcessHost

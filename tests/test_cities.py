@@ -20,7 +20,7 @@ from simpul.envelope import Envelope
 from simpul.registry.store import SchemaResolver, SchemaStore, register_all
 from simpul.topology.connectors import located_connectors
 from simpul.topology.model import Topology, load_topology
-from simpul.topology.subscriptions import SubscriptionPlan
+from streams.fanout.plan import SubscriptionPlan
 from streams.ingest.pipeline import RawRecord, validate_record
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,7 +15,6 @@ import pytest
 
 from simpul.codec import AvroSchema, unframe
 from simpul.topology.model import load_topology, parse_topology
-from simpul.topology.subscriptions import SubscriptionPlan
 from sinks.webhook import (
     WebhookConfigError,
     retry_after,
@@ -23,6 +22,7 @@ from sinks.webhook import (
     to_cloudevent,
     webhook_secrets,
 )
+from streams.fanout.plan import SubscriptionPlan
 from streams.fanout.service import fan_out
 from streams.runtime.retry import RetryPolicy
 

@@ -14,9 +14,9 @@ def deliver(host: HostOption = None, port: PortOption = None) -> None:
     """POST agency inbox messages to their webhooks (signed, retried, dead-lettered);
     /metrics and /health on SIMPUL_DELIVER_WEB_PORT."""
     from simpul.cli.main import _settings, _topology
-    from simpul.topology.subscriptions import SubscriptionError, SubscriptionPlan
     from sinks.webhook import WebhookConfigError
     from streams.deliver.service import run_deliverer
+    from streams.fanout.plan import SubscriptionError, SubscriptionPlan
 
     settings = listening(_settings(), "deliver_web_port", host, port)
     topology = _topology(settings)

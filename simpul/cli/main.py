@@ -267,7 +267,7 @@ def topology_check(
     except TopologyError as error:
         err.print(f"[red]{error}[/red]")
         raise typer.Exit(2) from None
-    from simpul.topology.subscriptions import SubscriptionError, SubscriptionPlan
+    from streams.fanout.plan import SubscriptionError, SubscriptionPlan
 
     try:
         SubscriptionPlan.build(topology, _settings().schemas_dir)
@@ -322,7 +322,7 @@ def init(
 def worker(host: HostOption = None, port: PortOption = None) -> None:
     """Run the stream worker: authenticate, validate, dedup, store, forward; /health, /status
     and /metrics on SIMPUL_WORKER_WEB_PORT (Bearer token, see README Security)."""
-    from simpul.topology.subscriptions import SubscriptionError, SubscriptionPlan
+    from streams.fanout.plan import SubscriptionError, SubscriptionPlan
     from streams.worker import run_worker
 
     settings = listening(_settings(), "worker_web_port", host, port)

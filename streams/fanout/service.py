@@ -29,8 +29,9 @@ from simpul.codec import AvroSchema
 from simpul.envelope import header, without_simpul_headers
 from simpul.registry.store import SchemaStore
 from simpul.signing import KEYID_HEADER, SIGNATURE_HEADER
-from simpul.topology.subscriptions import Route, SubscriptionPlan, out_key, project
+from simpul.topology.subscriptions import project
 from sinks.audit import AuditEntry, AuditLog
+from streams.fanout.plan import Route, SubscriptionPlan, out_key
 from streams.runtime.batching import Outgoing
 
 log = logging.getLogger("simpul.fanout")
