@@ -206,8 +206,8 @@ def _is_string(avro_type: Any) -> bool:
     if isinstance(avro_type, list):
         return all(t in {"null", "string"} for t in avro_type) and "string" in avro_type
     if isinstance(avro_type, dict):
-        return avro_type.get("type") == "string"
-    return avro_type == "string"
+        return bool(avro_type.get("type") == "string")
+    return bool(avro_type == "string")
 
 
 def out_key(route: Route, payload: Mapping[str, Any], key: bytes | None) -> bytes | None:

@@ -29,7 +29,7 @@ class ProcessHost:
     """One long-running process: its services, its pages and its run in the foreground."""
 
     def __init__(self, settings: Settings, name: str, port: int, health: HealthReport) -> None:
-        disable_created_metrics()
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus_client
         settings.data_dir.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
         self.settings = settings
         self.name = name

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 T = TypeVar("T")
+_RANDOM = random.Random()
 
 Jitter = Literal["full", "spread"]
 
@@ -29,11 +30,11 @@ class RetryPolicy:
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """The wait after failed attempt ``attempt`` (1 for the first)."""
-        planned = min(self.cap_s, self.base_s * 2 ** (attempt - 1))
-        draw = rng or random
+        planned = min(self.cap_s, self.base_s * 2.0 ** (attempt - 1))
+        uniform = (rng or _RANDOM).uniform
         if self.jitter == "full":
-            return draw.uniform(0, planned)
-        return planned * draw.uniform(0.8, 1.2)
+            return uniform(0, planned)
+        return planned * uniform(0.8, 1.2)
 
     def capped(self, wait: float) -> float:
         """A wait asked for from outside (an HTTP ``Retry-After``), held to the cap."""
