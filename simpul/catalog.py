@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from simpul.codec import AvroSchema
+from simpul.errors import Problem
 from simpul.registry.store import SchemaResolver
 from simpul.topology.model import Agency, EventType, Topology
 from simpul.validation import check_avro, check_identifiers, identifier_fields
@@ -45,7 +46,7 @@ class EventCatalog:
         if not problems:
             problems = check_identifiers(self.identifiers(schema), payload)
             if event_type.key not in payload:
-                problems.append(f"{event_type.key}: key field missing")
+                problems.append(Problem(event_type.key, "key field missing"))
         return problems
 
     def scope_problem(self, agency: Agency, payload: Mapping[str, Any]) -> str | None:

@@ -40,6 +40,22 @@ class InvalidMessage(Exception):
         return f"InvalidMessage({self.stage!r}, {self.code!r}, {self.reason!r})"
 
 
+class Problem(str):
+    """One problem with a payload: the sentence ``field: reason`` as text (it is logged,
+    joined and sent as it always was), with its ``field`` and ``reason`` kept apart, so no
+    caller splits the sentence to find the field."""
+
+    __slots__ = ("field", "reason")
+    field: str
+    reason: str
+
+    def __new__(cls, field: str, reason: str) -> Problem:
+        problem = super().__new__(cls, f"{field}: {reason}")
+        problem.field = field
+        problem.reason = reason
+        return problem
+
+
 class PayloadError(ValueError):
     """A payload refused before it left the agency: every problem as ``field: reason``."""
 

@@ -10,6 +10,7 @@ from fastavro.validation import ValidationError as AvroValidationError
 from fastavro.validation import validate as avro_validate
 
 from simpul.codec import AvroSchema
+from simpul.errors import Problem
 from simpul.identifiers import CHECKS
 
 
@@ -26,14 +27,14 @@ def identifier_fields(definition: Mapping[str, Any]) -> dict[str, str]:
 
 
 def check_identifiers(fields: Mapping[str, str], payload: Mapping[str, Any]) -> list[str]:
-    """Every identifier problem in the payload, as ``field: reason``."""
-    problems = []
+    """Every identifier problem in the payload, as ``field: reason`` (a `Problem`)."""
+    problems: list[str] = []
     for name, kind in fields.items():
         value = payload.get(name)
         if value is None:
             continue  # nullability is Avro's business
         if reason := CHECKS[kind](value):
-            problems.append(f"{name}: {reason}")
+            problems.append(Problem(name, reason))
     return problems
 
 

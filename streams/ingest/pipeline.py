@@ -17,7 +17,7 @@ from typing import Any
 from simpul.catalog import EventCatalog
 from simpul.codec import unframe
 from simpul.envelope import Envelope, Headers, header
-from simpul.errors import InvalidMessage
+from simpul.errors import InvalidMessage, Problem
 from simpul.signing import Attestation, KeyRing, verify_many
 from simpul.topology.model import EventType
 from sinks.central_store import TRANSIENT_ERRORS, StoredEvent
@@ -145,7 +145,8 @@ def validate_record(record: RawRecord, event_type: EventType, catalog: EventCata
     schema = catalog.resolver.by_id(schema_id)
     payload = schema.decode_body(body)
     if problems := catalog.payload_problems(event_type, schema, payload, decoded=True):
-        field_name = problems[0].split(":", 1)[0]
+        first = problems[0]
+        field_name = first.field if isinstance(first, Problem) else "(payload)"
         kind = catalog.identifiers(schema).get(field_name, field_name)
         raise InvalidMessage("validate", f"identifier.{kind}", "; ".join(problems))
     if where := nul_field(payload):
