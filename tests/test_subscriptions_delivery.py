@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import email.utils
 import hashlib
@@ -158,3 +159,14 @@ def _raw() -> dict[str, object]:
     import yaml
 
     return yaml.safe_load(PALU.read_text())
+
+
+def test_bytes_are_base64_in_the_store_json_and_the_webhook_body() -> None:
+    from simpul.db import dumps
+
+    raw = bytes(range(250, 256)) + b"\x00simpul"
+    encoded = base64.b64encode(raw).decode()
+    assert json.loads(dumps({"digest": raw})) == {"digest": encoded}
+    assert json.loads(dumps({"digest": raw, "big": 2**70})) == {"digest": encoded, "big": 2**70}
+    event = json.loads(to_cloudevent([("ce_id", b"e-1")], None, {"digest": raw}))
+    assert event["data"] == {"digest": encoded}
