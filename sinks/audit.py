@@ -33,7 +33,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
@@ -126,7 +126,7 @@ def _derived(key: str, purpose: str) -> bytes:
 
 
 def row_hash(prev_hash: str, row: dict[str, object], key: str) -> str:
-    recorded = _utc_naive(row["recorded_at"])  # type: ignore[arg-type]
+    recorded = _utc_naive(cast(dt.datetime, row["recorded_at"]))
     return _hash(prev_hash, row, recorded.isoformat(timespec="microseconds"), _derived(key, "row"))
 
 

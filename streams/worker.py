@@ -14,6 +14,7 @@ from typing import Any
 
 from faust.web import View
 from mode import Service
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from simpul import metrics
@@ -147,7 +148,7 @@ def create_host(settings: Settings, topology: Topology) -> ProcessHost:
     return host
 
 
-def inbox_fanout(settings: Settings, topology: Topology, engine: Any) -> InboxFanout:
+def inbox_fanout(settings: Settings, topology: Topology, engine: Engine) -> InboxFanout:
     """The ingest path's fan-out to simpul.out.<agency>, checked against the schemas first."""
     plan = SubscriptionPlan.build(topology, settings.schemas_dir)
     store = SchemaStore(engine)  # derived schemas are registered in the store directly

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from simpul import metrics
@@ -183,7 +184,9 @@ class InboxFanout:
         return self._routes.get(event_type, [])
 
 
-async def inbox_partitions(producer: Any, topics: Sequence[str]) -> dict[str, list[int]]:
+async def inbox_partitions(
+    producer: AIOKafkaProducer, topics: Sequence[str]
+) -> dict[str, list[int]]:
     """Each inbox topic's partitions; a missing inbox is a setup error (topics are declared,
     never auto-created)."""
     found_all = {}

@@ -28,6 +28,8 @@ from simpul.settings import Settings
 log = logging.getLogger("simpul.batching")
 
 
+#: What one ``getmany()`` returns: aiokafka ``ConsumerRecord`` s by partition (aiokafka ships
+#: no type information, so a record is ``Any`` to mypy).
 Batch = dict[TopicPartition, list[Any]]
 
 
