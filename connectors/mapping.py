@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from simpul import jsontext
-from simpul.validation import Problem
+from simpul.errors import Problem
 
 _MISSING = object()
 

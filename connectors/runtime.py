@@ -37,7 +37,9 @@ from connectors.mapping import map_payload, missing_fields
 from simpul import metrics
 from simpul.catalog import EventCatalog
 from simpul.db import make_engine
+from simpul.deadletter import dead_letter_headers
 from simpul.envelope import format_time
+from simpul.errors import Problem
 from simpul.publisher import PublisherPool
 from simpul.registry.resolver import SchemaResolver
 from simpul.registry.store import SchemaStore
@@ -45,7 +47,6 @@ from simpul.settings import Settings
 from simpul.signing import signer_for
 from simpul.topology.connectors import ConnectorSpec, located_connectors
 from simpul.topology.model import Topology
-from simpul.validation import Problem
 
 log = logging.getLogger("simpul.connect")
 
@@ -271,11 +272,14 @@ class ConnectorTask:
             ("ce_type", self.spec.event_type.encode()),
             ("ce_time", format_time(record.time or dt.datetime.now(dt.UTC)).encode()),
             ("content-type", b"application/json"),
-            ("simpul_dlq_stage", b"validate"),
-            ("simpul_dlq_code", f"connector.{field}"[:64].encode()),
-            ("simpul_dlq_reason", f"{record.ref}: {reason}".encode()),
-            ("simpul_dlq_connector", self.spec.name.encode()),
         ]
+        headers = dead_letter_headers(
+            headers,
+            "validate",
+            f"connector.{field}"[:64],
+            f"{record.ref}: {reason}",
+            connector=self.spec.name,
+        )
         return publisher.send_raw(self.spec.dead_letter_topic, None, value, headers)
 
     # -- what the REST API shows -------------------------------------------------------------

@@ -6,9 +6,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from simpul.codec import AvroSchema
+from simpul.errors import Problem
 from simpul.registry.resolver import SchemaResolver
 from simpul.topology.model import Agency, EventType, Topology
-from simpul.validation import Problem, check_avro, check_identifiers, identifier_fields
+from simpul.validation import check_avro, check_identifiers, identifier_fields
 
 
 class EventCatalog:

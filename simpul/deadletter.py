@@ -1,7 +1,13 @@
-"""Dead letters: list them with their reasons, and replay them through validation."""
+"""Dead letters: the one place their ``simpul_dlq_*`` headers are written and read; list, replay.
+
+Every writer (ingest, joins, webhook delivery, connectors) adds the headers with
+`dead_letter_headers` and cuts an over-large letter with `fit_dead_letter`; every reader goes
+through `DeadLetter`.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -10,11 +16,98 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
 from simpul.envelope import Headers, header
+from simpul.errors import Stage
+from simpul.identifiers import mask_identifiers
 from simpul.kafka_clients import kafka_python_options
 from simpul.settings import Settings
 from simpul.topology.model import EventType
 
 DLQ_HEADER_PREFIX = "simpul_dlq_"
+REASON = "simpul_dlq_reason"
+STAGE = "simpul_dlq_stage"
+CODE = "simpul_dlq_code"
+TOPIC = "simpul_dlq_topic"
+PARTITION = "simpul_dlq_partition"
+OFFSET = "simpul_dlq_offset"
+TIME = "simpul_dlq_time"
+TRUNCATED = "simpul_dlq_truncated"
+CONNECTOR = "simpul_dlq_connector"
+#: Every header a dead letter may carry beside the original ones.
+DLQ_HEADERS = frozenset({REASON, STAGE, CODE, TOPIC, PARTITION, OFFSET, TIME, TRUNCATED, CONNECTOR})
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where the rejected message was read: a replay or a person finds it there."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+def dead_letter_headers(
+    headers: Headers,
+    stage: Stage,
+    code: str,
+    reason: str,
+    now: dt.datetime | None = None,
+    origin: Origin | None = None,
+    connector: str | None = None,
+) -> Headers:
+    """The original headers plus where and why the message was rejected (a NIK or NIP in
+    the reason masked). ``origin`` and ``now`` are left out for a record that was never on
+    a topic (a connector's), ``connector`` names the connector that read it."""
+    out: Headers = [
+        *headers,
+        (REASON, mask_identifiers(reason).encode()),
+        (STAGE, stage.encode()),
+        (CODE, code.encode()),
+    ]
+    if origin is not None:
+        out += [
+            (TOPIC, origin.topic.encode()),
+            (PARTITION, str(origin.partition).encode()),
+            (OFFSET, str(origin.offset).encode()),
+        ]
+    if now is not None:
+        out.append((TIME, now.isoformat().encode()))
+    if connector is not None:
+        out.append((CONNECTOR, connector.encode()))
+    return out
+
+
+#: Largest dead letter produced (key, value and headers): under the producer's and the broker's
+#: 1 MiB default, which a message near that limit plus the dead-letter headers would exceed.
+MAX_DEAD_LETTER_BYTES = 1_000_000
+
+
+def fit_dead_letter(
+    key: bytes | None, value: bytes | None, headers: Headers, limit: int = MAX_DEAD_LETTER_BYTES
+) -> tuple[bytes | None, bytes | None, Headers]:
+    """Key, value and headers cut to ``limit`` bytes, saying what was cut in
+    ``simpul_dlq_truncated`` (the original sizes); unchanged when they fit."""
+
+    def size(k: bytes | None, v: bytes | None, h: Headers) -> int:
+        return len(k or b"") + len(v or b"") + sum(len(n) + len(x or b"") + 8 for n, x in h)
+
+    if size(key, value, headers) <= limit:
+        return key, value, headers
+    note = f"value={len(value or b'')};key={len(key or b'')}".encode()
+    ours = [(n, x) for n, x in headers if n in DLQ_HEADERS]
+    theirs = [(n, x) for n, x in headers if n not in DLQ_HEADERS]
+    cut: Headers = [*ours, (TRUNCATED, note)]
+    for name, raw in theirs:  # the producer's headers, while they fit in a quarter
+        if size(None, None, [*cut, (name, raw)]) > limit // 4:
+            break
+        cut.append((name, raw))
+    key = key[:1024] if key is not None else None
+    room = max(0, limit - size(key, None, cut))
+    return key, (value[:room] if value is not None else None), cut
+
+
+def strip_dead_letter_headers(headers: Headers) -> Headers:
+    """Headers as the agency sent them, for a replay."""
+    return [(k, v) for k, v in headers if not k.startswith(DLQ_HEADER_PREFIX)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,15 +120,15 @@ class DeadLetter:
 
     @property
     def reason(self) -> str:
-        return header(self.headers, "simpul_dlq_reason") or "(no reason recorded)"
+        return header(self.headers, REASON) or "(no reason recorded)"
 
     @property
     def stage(self) -> str:
-        return header(self.headers, "simpul_dlq_stage") or "?"
+        return header(self.headers, STAGE) or "?"
 
     @property
     def code(self) -> str:
-        return header(self.headers, "simpul_dlq_code") or "?"
+        return header(self.headers, CODE) or "?"
 
     @property
     def ce_id(self) -> str | None:
@@ -47,7 +140,7 @@ class DeadLetter:
 
     @property
     def original_headers(self) -> Headers:
-        return [(k, v) for k, v in self.headers if not k.startswith(DLQ_HEADER_PREFIX)]
+        return strip_dead_letter_headers(self.headers)
 
 
 def replay_group(event_type: EventType) -> str:

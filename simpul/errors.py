@@ -14,7 +14,7 @@ Stage = Literal[
     "authorize",
     "store",
     "join",
-    "deliver",
+    "webhook",
 ]
 
 
@@ -38,6 +38,31 @@ class InvalidMessage(Exception):
 
     def __repr__(self) -> str:
         return f"InvalidMessage({self.stage!r}, {self.code!r}, {self.reason!r})"
+
+
+class Problem(str):
+    """One problem with a payload: the sentence ``field: reason`` as text (it is logged,
+    joined and sent as it always was), with its ``field`` and ``reason`` kept apart, so no
+    caller splits the sentence to find the field."""
+
+    __slots__ = ("field", "reason")
+    field: str
+    reason: str
+
+    def __new__(cls, field: str, reason: str, *, text: str | None = None) -> Problem:
+        problem = super().__new__(cls, f"{field}: {reason}" if text is None else text)
+        problem.field = field
+        problem.reason = reason
+        return problem
+
+    @classmethod
+    def of(cls, text: str) -> Problem:
+        """``text`` as a problem: itself when it is one; else read as ``field: reason`` (a
+        plain string from outside, a third-party connector's say)."""
+        if isinstance(text, Problem):
+            return text
+        field, sep, reason = text.partition(": ")
+        return cls(field, reason) if sep else cls("", text, text=text)
 
 
 class PayloadError(ValueError):

@@ -10,33 +10,8 @@ from fastavro.validation import ValidationError as AvroValidationError
 from fastavro.validation import validate as avro_validate
 
 from simpul.codec import AvroSchema
+from simpul.errors import Problem
 from simpul.identifiers import CHECKS
-
-
-class Problem(str):
-    """One problem with a payload: the field it is about and why, read as ``field: reason``.
-
-    A `str`, so it joins, logs and compares as the text always did; callers that need the
-    field take ``.field`` instead of splitting the text on ':'.
-    """
-
-    field: str
-    reason: str
-
-    def __new__(cls, field: str, reason: str, *, text: str | None = None) -> Problem:
-        problem = super().__new__(cls, f"{field}: {reason}" if text is None else text)
-        problem.field = field
-        problem.reason = reason
-        return problem
-
-    @classmethod
-    def of(cls, text: str) -> Problem:
-        """``text`` as a problem: itself when it is one; else read as ``field: reason`` (a
-        plain string from outside, a third-party connector's say)."""
-        if isinstance(text, Problem):
-            return text
-        field, sep, reason = text.partition(": ")
-        return cls(field, reason) if sep else cls("", text, text=text)
 
 
 def identifier_fields(definition: Mapping[str, Any]) -> dict[str, str]:

@@ -33,7 +33,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     BigInteger,
@@ -52,6 +52,7 @@ from sqlalchemy import (
 )
 
 from simpul.db import metadata
+from sinks.base import Buffered
 
 GENESIS = "0" * 64
 
@@ -125,7 +126,7 @@ def _derived(key: str, purpose: str) -> bytes:
 
 
 def row_hash(prev_hash: str, row: dict[str, object], key: str) -> str:
-    recorded = _utc_naive(row["recorded_at"])  # type: ignore[arg-type]
+    recorded = _utc_naive(cast(dt.datetime, row["recorded_at"]))
     return _hash(prev_hash, row, recorded.isoformat(timespec="microseconds"), _derived(key, "row"))
 
 
@@ -200,8 +201,9 @@ def read_heads(path: Path, key: str) -> tuple[dict[str, dict[str, Any]], list[st
     return heads, forged
 
 
-class AuditLog:
-    """One writer's chain. `record` is blocking (run it in a thread) and thread-safe."""
+class AuditLog(Buffered["AuditEntry", None]):
+    """One writer's chain. `record` is blocking (run it in a thread) and thread-safe; as a
+    `Sink`, `flush` records the added entries."""
 
     def __init__(
         self,
@@ -211,6 +213,7 @@ class AuditLog:
         heads_file: Path | None = None,
         export_s: float = 10.0,
     ) -> None:
+        super().__init__()
         self.engine = engine
         self.key = key
         self._row_key = _derived(key, "row")  # once, not per row
@@ -231,6 +234,9 @@ class AuditLog:
         mac = self._hmac.copy()
         mac.update(identifier.strip().encode())
         return mac.hexdigest()
+
+    def _write(self, batch: Sequence[AuditEntry]) -> None:
+        self.record(batch)
 
     def record(self, entries: Sequence[AuditEntry]) -> None:
         if not entries:

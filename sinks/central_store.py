@@ -3,7 +3,8 @@
 Delivery guarantee: idempotent. Writing the same event twice is a no-op (insert-if-absent on
 ``ce_id``), and a current-state row only changes for a newer event, ordered by
 (``event_time``, ``ce_id``), so replays and out-of-order arrival end in the same state.
-Callers commit their consumer offsets only after `CentralStoreSink.flush` returned.
+Callers commit their consumer offsets only after `CentralStore.flush` returned (the `Sink`
+contract of sinks/base.py).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from sqlalchemy.exc import DataError, IntegrityError, OperationalError, Programm
 
 from simpul.db import dumps, metadata
 from simpul.signing import Attestation
+from sinks.base import Buffered
 from sinks.dead_letters import dead_letters  # noqa: F401  (a store table too)
 
 log = logging.getLogger(__name__)
@@ -286,11 +288,16 @@ def first_per_ce_id(events: Iterable[StoredEvent]) -> tuple[list[StoredEvent], l
     return unique, copies
 
 
-class CentralStore:
-    """SQLAlchemy access to the central store, PostgreSQL or SQLite alike."""
+class CentralStore(Buffered[StoredEvent, WriteResult]):
+    """SQLAlchemy access to the central store, PostgreSQL or SQLite alike; as a `Sink`,
+    `flush` writes the added events with `write_isolating_bad_rows` (blocking)."""
 
     def __init__(self, engine: Engine) -> None:
+        super().__init__()
         self.engine = engine
+
+    def _write(self, batch: Sequence[StoredEvent]) -> WriteResult:
+        return self.write_isolating_bad_rows(batch) if batch else WriteResult()
 
     def write(self, events: Sequence[StoredEvent]) -> WriteResult:
         """Write a batch in one transaction; raises on any database error."""

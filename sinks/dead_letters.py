@@ -29,7 +29,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from simpul.db import metadata
+from simpul.errors import Stage
 from simpul.identifiers import mask_identifiers
+from sinks.base import Buffered
 
 dead_letters = Table(
     "dead_letters",
@@ -56,7 +58,7 @@ class DeadLetterRow:
     offset: int
     type: str
     agency: str
-    stage: str
+    stage: Stage
     code: str
     reason: str
     ce_id: str | None
@@ -68,11 +70,16 @@ class DeadLetterRow:
         return row
 
 
-class DeadLetterLog:
-    """Records a batch's dead letters in one statement (insert-if-absent)."""
+class DeadLetterLog(Buffered[DeadLetterRow, None]):
+    """Records a batch's dead letters in one statement (insert-if-absent); as a `Sink`,
+    `flush` records the added rows (blocking)."""
 
     def __init__(self, engine: Engine) -> None:
+        super().__init__()
         self.engine = engine
+
+    def _write(self, batch: Sequence[DeadLetterRow]) -> None:
+        self.record(batch)
 
     def record(self, rows: Sequence[DeadLetterRow]) -> None:
         if not rows:

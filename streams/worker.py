@@ -1,8 +1,9 @@
-"""The worker: a Faust app hosting the batch ingest service, `/metrics` and `/health`.
+"""The worker (`simpul worker`): the batch ingest service, its fan-out, and the status pages.
 
-The hot path (``streams/ingest/service.py``) takes whole batches so that Faust's per-message stream
-machinery stays out of it; the Faust app gives the process its lifecycle (signals, graceful
-stop), its web server, and the home for table-backed agents such as joins.
+The ingest (``streams/ingest/service.py``) takes whole batches from aiokafka's ``getmany()``;
+the process host (``streams/runtime/host.py``) gives it its lifecycle, signals, ``/metrics``
+and ``/health``. Beside those the worker serves the scorecard (``/status``,
+``/status.html``, ``/readiness.html``) and the dead-letter limit's command (``/dlq-limit``).
 """
 
 from __future__ import annotations
@@ -11,69 +12,42 @@ import asyncio
 import logging
 from typing import Any
 
-import faust
-from faust.app.base import BootStrategy
 from faust.web import View
 from mode import Service
-from prometheus_client import CONTENT_TYPE_LATEST, disable_created_metrics, generate_latest
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from simpul import metrics
 from simpul.catalog import EventCatalog
 from simpul.db import make_engine
-from simpul.httpauth import aiohttp_options
-from simpul.kafka_clients import faust_credentials
 from simpul.registry.client import make_resolver
 from simpul.registry.store import SchemaStore
 from simpul.settings import Settings
 from simpul.topology.model import Topology
-from simpul.topology.subscriptions import SubscriptionPlan
 from sinks.audit import AuditLog
 from sinks.central_store import CentralStore
 from sinks.reports.scorecard import build_scorecard, export_gauges, render_html
-from streams import transport
+from streams.fanout.plan import SubscriptionPlan
 from streams.fanout.service import InboxFanout
 from streams.ingest.service import Health, IngestService
+from streams.runtime.host import ProcessHost
 
 log = logging.getLogger("simpul.worker")
 
 
-def broker_urls(bootstrap: str) -> str:
-    return ";".join(f"simpul://{host.strip()}" for host in bootstrap.split(",") if host.strip())
-
-
-def create_app(settings: Settings, topology: Topology) -> faust.App:
-    """Build the worker's Faust app and its ingest service for the topology's event types."""
-    transport.register()
-    disable_created_metrics()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
-    tuning = settings.client_tuning()
-    app = faust.App(
-        settings.worker_id,
-        broker=broker_urls(settings.kafka_bootstrap),
-        broker_credentials=faust_credentials(settings),
-        value_serializer="raw",
-        key_serializer="raw",
-        topic_allow_declare=False,
-        topic_disable_leader=True,
-        consumer_auto_offset_reset="earliest",
-        broker_session_timeout=tuning.session_timeout_s,
-        broker_rebalance_timeout=tuning.rebalance_timeout_s,
-        broker_heartbeat_interval=tuning.heartbeat_interval_s,
-        producer_acks=-1,
-        web_enabled=True,
-        web_port=settings.worker_web_port,
-        web_bind=settings.bind_host,
-        # Every page, Faust's own included, needs the token; bodies are bounded.
-        web_application_options=aiohttp_options(settings),
-        store="memory://",
-        datadir=str(settings.data_dir / f"faust-{settings.worker_id}"),
-    )
+def create_host(settings: Settings, topology: Topology) -> ProcessHost:
+    """The worker's process host with its ingest service for the topology's event types."""
     engine = make_engine(settings.database_url)
     catalog = EventCatalog(topology, make_resolver(settings))
     store = CentralStore(engine)
     health = Health()
     metrics.STORE_UP.set(1)
+    host = ProcessHost(
+        settings,
+        settings.worker_id,
+        settings.worker_web_port,
+        lambda: (health.as_dict(), 200 if health.store_up else 503),
+    )
 
     ingest: list[IngestService] = []  # the instance Faust makes, for the web commands
     fanout = (
@@ -87,7 +61,7 @@ def create_app(settings: Settings, topology: Topology) -> faust.App:
             super().__init__(settings, topology, catalog, store, health, fanout, **kwargs)
             ingest.append(self)
 
-    app.service(Ingest)
+    host.service(Ingest)
 
     class ScorecardGauges(Service):
         """Refreshes the per-agency freshness gauges from the store (every worker does;
@@ -106,21 +80,9 @@ def create_app(settings: Settings, topology: Topology) -> faust.App:
                     export_gauges(card)
                 await self.sleep(settings.status_refresh_s)
 
-    app.service(ScorecardGauges)
-    if not app.agents and not app.tables:
-        # Faust's own consumer would subscribe to nothing (aiokafka refuses that); it starts
-        # once table-backed agents (joins) are declared.
-        app.boot_strategy = BootStrategy(app, enable_kafka=False)
+    host.service(ScorecardGauges)
 
-    @app.page("/metrics")
-    async def metrics_page(web: Any, request: Any) -> Any:
-        return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
-
-    @app.page("/health")
-    async def health_page(web: Any, request: Any) -> Any:
-        return web.json(health.as_dict(), status=200 if health.store_up else 503)
-
-    @app.page("/dlq-limit")
+    @host.page("/dlq-limit")
     class DlqLimitPage(View):
         """GET: the types paused by the dead-letter limit. POST ``{"type": ...}``: resume one
         now. Like every page of the worker, it needs the HTTP token (simpul.httpauth)."""
@@ -148,7 +110,7 @@ def create_app(settings: Settings, topology: Topology) -> faust.App:
         export_gauges(card)
         return card
 
-    @app.page("/status")
+    @host.page("/status")
     async def status_page(web: Any, request: Any) -> Any:
         """The scorecard: JSON by default, the HTML page for a browser (Accept: text/html)."""
         card = await scorecard_or_error()
@@ -161,14 +123,14 @@ def create_app(settings: Settings, topology: Topology) -> faust.App:
             return web.json({"error": error}, status=503)
         return web.html(render_html(card)) if wants_html else web.json(card.as_dict())
 
-    @app.page("/status.html")
+    @host.page("/status.html")
     async def status_html_page(web: Any, request: Any) -> Any:
         card = await scorecard_or_error()
         if isinstance(card, str):
             return web.text(f"central store unavailable: {card}", status=503)
         return web.html(render_html(card))
 
-    @app.page("/readiness.html")
+    @host.page("/readiness.html")
     async def readiness_html_page(web: Any, request: Any) -> Any:
         """Onboarding and data readiness per agency, and the weekly connected history."""
         from sinks.reports.readiness import build_readiness
@@ -183,10 +145,10 @@ def create_app(settings: Settings, topology: Topology) -> faust.App:
             return web.text(f"central store unavailable: {reason}", status=503)
         return web.html(render_readiness(report))
 
-    return app
+    return host
 
 
-def inbox_fanout(settings: Settings, topology: Topology, engine: Any) -> InboxFanout:
+def inbox_fanout(settings: Settings, topology: Topology, engine: Engine) -> InboxFanout:
     """The ingest path's fan-out to simpul.out.<agency>, checked against the schemas first."""
     plan = SubscriptionPlan.build(topology, settings.schemas_dir)
     store = SchemaStore(engine)  # derived schemas are registered in the store directly
@@ -202,8 +164,4 @@ def inbox_fanout(settings: Settings, topology: Topology, engine: Any) -> InboxFa
 
 def run_worker(settings: Settings, topology: Topology) -> None:
     """Run the worker in the foreground until SIGTERM/SIGINT; exits after a clean stop."""
-    from faust.worker import Worker
-
-    app = create_app(settings, topology)
-    worker = Worker(app, loglevel=settings.log_level.upper(), quiet=True, redirect_stdouts=False)
-    worker.execute_from_commandline()
+    create_host(settings, topology).run()

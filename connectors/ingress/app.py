@@ -46,10 +46,10 @@ from connectors.state import ApiKeyStore
 from simpul import jsontext, metrics
 from simpul.catalog import EventCatalog
 from simpul.envelope import MAX_ID_LENGTH, parse_time
+from simpul.errors import Problem
 from simpul.publisher import PublisherPool
 from simpul.settings import Settings
 from simpul.signing import signer_for
-from simpul.validation import Problem
 
 JSON_TYPES = (
     "application/json",

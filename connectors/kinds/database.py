@@ -30,7 +30,7 @@ from connectors.base import BatchOutcome, SourceConnector, SourceRecord
 from connectors.state import OffsetStore
 from simpul import jsontext
 from simpul.db import make_engine
-from simpul.validation import Problem
+from simpul.errors import Problem
 
 Mode = Literal["timestamp+incrementing", "incrementing", "timestamp"]
 

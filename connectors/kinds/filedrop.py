@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from connectors.base import BatchOutcome, SourceConnector, SourceRecord
 from connectors.state import OffsetStore
 from simpul import jsontext, metrics
-from simpul.validation import Problem
+from simpul.errors import Problem
 
 
 class FileDropOptions(BaseModel):

@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from connectors.base import BatchOutcome, SourceConnector, SourceRecord, record_ce_id
 from connectors.state import ApiKeyStore
 from simpul import jsontext
-from simpul.validation import Problem
+from simpul.errors import Problem
 
 
 class HttpOptions(BaseModel):

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from connectors.base import BatchOutcome, SourceConnector, SourceRecord
 from connectors.mapping import lookup
 from connectors.state import OffsetStore
-from simpul.validation import Problem
+from simpul.errors import Problem
 
 
 class RestOptions(BaseModel):

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
-
 import typer
 from rich.console import Console
 
@@ -16,8 +13,9 @@ err = Console(stderr=True)
 def deliver(host: HostOption = None, port: PortOption = None) -> None:
     """POST agency inbox messages to their webhooks (signed, retried, dead-lettered);
     /metrics and /health on SIMPUL_DELIVER_WEB_PORT."""
-    from simpul.topology.subscriptions import SubscriptionError, SubscriptionPlan
-    from sinks.webhook import WebhookConfigError, serve
+    from sinks.webhook import WebhookConfigError
+    from streams.deliver.service import run_deliverer
+    from streams.fanout.plan import SubscriptionError, SubscriptionPlan
 
     settings = listening(checked_settings(), "deliver_web_port", host, port)
     topology = checked_topology(settings)
@@ -26,11 +24,7 @@ def deliver(host: HostOption = None, port: PortOption = None) -> None:
         if not any(s.webhook for s in topology.subscriptions):
             err.print("[yellow]no subscription has a webhook; nothing to deliver[/yellow]")
             raise typer.Exit(0)
-        logging.basicConfig(
-            level=settings.log_level.upper(),
-            format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        )
-        asyncio.run(serve(settings, topology))
+        run_deliverer(settings, topology)
     except (SubscriptionError, WebhookConfigError) as error:
         err.print(f"[red]{error}[/red]")
         raise typer.Exit(2) from None

@@ -26,7 +26,7 @@ def topology_check(
     except TopologyError as error:
         err.print(f"[red]{error}[/red]")
         raise typer.Exit(2) from None
-    from simpul.topology.subscriptions import SubscriptionError, SubscriptionPlan
+    from streams.fanout.plan import SubscriptionError, SubscriptionPlan
 
     try:
         SubscriptionPlan.build(topology, checked_settings().schemas_dir)

@@ -17,7 +17,7 @@ from simpul.cli.common import (
 def worker(host: HostOption = None, port: PortOption = None) -> None:
     """Run the stream worker: authenticate, validate, dedup, store, forward; /health, /status
     and /metrics on SIMPUL_WORKER_WEB_PORT (Bearer token, see README Security)."""
-    from simpul.topology.subscriptions import SubscriptionError, SubscriptionPlan
+    from streams.fanout.plan import SubscriptionError, SubscriptionPlan
     from streams.worker import run_worker
 
     settings = listening(checked_settings(), "worker_web_port", host, port)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import Engine, select
 
@@ -99,7 +100,7 @@ def payroll_control(engine: Engine, topology: Topology, period: str) -> PayrollC
     if topology.tpp is None:
         raise PayrollError(f"tpp: {topology.city}'s topology declares no TPP policy")
     policy = topology.tpp
-    newest: dict[str, tuple[dt.datetime, dict]] = {}  # type: ignore[type-arg]
+    newest: dict[str, tuple[dt.datetime, dict[str, Any]]] = {}
     accounts: dict[str, tuple[dt.datetime, str]] = {}
     stmt = (
         select(event_log.c.type, event_log.c.key, event_log.c.event_time, event_log.c.payload)

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from simpul import metrics
@@ -29,8 +30,9 @@ from simpul.codec import AvroSchema
 from simpul.envelope import header, without_simpul_headers
 from simpul.registry.store import SchemaStore
 from simpul.signing import KEYID_HEADER, SIGNATURE_HEADER
-from simpul.topology.subscriptions import Route, SubscriptionPlan, out_key, project
+from simpul.topology.subscriptions import project
 from sinks.audit import AuditEntry, AuditLog
+from streams.fanout.plan import Route, SubscriptionPlan, out_key
 from streams.runtime.batching import Outgoing
 
 log = logging.getLogger("simpul.fanout")
@@ -182,7 +184,9 @@ class InboxFanout:
         return self._routes.get(event_type, [])
 
 
-async def inbox_partitions(producer: Any, topics: Sequence[str]) -> dict[str, list[int]]:
+async def inbox_partitions(
+    producer: AIOKafkaProducer, topics: Sequence[str]
+) -> dict[str, list[int]]:
     """Each inbox topic's partitions; a missing inbox is a setup error (topics are declared,
     never auto-created)."""
     found_all = {}

@@ -17,25 +17,13 @@ from typing import Any
 from simpul.catalog import EventCatalog
 from simpul.codec import unframe
 from simpul.envelope import Envelope, Headers, header
-from simpul.errors import InvalidMessage
-from simpul.identifiers import mask_identifiers
+from simpul.errors import InvalidMessage, Problem
 from simpul.signing import Attestation, KeyRing, verify_many
 from simpul.topology.model import EventType
 from sinks.central_store import TRANSIENT_ERRORS, StoredEvent
+from streams.runtime.records import RawRecord
 
-
-# Not frozen: a frozen dataclass's __init__ costs 4x (made per event on the hot path).
-@dataclass(slots=True)
-class RawRecord:
-    """A Kafka record as consumed, with its position so a dead letter can point back."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: Headers
-    timestamp: float | None = None  # seconds since the epoch (producer CreateTime)
+__all__ = ["RawRecord"]  # re-exported: the pipeline's input
 
 
 # Not frozen: a frozen dataclass's __init__ costs 4x (made per event on the hot path).
@@ -66,7 +54,10 @@ class Accepted:
 
 
 @dataclass(frozen=True, slots=True)
-class Rejected:
+class Invalid:
+    """A record that can never pass, and why: it becomes a dead letter. (A connector's
+    `connectors.base.Rejected` is a record a source could not turn into an event.)"""
+
     record: RawRecord
     error: InvalidMessage
 
@@ -76,9 +67,11 @@ class Rejected:
 
 
 @dataclass(slots=True)
-class BatchOutcome:
+class CheckedBatch:
+    """One batch of one type after authentication, validation and deduplication."""
+
     accepted: list[Accepted] = field(default_factory=list)
-    rejected: list[Rejected] = field(default_factory=list)
+    rejected: list[Invalid] = field(default_factory=list)
     duplicates: list[Accepted] = field(default_factory=list)
 
 
@@ -152,7 +145,8 @@ def validate_record(record: RawRecord, event_type: EventType, catalog: EventCata
     schema = catalog.resolver.by_id(schema_id)
     payload = schema.decode_body(body)
     if problems := catalog.payload_problems(event_type, schema, payload, decoded=True):
-        field_name = problems[0].split(":", 1)[0]
+        first = problems[0]
+        field_name = first.field if isinstance(first, Problem) else "(payload)"
         kind = catalog.identifiers(schema).get(field_name, field_name)
         raise InvalidMessage("validate", f"identifier.{kind}", "; ".join(problems))
     if where := nul_field(payload):
@@ -273,7 +267,7 @@ def process_batch(
     catalog: EventCatalog,
     dedup: DedupWindow,
     keyring: KeyRing,
-) -> BatchOutcome:
+) -> CheckedBatch:
     """Authenticate and validate every record, then drop duplicates."""
     valid, rejected = validate_batch(records, event_type, catalog, keyring)
     return drop_duplicates(valid, rejected, dedup)
@@ -284,21 +278,21 @@ def validate_batch(
     event_type: EventType,
     catalog: EventCatalog,
     keyring: KeyRing,
-) -> tuple[list[Accepted], list[Rejected]]:
+) -> tuple[list[Accepted], list[Invalid]]:
     """Authentication, then validation, without side effects, so a batch that fails
     half-way (the store is down while a schema is looked up) can be retried unchanged."""
     valid: list[Accepted] = []
-    rejected: list[Rejected] = []
+    rejected: list[Invalid] = []
     keyring.refresh()
     checked = verify_many(keyring, [(r.headers, r.key, r.value) for r in records])
     for record, attestation in zip(records, checked, strict=True):
         if isinstance(attestation, InvalidMessage):  # authentication comes first
-            rejected.append(Rejected(record, attestation))
+            rejected.append(Invalid(record, attestation))
             continue
         try:
             accepted = check_record(record, event_type, catalog)
         except InvalidMessage as error:
-            rejected.append(Rejected(record, error))
+            rejected.append(Invalid(record, error))
             continue
         accepted.attestation = attestation
         valid.append(accepted)
@@ -306,75 +300,12 @@ def validate_batch(
 
 
 def drop_duplicates(
-    valid: Sequence[Accepted], rejected: list[Rejected], dedup: DedupWindow
-) -> BatchOutcome:
-    outcome = BatchOutcome(rejected=rejected)
+    valid: Sequence[Accepted], rejected: list[Invalid], dedup: DedupWindow
+) -> CheckedBatch:
+    outcome = CheckedBatch(rejected=rejected)
     for accepted in valid:
         if dedup.seen(accepted.record.partition, accepted.envelope.id):
             outcome.duplicates.append(accepted)
         else:
             outcome.accepted.append(accepted)
     return outcome
-
-
-def dead_letter_headers(
-    record: RawRecord, stage: str, code: str, reason: str, now: dt.datetime
-) -> Headers:
-    """The original headers plus where and why the message was rejected (a NIK or NIP in
-    the reason masked)."""
-    return [
-        *record.headers,
-        ("simpul_dlq_reason", mask_identifiers(reason).encode()),
-        ("simpul_dlq_stage", stage.encode()),
-        ("simpul_dlq_code", code.encode()),
-        ("simpul_dlq_topic", record.topic.encode()),
-        ("simpul_dlq_partition", str(record.partition).encode()),
-        ("simpul_dlq_offset", str(record.offset).encode()),
-        ("simpul_dlq_time", now.isoformat().encode()),
-    ]
-
-
-#: Largest dead letter produced (key, value and headers): under the producer's and the broker's
-#: 1 MiB default, which a message near that limit plus the dead-letter headers would exceed.
-MAX_DEAD_LETTER_BYTES = 1_000_000
-
-
-def fit_dead_letter(
-    key: bytes | None, value: bytes | None, headers: Headers, limit: int = MAX_DEAD_LETTER_BYTES
-) -> tuple[bytes | None, bytes | None, Headers]:
-    """Key, value and headers cut to ``limit`` bytes, saying what was cut in
-    ``simpul_dlq_truncated`` (the original sizes); unchanged when they fit."""
-
-    def size(k: bytes | None, v: bytes | None, h: Headers) -> int:
-        return len(k or b"") + len(v or b"") + sum(len(n) + len(x or b"") + 8 for n, x in h)
-
-    if size(key, value, headers) <= limit:
-        return key, value, headers
-    note = f"value={len(value or b'')};key={len(key or b'')}".encode()
-    ours = [(n, x) for n, x in headers if n in DLQ_HEADERS]
-    theirs = [(n, x) for n, x in headers if n not in DLQ_HEADERS]
-    cut: Headers = [*ours, ("simpul_dlq_truncated", note)]
-    for name, raw in theirs:  # the producer's headers, while they fit in a quarter
-        if size(None, None, [*cut, (name, raw)]) > limit // 4:
-            break
-        cut.append((name, raw))
-    key = key[:1024] if key is not None else None
-    room = max(0, limit - size(key, None, cut))
-    return key, (value[:room] if value is not None else None), cut
-
-
-DLQ_HEADERS = {
-    "simpul_dlq_truncated",
-    "simpul_dlq_reason",
-    "simpul_dlq_stage",
-    "simpul_dlq_code",
-    "simpul_dlq_topic",
-    "simpul_dlq_partition",
-    "simpul_dlq_offset",
-    "simpul_dlq_time",
-}
-
-
-def strip_dead_letter_headers(headers: Headers) -> Headers:
-    """Headers as the agency sent them, for a replay."""
-    return [(k, v) for k, v in headers if k not in DLQ_HEADERS]

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import random
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -28,7 +27,8 @@ from mode import Service
 
 from simpul import metrics
 from simpul.catalog import EventCatalog
-from simpul.envelope import MAX_ID_LENGTH, header, without_simpul_headers
+from simpul.deadletter import dead_letter_headers, fit_dead_letter
+from simpul.envelope import MAX_ID_LENGTH, header
 from simpul.errors import InvalidMessage
 from simpul.registry.client import RegistryUnavailable
 from simpul.settings import Settings
@@ -41,18 +41,17 @@ from streams.fanout.service import FanoutBatch, InboxFanout, inbox_partitions
 from streams.ingest.dlq_limit import DlqLimit
 from streams.ingest.pipeline import (
     Accepted,
-    BatchOutcome,
+    CheckedBatch,
     DedupWindow,
+    Invalid,
     RawRecord,
-    Rejected,
     agency_label,
-    dead_letter_headers,
     drop_duplicates,
-    fit_dead_letter,
     forwardable_timestamp,
     validate_batch,
 )
 from streams.runtime.batching import Batch, BatchService, Outgoing
+from streams.runtime.retry import RetryPolicy
 
 log = logging.getLogger("simpul.ingest")
 T = TypeVar("T")
@@ -123,6 +122,7 @@ class IngestService(BatchService):
             pause=settings.dlq_limit_pause,
         )
         self._resume_requests: set[str] = set()
+        self.outage = RetryPolicy(0.5, settings.store_retry_max_s)
 
     def dedup_for(self, topic: str) -> DedupWindow:
         return self.dedup[topic]
@@ -144,7 +144,7 @@ class IngestService(BatchService):
             )
             log.info("fan-out from ingest: %d routes", len(self.fanout.plan.routes))
 
-    def on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+    async def on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         for tp in revoked:
             self.dedup_for(tp.topic).forget([tp.partition])
 
@@ -156,19 +156,8 @@ class IngestService(BatchService):
         by_topic: dict[str, list[RawRecord]] = defaultdict(list)
         for tp, messages in batch.items():
             records = by_topic[tp.topic]
-            for m in messages:
-                records.append(
-                    RawRecord(
-                        tp.topic,
-                        tp.partition,
-                        m.offset,
-                        m.key,
-                        m.value,
-                        # simpul_* headers are Simpul's: a producer's are dropped here.
-                        without_simpul_headers(m.headers or ()),
-                        m.timestamp / 1000 if m.timestamp else None,
-                    )
-                )
+            # simpul_* headers are Simpul's: a producer's are dropped here.
+            records.extend(RawRecord.from_message(tp, m) for m in messages)
         validated = await self._retrying(self._validate_all, by_topic)
         held = self._apply_dlq_limit(batch, by_topic, validated)
         if held:
@@ -176,7 +165,7 @@ class IngestService(BatchService):
             for topic in held:
                 del validated[topic]
         began = time.thread_time()
-        outcomes: list[tuple[EventType, list[RawRecord], BatchOutcome]] = [
+        outcomes: list[tuple[EventType, list[RawRecord], CheckedBatch]] = [
             (
                 self.types_by_topic[topic],
                 by_topic[topic],
@@ -223,7 +212,7 @@ class IngestService(BatchService):
         await self.send_all(outgoing + fanned.outgoing)
         metrics.STAGE_CPU.labels("produce").inc(time.thread_time() - send_began)
         audited = (
-            asyncio.ensure_future(self._retrying(self._audit, fanned.entries))
+            asyncio.ensure_future(self._audit(fanned.entries))
             if self.fanout is not None and fanned.entries
             else None
         )
@@ -233,7 +222,8 @@ class IngestService(BatchService):
             await self.send_all(rejects)
         if letters:
             # One statement per batch, and only for batches that had dead letters.
-            await self._retrying(self.dead_letter_log.record, letters)
+            self.dead_letter_log.add_all(letters)
+            await self._retrying(self.dead_letter_log.flush)
         if audited is not None:
             await audited
         await self.commit(batch)
@@ -246,7 +236,7 @@ class IngestService(BatchService):
         self,
         batch: Batch,
         by_topic: dict[str, list[RawRecord]],
-        validated: dict[str, tuple[list[Accepted], list[Rejected]]],
+        validated: dict[str, tuple[list[Accepted], list[Invalid]]],
     ) -> set[str]:
         """Count each type's dead letters against the limit; the topics to hold back (their
         partitions rewound to this batch and paused) when the limit pauses them."""
@@ -297,7 +287,7 @@ class IngestService(BatchService):
 
     def _store_rejects(
         self,
-        outcomes: Sequence[tuple[EventType, list[RawRecord], BatchOutcome]],
+        outcomes: Sequence[tuple[EventType, list[RawRecord], CheckedBatch]],
         result: WriteResult,
         now: dt.datetime,
         rows: list[DeadLetterRow],
@@ -308,12 +298,12 @@ class IngestService(BatchService):
         letters = []
         for event, reason in result.rejected:
             event_type, record = where[event.ce_id]
-            rejected = Rejected(record, InvalidMessage("store", "store.row", reason))
+            rejected = Invalid(record, InvalidMessage("store", "store.row", reason))
             letters.append(self._dead_letter(event_type, rejected, now))
             rows.append(_letter_row(event_type, rejected, now))
         return letters
 
-    def _dead_letter(self, event_type: EventType, rejected: Rejected, now: dt.datetime) -> Outgoing:
+    def _dead_letter(self, event_type: EventType, rejected: Invalid, now: dt.datetime) -> Outgoing:
         error, record = rejected.error, rejected.record
         metrics.EVENTS_DEAD_LETTERED.labels(
             event_type.name, rejected.agency, error.stage, error.code
@@ -324,7 +314,9 @@ class IngestService(BatchService):
         key, value, headers = fit_dead_letter(
             record.key,
             record.value,
-            dead_letter_headers(record, error.stage, error.code, error.reason, now),
+            dead_letter_headers(
+                record.headers, error.stage, error.code, error.reason, now, record.origin()
+            ),
         )
         return Outgoing(
             event_type.topic("dlq"),
@@ -337,7 +329,7 @@ class IngestService(BatchService):
 
     def _validate_all(
         self, by_topic: dict[str, list[RawRecord]]
-    ) -> dict[str, tuple[list[Accepted], list[Rejected]]]:
+    ) -> dict[str, tuple[list[Accepted], list[Invalid]]]:
         began = time.thread_time()
         validated = {
             topic: validate_batch(records, self.types_by_topic[topic], self.catalog, self.keyring)
@@ -346,15 +338,20 @@ class IngestService(BatchService):
         metrics.STAGE_CPU.labels("validate").inc(time.thread_time() - began)
         return validated
 
-    def _audit(self, entries: list[AuditEntry]) -> None:
+    async def _audit(self, entries: list[AuditEntry]) -> None:
+        assert self.fanout is not None
+        self.fanout.audit.add_all(entries)
+        await self._retrying(self._audit_flush)
+
+    def _audit_flush(self) -> None:
         assert self.fanout is not None
         began = time.thread_time()
-        self.fanout.audit.record(entries)
+        self.fanout.audit.flush()
         metrics.STAGE_CPU.labels("audit").inc(time.thread_time() - began)
 
-    def _store_write(self, stored: list[StoredEvent]) -> WriteResult:
+    def _store_flush(self) -> WriteResult:
         began = time.thread_time()
-        result = self.store.write_isolating_bad_rows(stored)
+        result = self.store.flush()
         metrics.STAGE_CPU.labels("store").inc(time.thread_time() - began)
         return result
 
@@ -362,7 +359,8 @@ class IngestService(BatchService):
         if not stored:
             return WriteResult()
         started = time.perf_counter()
-        result = await self._retrying(self._store_write, stored)
+        self.store.add_all(stored)
+        result = await self._retrying(self._store_flush)
         metrics.STORE_BATCH_DURATION.observe(time.perf_counter() - started)
         metrics.STORE_BATCH_SIZE.observe(len(stored))
         if result.rejected:
@@ -372,42 +370,37 @@ class IngestService(BatchService):
     async def _retrying(self, work: Callable[..., T], *args: Any) -> T:
         """Run blocking store work in a thread; while the store is unreachable, back off and
         retry for as long as it takes (valid events are never dead-lettered for an outage)."""
-        delay = 0.5
-        while True:
-            try:
-                result = await asyncio.to_thread(work, *args)
-            except TRANSIENT_ERRORS as error:
-                metrics.STORE_ERRORS.labels("transient").inc()
-                metrics.STORE_UP.set(0)
-                if self.health.store_up:
-                    self.health.store_down_since = time.time()
-                self.health.store_up = False
-                self.health.store_error = str(getattr(error, "orig", error)).splitlines()[0]
-                log.warning(
-                    "central store unavailable (%s); retrying in %.1fs",
-                    self.health.store_error,
-                    delay,
-                )
-                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-                delay = min(delay * 2, self.settings.store_retry_max_s)
-                continue
-            except RegistryUnavailable as error:
-                # Only ids never seen before need the registry; known ones come from the cache.
-                metrics.REGISTRY_UNAVAILABLE.inc()
-                log.warning("%s; retrying the batch in %.1fs", error, delay)
-                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-                delay = min(delay * 2, self.settings.store_retry_max_s)
-                continue
-            metrics.STORE_UP.set(1)
-            self.health.store_up, self.health.store_error = True, None
-            self.health.store_down_since = None
-            return result
+        result = await self.outage.until_done(
+            lambda: asyncio.to_thread(work, *args),
+            (*TRANSIENT_ERRORS, RegistryUnavailable),
+            self._unavailable,
+        )
+        metrics.STORE_UP.set(1)
+        self.health.store_up, self.health.store_error = True, None
+        self.health.store_down_since = None
+        return result
+
+    def _unavailable(self, error: BaseException, wait: float) -> None:
+        if isinstance(error, RegistryUnavailable):
+            # Only ids never seen before need the registry; known ones come from the cache.
+            metrics.REGISTRY_UNAVAILABLE.inc()
+            log.warning("%s; retrying the batch in %.1fs", error, wait)
+            return
+        metrics.STORE_ERRORS.labels("transient").inc()
+        metrics.STORE_UP.set(0)
+        if self.health.store_up:
+            self.health.store_down_since = time.time()
+        self.health.store_up = False
+        self.health.store_error = str(getattr(error, "orig", error)).splitlines()[0]
+        log.warning(
+            "central store unavailable (%s); retrying in %.1fs", self.health.store_error, wait
+        )
 
     def _observe(
         self,
         event_type: EventType,
         records: Sequence[RawRecord],
-        outcome: BatchOutcome,
+        outcome: CheckedBatch,
         result: WriteResult,
     ) -> None:
         name = event_type.name
@@ -445,7 +438,7 @@ class IngestService(BatchService):
                 )
 
 
-def _letter_row(event_type: EventType, rejected: Rejected, now: dt.datetime) -> DeadLetterRow:
+def _letter_row(event_type: EventType, rejected: Invalid, now: dt.datetime) -> DeadLetterRow:
     record, error = rejected.record, rejected.error
     return DeadLetterRow(
         topic=record.topic,

@@ -32,7 +32,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from mode import Service
 
@@ -40,17 +40,17 @@ from simpul import metrics
 from simpul.catalog import EventCatalog
 from simpul.codec import unframe
 from simpul.db import make_engine
+from simpul.deadletter import dead_letter_headers
 from simpul.envelope import Envelope, Headers, header
 from simpul.errors import InvalidMessage
-from simpul.httpauth import aiohttp_options
-from simpul.kafka_clients import aiokafka_options
 from simpul.settings import Settings
 from simpul.signing import signer_for
 from simpul.topology.model import Topology
 from sinks.dead_letters import DeadLetterLog, DeadLetterRow
-from streams.ingest.pipeline import RawRecord, agency_label, dead_letter_headers
+from streams.ingest.pipeline import RawRecord, agency_label
 from streams.joins.state import Effects, JoinEvent, JoinLogic, JoinPartition, StateChange
 from streams.runtime.batching import Batch, BatchService
+from streams.runtime.host import ProcessHost
 
 log = logging.getLogger("simpul.joins")
 
@@ -113,7 +113,7 @@ class JoinService(BatchService):
         # One process gets the same partition numbers of every input topic (co-partitioning).
         return {"partition_assignment_strategy": (RangePartitionAssignor,)}
 
-    def on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+    async def on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         self.forget({tp.partition for tp in revoked})
 
     async def on_assigned(self, assigned: Iterable[TopicPartition]) -> None:
@@ -204,15 +204,7 @@ class JoinService(BatchService):
     def _decode_all(self, tp: TopicPartition, messages: list[Any], now: float) -> list[JoinEvent]:
         events = []
         for m in messages:
-            record = RawRecord(
-                tp.topic,
-                tp.partition,
-                m.offset,
-                m.key,
-                m.value,
-                list(m.headers or ()),
-                m.timestamp / 1000 if m.timestamp else None,
-            )
+            record = RawRecord.from_message(tp, m, trusted_headers=True)
             try:
                 events.append(self._decode(record, now))
             except InvalidMessage as error:
@@ -272,7 +264,9 @@ class JoinService(BatchService):
         log.info("dead letter %s %s: %s", left_type.name, left.envelope.id, reason)
         # The left type's own key, so a replay to simpul.in passes the key check.
         key = str(left.payload[left_type.key]).encode()
-        headers = dead_letter_headers(left.record, "join", code, reason, now)
+        headers = dead_letter_headers(
+            left.record.headers, "join", code, reason, now, left.record.origin()
+        )
         agency = self.topology.agency_for_source(left.envelope.source)
         letter = DeadLetterRow(
             topic=left.record.topic,
@@ -312,7 +306,8 @@ class JoinService(BatchService):
             await asyncio.gather(*futures)
         if letters := [s.letter for s in sends if s.letter is not None]:
             # After the broker has the dead letters, before the offsets are committed.
-            await asyncio.to_thread(self.dead_letter_log.record, letters)
+            self.dead_letter_log.add_all(letters)
+            await asyncio.to_thread(self.dead_letter_log.flush)
 
     # Partition ownership and state rebuild
 
@@ -339,13 +334,7 @@ class JoinService(BatchService):
             tp: meta.offset for tp, meta in zip(tps, await asyncio.gather(*futures), strict=True)
         }
         records: dict[TopicPartition, list[Any]] = defaultdict(list)
-        reader = AIOKafkaConsumer(
-            **aiokafka_options(self.settings),
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=self.settings.client_tuning().fetch_max_wait_ms,
-            client_id=f"{self.settings.worker_id}-joins-restore",
-        )
+        reader = self.reader("restore")
         await reader.start()
         try:
             reader.assign(tps)
@@ -413,60 +402,25 @@ class JoinService(BatchService):
         }
 
 
-def create_joins_app(settings: Settings, topology: Topology) -> Any:
-    """The joins process's Faust app: lifecycle, /metrics and /health around `JoinService`."""
-    import faust
-    from faust.app.base import BootStrategy
-    from prometheus_client import CONTENT_TYPE_LATEST, disable_created_metrics, generate_latest
-
-    from simpul.kafka_clients import faust_credentials
+def run_joins(settings: Settings, topology: Topology) -> None:
+    """Run the joins in the foreground until SIGTERM/SIGINT, hosted with /metrics and /health."""
     from simpul.registry.client import make_resolver
-    from streams import transport
-    from streams.worker import broker_urls
 
-    transport.register()
-    disable_created_metrics()
-    app = faust.App(
-        f"{settings.worker_id}-joins",
-        broker=broker_urls(settings.kafka_bootstrap),
-        broker_credentials=faust_credentials(settings),
-        topic_allow_declare=False,
-        web_enabled=True,
-        web_port=settings.joins_web_port,
-        web_bind=settings.bind_host,
-        web_application_options=aiohttp_options(settings),
-        store="memory://",
-        datadir=str(settings.data_dir / f"faust-{settings.worker_id}-joins"),
-    )
-    app.boot_strategy = BootStrategy(app, enable_kafka=False)
+    if not topology.joins:
+        raise SystemExit("the topology declares no joins")
     catalog = EventCatalog(topology, make_resolver(settings))
     holder: dict[str, JoinService] = {}
+
+    def health() -> tuple[dict[str, Any], int]:
+        service = holder.get("service")
+        return (service.health() if service else {"status": "starting"}), 200
+
+    host = ProcessHost(settings, f"{settings.worker_id}-joins", settings.joins_web_port, health)
 
     class Joins(JoinService):
         def __init__(self, **kwargs: Any) -> None:
             super().__init__(settings, topology, catalog, **kwargs)
             holder["service"] = self
 
-    app.service(Joins)
-
-    @app.page("/metrics")
-    async def metrics_page(web: Any, request: Any) -> Any:
-        return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
-
-    @app.page("/health")
-    async def health_page(web: Any, request: Any) -> Any:
-        service = holder.get("service")
-        return web.json(service.health() if service else {"status": "starting"})
-
-    return app
-
-
-def run_joins(settings: Settings, topology: Topology) -> None:
-    """Run the joins in the foreground until SIGTERM/SIGINT."""
-    from faust.worker import Worker
-
-    if not topology.joins:
-        raise SystemExit("the topology declares no joins")
-    app = create_joins_app(settings, topology)
-    worker = Worker(app, loglevel=settings.log_level.upper(), quiet=True, redirect_stdouts=False)
-    worker.execute_from_commandline()
+    host.service(Joins)
+    host.run()

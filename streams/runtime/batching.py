@@ -1,8 +1,9 @@
-"""The aiokafka plumbing the batch services share: clients, the ``getmany()`` loop, stop, commit.
+"""The one batch service: the aiokafka clients, the ``getmany()`` loop, rebalances, stop, commit.
 
-A subclass names its topics and processes one whole batch per event-loop turn; the loop holds
-``batch_lock`` around each batch, so a rebalance or a stop waits for the batch in flight to be
-written, produced and committed before its partitions move.
+Every stream process consumes through it (ingest, joins, webhook delivery). A subclass names
+its topics and processes one whole batch per event-loop turn; the loop holds ``batch_lock``
+around each batch and around a rebalance's `BatchService.on_revoked`, so a rebalance or a stop
+waits for the batch in flight to be written, produced and committed before its partitions move.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from simpul.settings import Settings
 log = logging.getLogger("simpul.batching")
 
 
+#: What one ``getmany()`` returns: aiokafka ``ConsumerRecord`` s by partition (aiokafka ships
+#: no type information, so a record is ``Any`` to mypy).
 Batch = dict[TopicPartition, list[Any]]
 
 
@@ -55,7 +58,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         async with self.service.batch_lock:  # the batch in flight finishes and commits first
-            self.service.on_revoked(revoked)
+            await self.service.on_revoked(revoked)
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         await self.service.on_assigned(assigned)
@@ -67,6 +70,8 @@ class BatchService(Service):
 
     #: Names the consumer group (``<worker_id>.<role>``) and the clients (``<worker_id>-<role>``).
     role: ClassVar[str]
+    #: Most records one batch takes; None: ``settings.batch_size``.
+    max_records: ClassVar[int | None] = None
 
     def __init__(self, settings: Settings, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -96,7 +101,7 @@ class BatchService(Service):
     async def open(self) -> None:
         """Runs in the loop's task before the first fetch; a failure crashes the worker."""
 
-    def on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+    async def on_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         """Partitions leave this process; runs under ``batch_lock``."""
 
     async def on_assigned(self, assigned: Iterable[TopicPartition]) -> None:
@@ -125,7 +130,7 @@ class BatchService(Service):
             client_id=f"{self.settings.worker_id}-{self.role}",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            max_poll_records=self.settings.batch_size,
+            max_poll_records=self._max_records,
             **self.settings.client_tuning().consumer_options(),
             **self.consumer_options(),
         )
@@ -134,6 +139,20 @@ class BatchService(Service):
             self.consumer.subscribe(topics, listener=_Rebalance(self))
         await self.consumer.start()
         self._connected = True
+
+    @property
+    def _max_records(self) -> int:
+        return self.max_records or self.settings.batch_size
+
+    def reader(self, purpose: str) -> AIOKafkaConsumer:
+        """A consumer outside the group (assign, seek), for reading a topic back, not started."""
+        return AIOKafkaConsumer(
+            **aiokafka_options(self.settings),
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=self.settings.client_tuning().fetch_max_wait_ms,
+            client_id=f"{self.settings.worker_id}-{self.role}-{purpose}",
+        )
 
     async def on_stop(self) -> None:
         # Runs before mode cancels the loop: let the batch in flight finish and commit.
@@ -165,7 +184,7 @@ class BatchService(Service):
         timeout_ms = int(self.settings.batch_seconds * 1000)
         while not self._stopping and not self.should_stop:
             batch = await self.consumer.getmany(
-                timeout_ms=timeout_ms, max_records=self.settings.batch_size
+                timeout_ms=timeout_ms, max_records=self._max_records
             )
             if not batch or self._stopping:
                 continue  # a batch fetched while stopping is left for the next owner

@@ -288,6 +288,14 @@ def test_sigterm_finishes_the_batch_and_restart_reprocesses_nothing(
     assert stored_before < len(plan), "the worker finished before SIGTERM; nothing was tested"
     stack.start_worker()
     wait_until(lambda: _stored(stack) >= len(expect.valid_ids), 120, "the rest stored")
+    # The last batch is counted after its offsets are committed, a moment after its rows
+    # are visible: wait for the count (a re-read would exceed it, and fail below).
+    with contextlib.suppress(AssertionError):
+        wait_until(
+            lambda: metric(stack, "simpul_events_received_total") >= len(plan) - stored_before,
+            30,
+            "the last batch counted",
+        )
     received_after = metric(stack, "simpul_events_received_total")
     assert received_after == len(plan) - stored_before, (
         f"restart re-read {received_after - (len(plan) - stored_before):.0f} messages"

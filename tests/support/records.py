@@ -11,7 +11,8 @@ from simpul import dbmigrate
 from simpul.catalog import EventCatalog
 from simpul.db import make_engine
 from simpul.envelope import Envelope
-from simpul.registry.store import SchemaResolver, SchemaStore, register_all
+from simpul.registry.resolver import SchemaResolver
+from simpul.registry.store import SchemaStore, register_all
 from simpul.topology.model import Topology
 from streams.ingest.pipeline import RawRecord
 from tests.support.signing import sign

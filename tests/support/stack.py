@@ -18,7 +18,8 @@ from simpul.catalog import EventCatalog
 from simpul.cli.services.broker import Broker, free_port
 from simpul.db import make_engine
 from simpul.registry.client import RegistryClient
-from simpul.registry.store import SchemaResolver, SchemaStore
+from simpul.registry.resolver import SchemaResolver
+from simpul.registry.store import SchemaStore
 from simpul.settings import Settings
 from simpul.topics import apply_topics
 from simpul.topology.model import Topology, load_topology

@@ -12,7 +12,8 @@ import yaml
 from simpul.errors import InvalidMessage
 from simpul.identifiers import mask_identifiers, mask_log_records
 from simpul.topology.model import Topology, load_topology
-from simpul.topology.subscriptions import Mask, SubscriptionError, SubscriptionPlan
+from simpul.topology.subscriptions import Mask
+from streams.fanout.plan import SubscriptionError, SubscriptionPlan
 from tests.support.paths import REPO_ROOT
 
 NIK = "7271054507910003"

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from simpul.codec import AvroSchema
-from simpul.validation import Problem, check_avro, check_identifiers
+from simpul.errors import Problem
+from simpul.validation import check_avro, check_identifiers
 
 pytestmark = pytest.mark.unit
 

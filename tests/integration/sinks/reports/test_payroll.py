@@ -17,9 +17,9 @@ from simpul.cli.main import app
 from simpul.db import make_engine
 from simpul.settings import get_settings
 from simpul.topology.model import Topology, load_topology
-from simpul.topology.subscriptions import SubscriptionPlan
 from sinks.central_store import CentralStore, StoredEvent
 from sinks.reports.payroll import HASH_MODULUS, PayrollError, account_number, payroll_control
+from streams.fanout.plan import SubscriptionPlan
 from streams.joins.state import Effects, JoinPartition
 from tests.support.join_events import assessment, employee, logic
 from tests.support.paths import REPO_ROOT

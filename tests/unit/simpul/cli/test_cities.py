@@ -21,7 +21,7 @@ from simpul.registry.resolver import SchemaResolver
 from simpul.registry.store import SchemaStore, register_all
 from simpul.topology.connectors import located_connectors
 from simpul.topology.model import Topology, load_topology
-from simpul.topology.subscriptions import SubscriptionPlan
+from streams.fanout.plan import SubscriptionPlan
 from streams.ingest.pipeline import RawRecord, validate_record
 from tests.support.paths import REPO_ROOT
 

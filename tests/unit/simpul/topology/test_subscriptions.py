@@ -19,13 +19,11 @@ from simpul.topology.subscriptions import (
     MASK_CHAR,
     Mask,
     Subscription,
-    SubscriptionError,
-    SubscriptionPlan,
     mask,
-    out_key,
     project,
     subscription_topics,
 )
+from streams.fanout.plan import SubscriptionError, SubscriptionPlan, out_key
 from tests.support.paths import REPO_ROOT
 
 pytestmark = pytest.mark.unit

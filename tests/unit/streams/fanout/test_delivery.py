@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import datetime as dt
 import email.utils
 import hashlib
@@ -13,16 +15,16 @@ import pytest
 
 from simpul.codec import AvroSchema, unframe
 from simpul.topology.model import load_topology, parse_topology
-from simpul.topology.subscriptions import SubscriptionPlan
 from sinks.webhook import (
     WebhookConfigError,
-    backoff,
     retry_after,
     sign,
     to_cloudevent,
     webhook_secrets,
 )
+from streams.fanout.plan import SubscriptionPlan
 from streams.fanout.service import fan_out
+from streams.runtime.retry import RetryPolicy
 from tests.support.paths import REPO_ROOT
 
 pytestmark = pytest.mark.unit
@@ -91,10 +93,48 @@ def test_cloudevent_is_structured_json_with_subject_and_extensions() -> None:
 
 def test_backoff_is_full_jitter_capped() -> None:
     rng = random.Random(1)
-    waits = [backoff(attempt, 1.0, 10.0, rng) for attempt in range(1, 12) for _ in range(50)]
+    policy = RetryPolicy(1.0, 10.0, jitter="full")
+    waits = [policy.delay(attempt, rng) for attempt in range(1, 12) for _ in range(50)]
     assert all(0 <= w <= 10.0 for w in waits)
-    assert max(backoff(1, 1.0, 10.0, rng) for _ in range(100)) <= 1.0
-    assert max(backoff(8, 1.0, 10.0, rng) for _ in range(100)) > 5.0  # grows to the cap
+    assert max(policy.delay(1, rng) for _ in range(100)) <= 1.0
+    assert max(policy.delay(8, rng) for _ in range(100)) > 5.0  # grows to the cap
+    assert min(policy.delay(8, rng) for _ in range(100)) < 1.0  # full jitter: from zero
+    assert policy.capped(3600.0) == 10.0  # a Retry-After is held to the cap
+
+
+def test_outage_backoff_doubles_within_a_fifth_of_plan() -> None:
+    rng = random.Random(2)
+    policy = RetryPolicy(0.5, 4.0)
+    for attempt, planned in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (9, 4.0)]:
+        waits = [policy.delay(attempt, rng) for _ in range(100)]
+        assert all(0.8 * planned <= w <= 1.2 * planned for w in waits)
+
+
+def test_until_done_retries_only_the_named_failures() -> None:
+    policy = RetryPolicy(0.001, 0.002)
+    calls: list[int] = []
+    told: list[tuple[str, float]] = []
+
+    async def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionError("store away")
+        return "written"
+
+    result = asyncio.run(
+        policy.until_done(flaky, (ConnectionError,), lambda e, w: told.append((str(e), w)))
+    )
+    assert result == "written" and len(calls) == 3
+    assert [reason for reason, _ in told] == ["store away", "store away"]
+
+    async def broken() -> str:
+        raise KeyError("a bug")
+
+    with pytest.raises(KeyError):
+        asyncio.run(
+            policy.until_done(broken, (ConnectionError,), lambda e, w: told.append((str(e), w)))
+        )
+    assert len(told) == 2  # a failure not named is not retried
 
 
 def test_retry_after_reads_seconds_and_http_dates() -> None:
@@ -118,3 +158,14 @@ def _raw() -> dict[str, object]:
     import yaml
 
     return yaml.safe_load(PALU.read_text())
+
+
+def test_bytes_are_base64_in_the_store_json_and_the_webhook_body() -> None:
+    from simpul.db import dumps
+
+    raw = bytes(range(250, 256)) + b"\x00simpul"
+    encoded = base64.b64encode(raw).decode()
+    assert json.loads(dumps({"digest": raw})) == {"digest": encoded}
+    assert json.loads(dumps({"digest": raw, "big": 2**70})) == {"digest": encoded, "big": 2**70}
+    event = json.loads(to_cloudevent([("ce_id", b"e-1")], None, {"digest": raw}))
+    assert event["data"] == {"digest": encoded}

@@ -143,3 +143,13 @@ def test_forwarded_record_keeps_its_timestamp_in_milliseconds() -> None:
     outgoing = Outgoing("simpul.valid.permit.issued", b"k", b"v", [], sent_at, b"k")
     assert outgoing.timestamp_ms == 1_796_113_800_250
     assert dataclasses.replace(outgoing, timestamp=None).timestamp_ms is None
+
+
+def test_problem_is_its_sentence_with_the_field_kept_apart() -> None:
+    from simpul.errors import Problem
+    from simpul.validation import check_identifiers
+
+    (problem,) = check_identifiers({"nik": "nik"}, {"nik": "727101520388000"})
+    assert isinstance(problem, Problem)
+    assert problem.field == "nik" and problem == f"nik: {problem.reason}"
+    assert "16 digits" in problem.reason

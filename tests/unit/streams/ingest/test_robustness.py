@@ -19,7 +19,7 @@ from simpul.settings import Settings
 from simpul.signing import KeyRing
 from streams.ingest.pipeline import (
     DedupWindow,
-    Rejected,
+    Invalid,
     agency_label,
     check_record,
     forwardable_timestamp,
@@ -182,7 +182,7 @@ def test_dead_letter_row_fits_its_columns_whatever_the_headers() -> None:
         b"",
         [("ce_id", b"a\x00b" * 200), ("ce_source", b"/agency/\x00evil")],
     )
-    rejected = Rejected(raw, InvalidMessage("headers", "header.missing", "x\x00y" * 1000))
+    rejected = Invalid(raw, InvalidMessage("headers", "header.missing", "x\x00y" * 1000))
 
     class _Type:  # only .name is read
         name = TYPE
@@ -217,7 +217,7 @@ def test_envelope_round_trip_is_unchanged() -> None:
 def test_dead_letter_of_a_message_near_the_size_limit_is_cut_to_fit() -> None:
     # A 1 MiB value the broker accepted, plus the dead-letter headers, exceeded the producer's
     # max_request_size: the send failed and the batch was never committed.
-    from streams.ingest.pipeline import DLQ_HEADERS, MAX_DEAD_LETTER_BYTES, fit_dead_letter
+    from simpul.deadletter import DLQ_HEADERS, MAX_DEAD_LETTER_BYTES, fit_dead_letter
 
     value = b"\x00" + b"\xab" * 1_048_000
     headers = [("ce_id", b"x" * 200), ("x-big", b"y" * 600_000), ("simpul_dlq_reason", b"why")]

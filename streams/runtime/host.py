@@ -1,0 +1,78 @@
+"""The process host of every long-running stream process: the worker, the joins, the deliverer.
+
+Faust, with its Kafka switched off, gives each process its lifecycle (mode services started
+and stopped in order; SIGTERM or SIGINT is a graceful stop and exit 0, a crashed service exit
+1) and an aiohttp web server. The host puts on that server what every process has: ``/metrics``
+and ``/health``, every page behind the installation's token (`simpul.httpauth`) with bounded
+bodies, bound to ``settings.bind_host`` on the process's own port. docs/faust.md says why
+Faust is the host and not the engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, NoReturn
+
+import faust
+from faust.app.base import BootStrategy
+from mode import Service
+from prometheus_client import CONTENT_TYPE_LATEST, disable_created_metrics, generate_latest
+
+from simpul.httpauth import aiohttp_options
+from simpul.settings import Settings
+
+#: What ``/health`` answers: the JSON document and the HTTP status (503 while degraded).
+HealthReport = Callable[[], tuple[Mapping[str, Any], int]]
+
+
+class ProcessHost:
+    """One long-running process: its services, its pages and its run in the foreground."""
+
+    def __init__(self, settings: Settings, name: str, port: int, health: HealthReport) -> None:
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus_client
+        settings.data_dir.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
+        self.settings = settings
+        self.name = name
+        self.app = faust.App(
+            name,
+            web_enabled=True,
+            web_port=port,
+            web_bind=settings.bind_host,
+            # Every page, Faust's own included, needs the token; bodies are bounded.
+            web_application_options=aiohttp_options(settings),
+            topic_allow_declare=False,
+            store="memory://",
+            datadir=str(settings.data_dir / f"faust-{name}"),
+        )
+        # Faust's Kafka stays off: the services consume with aiokafka themselves.
+        self.app.boot_strategy = BootStrategy(self.app, enable_kafka=False)
+
+        @self.app.page("/metrics")
+        async def metrics_page(web: Any, request: Any) -> Any:
+            return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+        @self.app.page("/health")
+        async def health_page(web: Any, request: Any) -> Any:
+            body, status = health()
+            return web.json(dict(body), status=status)
+
+    def service(self, service: type[Service]) -> None:
+        """Run ``service`` (made by the host with no arguments) for the process's lifetime."""
+        self.app.service(service)
+
+    def page(self, path: str) -> Callable[[Any], Any]:
+        """Decorate a page handler ``(web, request)`` or a `faust.web.View` for ``path``."""
+        decorator: Callable[[Any], Any] = self.app.page(path)
+        return decorator
+
+    def run(self) -> NoReturn:
+        """Run in the foreground until SIGTERM/SIGINT (exit 0) or a service crashes (exit 1)."""
+        from faust.worker import Worker
+
+        worker = Worker(
+            self.app,
+            loglevel=self.settings.log_level.upper(),
+            quiet=True,
+            redirect_stdouts=False,
+        )
+        worker.execute_from_commandline()
