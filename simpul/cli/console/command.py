@@ -47,6 +47,9 @@ def serve_console(
 ) -> None:
     """Run the web console (agencies, connectors, subscriptions, dead letters, schemas,
     data protection); SIGTERM stops it with exit 0."""
+    from simpul.cli.extras import exit_without_extra
+
+    exit_without_extra("console", "simpul console")  # its users commands too
     if ctx.invoked_subcommand is not None:
         return
     from simpul import dbmigrate
