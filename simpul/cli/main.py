@@ -133,7 +133,9 @@ def broker(
     try:
         command = broker_command(port)
     except BrokerError as error:
-        err.print(f"[red]{error}[/red]")
+        from rich.markup import escape
+
+        err.print(f"[red]{escape(str(error))}[/red]")  # the hint's [embedded] is no markup
         raise typer.Exit(1) from None
     process = subprocess.Popen(command)
     signal.signal(signal.SIGTERM, lambda *_: process.terminate())  # before anyone is told
