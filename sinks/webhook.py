@@ -228,7 +228,7 @@ class WebhookDeliverer:
             assert sub.webhook is not None
             if sub.webhook.url not in self.endpoints:
                 self.endpoints[sub.webhook.url] = Endpoint(
-                    sub.webhook.url, sub.agency, asyncio.Semaphore(settings.deliver_concurrency)
+                    sub.webhook.url, sub.agency, asyncio.Semaphore(settings.deliver.concurrency)
                 )
         self.topics = sorted({inbox_topic(s.agency) for s in self.subscriptions.values()})
         self.partitions: dict[TopicPartition, _Partition] = {}
@@ -245,20 +245,20 @@ class WebhookDeliverer:
 
     async def start(self) -> None:
         bootstrap = aiokafka_options(self.settings)
-        client_id = f"{self.settings.worker_id}-deliver"
+        client_id = f"{self.settings.worker.id}-deliver"
         self.producer = AIOKafkaProducer(**bootstrap, acks="all", client_id=client_id)
         self.consumer = AIOKafkaConsumer(
             **bootstrap,
-            group_id=f"{self.settings.worker_id}.deliver",
+            group_id=f"{self.settings.worker.id}.deliver",
             client_id=client_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             **self.settings.client_tuning().consumer_options(),
         )
         self.client = httpx.AsyncClient(
-            timeout=self.settings.deliver_timeout_s,
+            timeout=self.settings.deliver.timeout_s,
             limits=httpx.Limits(
-                max_connections=self.settings.deliver_concurrency * max(1, len(self.endpoints))
+                max_connections=self.settings.deliver.concurrency * max(1, len(self.endpoints))
             ),
             headers={"User-Agent": "Simpul-Webhook/1"},
         )
@@ -270,7 +270,7 @@ class WebhookDeliverer:
     async def stop(self) -> None:
         self.stopping.set()
         if self.tasks:
-            await asyncio.wait(list(self.tasks), timeout=self.settings.stop_timeout_s)
+            await asyncio.wait(list(self.tasks), timeout=self.settings.process.stop_timeout_s)
         for task in self.tasks:
             task.cancel()
         await self.checkpoint()
@@ -300,7 +300,7 @@ class WebhookDeliverer:
         state.pending.add(message.offset)
         endpoint.pending += 1
         metrics.WEBHOOK_PENDING.labels(endpoint.agency).set(endpoint.pending)
-        if endpoint.pending >= self.settings.deliver_max_pending and tp not in endpoint.paused:
+        if endpoint.pending >= self.settings.deliver.max_pending and tp not in endpoint.paused:
             endpoint.paused.add(tp)
             self.consumer.pause(tp)
         job = Job(
@@ -353,7 +353,7 @@ class WebhookDeliverer:
         endpoint = job.endpoint
         endpoint.pending -= 1
         metrics.WEBHOOK_PENDING.labels(endpoint.agency).set(endpoint.pending)
-        if endpoint.paused and endpoint.pending < self.settings.deliver_max_pending // 2:
+        if endpoint.paused and endpoint.pending < self.settings.deliver.max_pending // 2:
             # A rebalance may have taken a paused partition away (and cleared its pause).
             held = self.consumer.assignment()
             self.consumer.resume(*(tp for tp in endpoint.paused if tp in held))
@@ -370,7 +370,7 @@ class WebhookDeliverer:
         agency = job.subscription.agency
         url = job.endpoint.url
         reason = "no attempt"
-        for attempt in range(1, self.settings.deliver_max_attempts + 1):
+        for attempt in range(1, self.settings.deliver.max_attempts + 1):
             wait: float | None = None
             async with job.endpoint.concurrency:
                 timestamp = int(self.now())
@@ -387,7 +387,7 @@ class WebhookDeliverer:
                     )
                 except httpx.TimeoutException:
                     status, label = None, "timeout"
-                    reason = f"timed out ({self.settings.deliver_timeout_s:g}s)"
+                    reason = f"timed out ({self.settings.deliver.timeout_s:g}s)"
                 except httpx.TransportError as error:
                     status, label = None, "connect"
                     reason = f"{type(error).__name__}: {error}"
@@ -402,16 +402,16 @@ class WebhookDeliverer:
                 return "delivered", None
             if status is not None and status not in RETRYABLE:
                 return "dead_lettered", f"{reason}: refused by the endpoint (not retried)"
-            if attempt == self.settings.deliver_max_attempts:
+            if attempt == self.settings.deliver.max_attempts:
                 break
             metrics.WEBHOOK_RETRIES.labels(agency, label).inc()
             if wait is None:
                 wait = backoff(
-                    attempt, self.settings.deliver_retry_base_s, self.settings.deliver_retry_max_s
+                    attempt, self.settings.deliver.retry_base_s, self.settings.deliver.retry_max_s
                 )
             log.info("webhook %s: %s; attempt %d again in %.1fs", url, reason, attempt + 1, wait)
-            await asyncio.sleep(min(wait, self.settings.deliver_retry_max_s))
-        return "dead_lettered", f"{reason} after {self.settings.deliver_max_attempts} attempts"
+            await asyncio.sleep(min(wait, self.settings.deliver.retry_max_s))
+        return "dead_lettered", f"{reason} after {self.settings.deliver.max_attempts} attempts"
 
     async def _body(self, job: Job) -> bytes:
         schema_id, body = unframe(job.value)
@@ -525,7 +525,7 @@ async def serve(settings: Settings, topology: Topology) -> None:
 
     disable_created_metrics()
     secrets = webhook_secrets(topology)
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.store.database_url)
     deliverer = WebhookDeliverer(
         settings,
         topology,
@@ -533,9 +533,9 @@ async def serve(settings: Settings, topology: Topology) -> None:
         AuditLog(
             engine,
             settings.audit_secret(),
-            f"{settings.worker_id}.deliver",
-            settings.audit_heads_file,
-            settings.audit_export_s,
+            f"{settings.worker.id}.deliver",
+            settings.audit.heads_file,
+            settings.audit.export_s,
         ),
         secrets,
     )
@@ -551,7 +551,7 @@ async def serve(settings: Settings, topology: Topology) -> None:
     site_app.router.add_get("/health", health_page)
     runner = web.AppRunner(site_app)
     await runner.setup()
-    await web.TCPSite(runner, settings.bind_host, settings.deliver_web_port).start()
+    await web.TCPSite(runner, settings.http.bind_host, settings.deliver.web_port).start()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, deliverer.stopping.set)

@@ -46,11 +46,11 @@ def create_app(settings: Settings, topology: Topology) -> faust.App:
     """Build the worker's Faust app and its ingest service for the topology's event types."""
     transport.register()
     disable_created_metrics()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
+    settings.paths.data_dir.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
     tuning = settings.client_tuning()
     app = faust.App(
-        settings.worker_id,
-        broker=broker_urls(settings.kafka_bootstrap),
+        settings.worker.id,
+        broker=broker_urls(settings.kafka.bootstrap),
         broker_credentials=faust_credentials(settings),
         value_serializer="raw",
         key_serializer="raw",
@@ -62,14 +62,14 @@ def create_app(settings: Settings, topology: Topology) -> faust.App:
         broker_heartbeat_interval=tuning.heartbeat_interval_s,
         producer_acks=-1,
         web_enabled=True,
-        web_port=settings.worker_web_port,
-        web_bind=settings.bind_host,
+        web_port=settings.worker.web_port,
+        web_bind=settings.http.bind_host,
         # Every page, Faust's own included, needs the token; bodies are bounded.
         web_application_options=aiohttp_options(settings),
         store="memory://",
-        datadir=str(settings.data_dir / f"faust-{settings.worker_id}"),
+        datadir=str(settings.paths.data_dir / f"faust-{settings.worker.id}"),
     )
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.store.database_url)
     catalog = EventCatalog(topology, make_resolver(settings))
     store = CentralStore(engine)
     health = Health()
@@ -78,7 +78,7 @@ def create_app(settings: Settings, topology: Topology) -> faust.App:
     ingest: list[IngestService] = []  # the instance Faust makes, for the web commands
     fanout = (
         inbox_fanout(settings, topology, engine)
-        if settings.fanout_enabled and topology.subscriptions
+        if settings.worker.fanout_enabled and topology.subscriptions
         else None
     )
 
@@ -98,13 +98,13 @@ def create_app(settings: Settings, topology: Topology) -> faust.App:
             while not self.should_stop:
                 try:
                     card = await asyncio.to_thread(
-                        build_scorecard, engine, topology, None, settings.connectors_dir
+                        build_scorecard, engine, topology, None, settings.paths.connectors_dir
                     )
                 except SQLAlchemyError as error:  # the store may be down; /health says so
                     log.warning("scorecard refresh failed: %s", error)
                 else:
                     export_gauges(card)
-                await self.sleep(settings.status_refresh_s)
+                await self.sleep(settings.worker.status_refresh_s)
 
     app.service(ScorecardGauges)
     if not app.agents and not app.tables:
@@ -141,7 +141,7 @@ def create_app(settings: Settings, topology: Topology) -> faust.App:
     async def scorecard_or_error() -> Any:
         try:
             card = await asyncio.to_thread(
-                build_scorecard, engine, topology, None, settings.connectors_dir
+                build_scorecard, engine, topology, None, settings.paths.connectors_dir
             )
         except SQLAlchemyError as error:
             return str(getattr(error, "orig", error)).splitlines()[0]
@@ -176,7 +176,9 @@ def create_app(settings: Settings, topology: Topology) -> faust.App:
 
         try:
             report = await asyncio.to_thread(
-                lambda: build_readiness(engine, topology, connectors_dir=settings.connectors_dir)
+                lambda: build_readiness(
+                    engine, topology, connectors_dir=settings.paths.connectors_dir
+                )
             )
         except SQLAlchemyError as error:
             reason = str(getattr(error, "orig", error)).splitlines()[0]
@@ -188,14 +190,14 @@ def create_app(settings: Settings, topology: Topology) -> faust.App:
 
 def inbox_fanout(settings: Settings, topology: Topology, engine: Any) -> InboxFanout:
     """The ingest path's fan-out to simpul.out.<agency>, checked against the schemas first."""
-    plan = SubscriptionPlan.build(topology, settings.schemas_dir)
+    plan = SubscriptionPlan.build(topology, settings.paths.schemas_dir)
     store = SchemaStore(engine)  # derived schemas are registered in the store directly
     audit = AuditLog(
         engine,
         settings.audit_secret(),
-        f"{settings.worker_id}.fanout",
-        settings.audit_heads_file,
-        settings.audit_export_s,
+        f"{settings.worker.id}.fanout",
+        settings.audit.heads_file,
+        settings.audit.export_s,
     )
     return InboxFanout(plan, store, audit)
 
@@ -205,5 +207,7 @@ def run_worker(settings: Settings, topology: Topology) -> None:
     from faust.worker import Worker
 
     app = create_app(settings, topology)
-    worker = Worker(app, loglevel=settings.log_level.upper(), quiet=True, redirect_stdouts=False)
+    worker = Worker(
+        app, loglevel=settings.process.log_level.upper(), quiet=True, redirect_stdouts=False
+    )
     worker.execute_from_commandline()

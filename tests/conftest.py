@@ -281,7 +281,7 @@ class Stack:
         )
         # A stack dropped without teardown (a failed test) must not leave its registry behind.
         weakref.finalize(self, _terminate, self.registry)
-        wait_until(lambda: _http_ok(self.settings.registry_port, "/config"), 60, "registry up")
+        wait_until(lambda: _http_ok(self.settings.registry.port, "/config"), 60, "registry up")
         return self.registry
 
     def stop_registry(self, sig: int = signal.SIGTERM) -> int:
@@ -293,16 +293,17 @@ class Stack:
 
     def registry_client(self, **kwargs: Any) -> RegistryClient:
         return RegistryClient(
-            self.settings.registry_url, token=self.settings.registry_admin_token, **kwargs
+            self.settings.registry.url, token=self.settings.registry.admin_token, **kwargs
         )
 
     @property
     def store(self) -> CentralStore:
-        return CentralStore(make_engine(self.settings.database_url))
+        return CentralStore(make_engine(self.settings.store.database_url))
 
     def catalog(self) -> EventCatalog:
         return EventCatalog(
-            self.topology, SchemaResolver(SchemaStore(make_engine(self.settings.database_url)))
+            self.topology,
+            SchemaResolver(SchemaStore(make_engine(self.settings.store.database_url))),
         )
 
     def start_worker(self, wait: bool = True) -> subprocess.Popen[bytes]:
@@ -318,12 +319,12 @@ class Stack:
         weakref.finalize(self, _terminate, self.worker)
         if not wait:
             return self.worker
-        wait_until(lambda: _http_ok(self.settings.worker_web_port, "/health"), 60, "worker up")
+        wait_until(lambda: _http_ok(self.settings.worker.web_port, "/health"), 60, "worker up")
         wait_until(lambda: self.health().get("assigned_partitions", 0) > 0, 60, "partitions")
         return self.worker
 
     def health(self) -> dict[str, Any]:
-        url = f"http://127.0.0.1:{self.settings.worker_web_port}/health"
+        url = f"http://127.0.0.1:{self.settings.worker.web_port}/health"
         try:
             with urllib.request.urlopen(_authorized(url), timeout=5) as response:
                 return json.loads(response.read())
@@ -340,7 +341,7 @@ class Stack:
         return code
 
     def metrics(self) -> str:
-        url = f"http://127.0.0.1:{self.settings.worker_web_port}/metrics"
+        url = f"http://127.0.0.1:{self.settings.worker.web_port}/metrics"
         with urllib.request.urlopen(_authorized(url), timeout=5) as response:
             return response.read().decode()
 

@@ -57,7 +57,7 @@ def start_runtime(stack: Any, declaration: dict[str, Any]) -> ConnectRuntime:
     spec = ConnectorSpec.model_validate(declaration)
     assert not check_connectors(stack.topology, [spec], "connectors")
     settings = stack.settings.model_copy(update={"connect_poll_interval_s": 0.2})
-    context = ConnectorContext(settings, make_engine(settings.database_url))
+    context = ConnectorContext(settings, make_engine(settings.store.database_url))
     runtime = ConnectRuntime([spec], resolve_all([spec]), context, stack.catalog())
     runtime.start()
     return runtime
@@ -66,7 +66,7 @@ def start_runtime(stack: Any, declaration: dict[str, Any]) -> ConnectRuntime:
 def stored_keys(stack: Any, event_type: str, keys: list[str]) -> set[str]:
     from sqlalchemy import text
 
-    engine = make_engine(stack.settings.database_url)
+    engine = make_engine(stack.settings.store.database_url)
     with engine.connect() as conn:
         rows = conn.execute(
             text("select key from event_log where type = :t"), {"t": event_type}
@@ -410,7 +410,7 @@ def http_case(stack: Any) -> Case:
 
     name = f"contract-http-{next(_serial)}"
     port = free_port()
-    key = ApiKeyStore(make_engine(stack.settings.database_url)).create("dpmptsp")[1]
+    key = ApiKeyStore(make_engine(stack.settings.store.database_url)).create("dpmptsp")[1]
     source = OutboxSource("sqlite://", stack.topology)  # only for its permit payloads
 
     def row(payload: dict[str, Any]) -> dict[str, Any]:

@@ -129,7 +129,7 @@ def test_bad_record_goes_to_dead_letters_or_rejects(
     case.add_bad()
     after = case.add_valid(1)
     wait_until(lambda: stored_keys(pg_stack, case.event_type, after) == set(after), 60, "stored")
-    bootstrap = pg_stack.settings.kafka_bootstrap
+    bootstrap = pg_stack.settings.kafka.bootstrap
     wait_until(lambda: case.bad_reported(bootstrap), 60, "the bad record reported")
     task = _task(running)
     assert task.counters.failed >= 1

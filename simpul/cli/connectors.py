@@ -50,7 +50,7 @@ def declared_connectors(settings: Settings, topology: Any) -> list[Any]:
     from simpul.topology.connectors import ConnectorConfigError, located_connectors
 
     try:
-        located = located_connectors(topology, settings.connectors_dir)
+        located = located_connectors(topology, settings.paths.connectors_dir)
         specs = [spec for spec, _ in located]
         resolve_all(specs, [where for _, where in located])
     except ConnectorConfigError as error:
@@ -70,7 +70,7 @@ def connect(host: HostOption = None, port: PortOption = None) -> None:
     specs = declared_connectors(settings, topology)
     console.print(
         f"{len(specs)} connectors; REST API on "
-        f"[bold]http://{settings.bind_host}:{settings.connect_port}"
+        f"[bold]http://{settings.http.bind_host}:{settings.connect.port}"
         "/connectors[/bold]"
     )
     try:
@@ -92,7 +92,7 @@ def connect(host: HostOption = None, port: PortOption = None) -> None:
 
 
 def _base(url: str | None) -> str:
-    return (url or f"http://127.0.0.1:{get_settings().connect_port}").rstrip("/")
+    return (url or f"http://127.0.0.1:{get_settings().connect.port}").rstrip("/")
 
 
 def _call(method: str, url: str) -> Any:
@@ -180,7 +180,7 @@ def ingress(ctx: typer.Context, host: HostOption = None, port: PortOption = None
     settings = listening(_settings(), "ingress_port", host, port)
     topology = _topology(settings)
     console.print(
-        f"HTTP ingress on [bold]http://{settings.bind_host}:{settings.ingress_port}[/bold] "
+        f"HTTP ingress on [bold]http://{settings.http.bind_host}:{settings.ingress.port}[/bold] "
         "(OpenAPI: /docs)"
     )
     serve(settings, topology)
@@ -190,7 +190,7 @@ def _key_store(settings: Settings):  # type: ignore[no-untyped-def]
     from connectors.state import ApiKeyStore
     from simpul.db import make_engine
 
-    return ApiKeyStore(make_engine(settings.database_url))
+    return ApiKeyStore(make_engine(settings.store.database_url))
 
 
 @keys_app.command("create")

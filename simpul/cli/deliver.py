@@ -23,12 +23,12 @@ def deliver(host: HostOption = None, port: PortOption = None) -> None:
     settings = listening(_settings(), "deliver_web_port", host, port)
     topology = _topology(settings)
     try:
-        SubscriptionPlan.build(topology, settings.schemas_dir)
+        SubscriptionPlan.build(topology, settings.paths.schemas_dir)
         if not any(s.webhook for s in topology.subscriptions):
             err.print("[yellow]no subscription has a webhook; nothing to deliver[/yellow]")
             raise typer.Exit(0)
         logging.basicConfig(
-            level=settings.log_level.upper(),
+            level=settings.process.log_level.upper(),
             format="%(asctime)s %(levelname)s %(name)s %(message)s",
         )
         asyncio.run(serve(settings, topology))

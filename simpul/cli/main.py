@@ -79,7 +79,7 @@ def _settings() -> Settings:
 
 def _topology(settings: Settings) -> Topology:
     try:
-        return load_topology(settings.topology_file)
+        return load_topology(settings.paths.topology_file)
     except TopologyError as error:
         err.print(f"[red]{error}[/red]")
         raise typer.Exit(2) from None
@@ -114,12 +114,12 @@ def broker(
     from simpul.cli.services.broker import EMBEDDED_LOSES, BrokerError, broker_command, port_is_free
 
     settings = _settings()
-    port = port or settings.broker_port
+    port = port or settings.broker.port
     if engine not in ("embedded", "kafka"):
         err.print(f"[red]--engine: {engine!r} is not one of: embedded, kafka[/red]")
         raise typer.Exit(2)
     if engine == "kafka":
-        _run_kafka(settings, port, nodes, data_dir or settings.kafka_data_dir)
+        _run_kafka(settings, port, nodes, data_dir or settings.kafka.data_dir)
         return
     if nodes != 1:
         err.print("[red]--nodes: the embedded broker runs one node; use --engine kafka[/red]")
@@ -159,7 +159,7 @@ def _run_kafka(settings: Settings, port: int, nodes: int, data_dir: Path) -> Non
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    cluster = KafkaCluster(data_dir, nodes, port=port, cache_dir=settings.kafka_cache_dir)
+    cluster = KafkaCluster(data_dir, nodes, port=port, cache_dir=settings.kafka.cache_dir)
     try:
         console.print(f"Apache Kafka {KAFKA_VERSION}: resolving jars and starting {nodes} node(s)…")
         cluster.start()
@@ -193,7 +193,7 @@ def acls_plan() -> None:
     topology = _topology(settings)
     table = Table("user", "operations", "resource", "name", "pattern")
     grouped: dict[tuple[str, str, str, str], list[str]] = {}
-    for grant in acls.plan(topology, settings.worker_id):
+    for grant in acls.plan(topology, settings.worker.id):
         key = (grant.principal, grant.resource, grant.name, grant.pattern)
         grouped.setdefault(key, []).append(grant.operation)
     for (user, resource, name, pattern), operations in grouped.items():
@@ -211,18 +211,18 @@ def acls_apply() -> None:
     from simpul.kafka_clients import kafka_python_options
 
     settings = _settings()
-    if settings.kafka_security_protocol == "PLAINTEXT":
+    if settings.kafka.security_protocol == "PLAINTEXT":
         err.print(
             "[red]SIMPUL_KAFKA_SECURITY_PROTOCOL is PLAINTEXT[/red]: ACLs need a secured Apache "
             "Kafka (SASL_PLAINTEXT or SASL_SSL) and its admin user in SIMPUL_KAFKA_USERNAME"
         )
         raise typer.Exit(2)
     topology = _topology(settings)
-    passwords = acls.load_or_create_passwords(settings.kafka_users_file, topology)
-    report = acls.apply(topology, kafka_python_options(settings), passwords, settings.worker_id)
+    passwords = acls.load_or_create_passwords(settings.kafka.users_file, topology)
+    report = acls.apply(topology, kafka_python_options(settings), passwords, settings.worker.id)
     console.print(
         f"{report.users} users; ACLs: {report.acls_created} created, "
-        f"{report.acls_existing} already there. Passwords: {settings.kafka_users_file}"
+        f"{report.acls_existing} already there. Passwords: {settings.kafka.users_file}"
     )
 
 
@@ -245,7 +245,7 @@ def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision")] 
     from simpul import dbmigrate
 
     settings = _settings()
-    at = dbmigrate.upgrade(settings.database_url, revision)
+    at = dbmigrate.upgrade(settings.store.database_url, revision)
     console.print(f"central store at revision [bold]{at}[/bold]")
 
 
@@ -254,7 +254,9 @@ def db_current() -> None:
     """Show the central store's migration revision."""
     from simpul import dbmigrate
 
-    console.print(dbmigrate.current(_settings().database_url) or "(empty: run `simpul db upgrade`)")
+    console.print(
+        dbmigrate.current(_settings().store.database_url) or "(empty: run `simpul db upgrade`)"
+    )
 
 
 @topology_app.command("check")
@@ -265,14 +267,14 @@ def topology_check(
 ) -> None:
     """Validate a topology file; every error names the field and the reason."""
     try:
-        topology = load_topology(path or _settings().topology_file)
+        topology = load_topology(path or _settings().paths.topology_file)
     except TopologyError as error:
         err.print(f"[red]{error}[/red]")
         raise typer.Exit(2) from None
     from simpul.topology.subscriptions import SubscriptionError, SubscriptionPlan
 
     try:
-        SubscriptionPlan.build(topology, _settings().schemas_dir)
+        SubscriptionPlan.build(topology, _settings().paths.schemas_dir)
     except SubscriptionError as error:
         err.print(f"[red]{error}[/red]")
         raise typer.Exit(2) from None
@@ -303,7 +305,7 @@ def init(
     except UnknownRegion as error:
         err.print(str(error), markup=False, style="red", soft_wrap=True)
         raise typer.Exit(2) from None
-    target = out or _settings().topology_file.parent / f"{stem}.yaml"
+    target = out or _settings().paths.topology_file.parent / f"{stem}.yaml"
     if target.exists() and not force:
         err.print(f"{target} exists; pass --force to overwrite it", markup=False, style="red")
         raise typer.Exit(1)
@@ -330,7 +332,7 @@ def worker(host: HostOption = None, port: PortOption = None) -> None:
     settings = listening(_settings(), "worker_web_port", host, port)
     topology = _topology(settings)
     try:
-        SubscriptionPlan.build(topology, settings.schemas_dir)
+        SubscriptionPlan.build(topology, settings.paths.schemas_dir)
     except SubscriptionError as error:
         err.print(f"[red]{error}[/red]")
         raise typer.Exit(2) from None
@@ -497,7 +499,7 @@ def dlq_resume(
 
     settings = _settings()
     etype = _event_type(_topology(settings), event_type)
-    url = (worker or f"http://127.0.0.1:{settings.worker_web_port}").rstrip("/")
+    url = (worker or f"http://127.0.0.1:{settings.worker.web_port}").rstrip("/")
     try:
         response = httpx.post(
             f"{url}/dlq-limit",
@@ -527,7 +529,7 @@ def demo(
     from simpul.cli.demo import city_topology, run_demo
 
     try:
-        city_topology(city, _settings().topology_file)
+        city_topology(city, _settings().paths.topology_file)
     except FileNotFoundError as error:
         err.print(str(error), markup=False, style="red", soft_wrap=True)
         raise typer.Exit(2) from None

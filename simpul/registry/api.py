@@ -146,7 +146,7 @@ def _bearer_or_basic(request: Request) -> str | None:
 
 def create_app(settings: Settings, store: SchemaStore | None = None) -> FastAPI:
     """The registry app over the central store at ``settings.database_url``."""
-    store = store or SchemaStore(make_engine(settings.database_url))
+    store = store or SchemaStore(make_engine(settings.store.database_url))
     token = admin_token(settings, create=True) or ""
     if not token:
         raise ValueError("registry_admin_token: the token file is empty; delete it to regenerate")
@@ -170,7 +170,7 @@ def create_app(settings: Settings, store: SchemaStore | None = None) -> FastAPI:
         _authorize(request)
 
     def reader(request: Request) -> None:
-        if settings.registry_read_auth:
+        if settings.registry.read_auth:
             _authorize(request)
 
     Read = Depends(reader)
@@ -391,8 +391,8 @@ def serve(settings: Settings, port: int | None = None, host: str | None = None) 
     )
     run(
         app,
-        port or settings.registry_port,
-        host or settings.bind_host,
-        settings.http_max_body_bytes,
+        port or settings.registry.port,
+        host or settings.http.bind_host,
+        settings.http.max_body_bytes,
         access_log=False,
     )

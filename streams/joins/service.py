@@ -84,9 +84,9 @@ class JoinService(BatchService):
         self.catalog = catalog
         # Derived events are Simpul's own: the joins gateway signs them for /agency/simpul.
         self.signer = signer_for(settings, "joins")
-        self.dead_letter_log = DeadLetterLog(make_engine(settings.database_url))
+        self.dead_letter_log = DeadLetterLog(make_engine(settings.store.database_url))
         self.logics = [
-            JoinLogic(j, topology.event_type(j.output), settings.join_wait_s)
+            JoinLogic(j, topology.event_type(j.output), settings.joins.wait_s)
             for j in topology.joins
         ]
         #: input topic -> (role, join): role is "left", "right" or "repartition"
@@ -129,7 +129,7 @@ class JoinService(BatchService):
     @Service.task
     async def _expire(self) -> None:
         while not self._stopping and not self.should_stop:
-            await self.sleep(self.settings.join_check_s)
+            await self.sleep(self.settings.joins.check_s)
             if self._stopping:
                 return
             async with self.batch_lock:
@@ -344,7 +344,7 @@ class JoinService(BatchService):
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             fetch_max_wait_ms=self.settings.client_tuning().fetch_max_wait_ms,
-            client_id=f"{self.settings.worker_id}-joins-restore",
+            client_id=f"{self.settings.worker.id}-joins-restore",
         )
         await reader.start()
         try:
@@ -427,16 +427,16 @@ def create_joins_app(settings: Settings, topology: Topology) -> Any:
     transport.register()
     disable_created_metrics()
     app = faust.App(
-        f"{settings.worker_id}-joins",
-        broker=broker_urls(settings.kafka_bootstrap),
+        f"{settings.worker.id}-joins",
+        broker=broker_urls(settings.kafka.bootstrap),
         broker_credentials=faust_credentials(settings),
         topic_allow_declare=False,
         web_enabled=True,
-        web_port=settings.joins_web_port,
-        web_bind=settings.bind_host,
+        web_port=settings.joins.web_port,
+        web_bind=settings.http.bind_host,
         web_application_options=aiohttp_options(settings),
         store="memory://",
-        datadir=str(settings.data_dir / f"faust-{settings.worker_id}-joins"),
+        datadir=str(settings.paths.data_dir / f"faust-{settings.worker.id}-joins"),
     )
     app.boot_strategy = BootStrategy(app, enable_kafka=False)
     catalog = EventCatalog(topology, make_resolver(settings))
@@ -468,5 +468,7 @@ def run_joins(settings: Settings, topology: Topology) -> None:
     if not topology.joins:
         raise SystemExit("the topology declares no joins")
     app = create_joins_app(settings, topology)
-    worker = Worker(app, loglevel=settings.log_level.upper(), quiet=True, redirect_stdouts=False)
+    worker = Worker(
+        app, loglevel=settings.process.log_level.upper(), quiet=True, redirect_stdouts=False
+    )
     worker.execute_from_commandline()

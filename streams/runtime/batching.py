@@ -113,7 +113,7 @@ class BatchService(Service):
             **aiokafka_options(self.settings),
             acks="all",
             linger_ms=5,
-            client_id=f"{self.settings.worker_id}-{self.role}",
+            client_id=f"{self.settings.worker.id}-{self.role}",
             **self.producer_options(),
         )
         await self.producer.start()
@@ -121,11 +121,11 @@ class BatchService(Service):
     async def start_consumer(self) -> None:
         self.consumer = AIOKafkaConsumer(
             **aiokafka_options(self.settings),
-            group_id=f"{self.settings.worker_id}.{self.role}",
-            client_id=f"{self.settings.worker_id}-{self.role}",
+            group_id=f"{self.settings.worker.id}.{self.role}",
+            client_id=f"{self.settings.worker.id}-{self.role}",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            max_poll_records=self.settings.batch_size,
+            max_poll_records=self.settings.consumer.batch_size,
             **self.settings.client_tuning().consumer_options(),
             **self.consumer_options(),
         )
@@ -139,12 +139,12 @@ class BatchService(Service):
         # Runs before mode cancels the loop: let the batch in flight finish and commit.
         self._stopping = True
         try:
-            await asyncio.wait_for(self.batch_lock.acquire(), self.settings.stop_timeout_s)
+            await asyncio.wait_for(self.batch_lock.acquire(), self.settings.process.stop_timeout_s)
         except TimeoutError:
             log.warning(
                 "%s batch still in flight after %.0fs; stopping without it",
                 self.role,
-                self.settings.stop_timeout_s,
+                self.settings.process.stop_timeout_s,
             )
         else:
             self.batch_lock.release()
@@ -162,10 +162,10 @@ class BatchService(Service):
             return
         if not self.topics():
             return
-        timeout_ms = int(self.settings.batch_seconds * 1000)
+        timeout_ms = int(self.settings.consumer.batch_seconds * 1000)
         while not self._stopping and not self.should_stop:
             batch = await self.consumer.getmany(
-                timeout_ms=timeout_ms, max_records=self.settings.batch_size
+                timeout_ms=timeout_ms, max_records=self.settings.consumer.batch_size
             )
             if not batch or self._stopping:
                 continue  # a batch fetched while stopping is left for the next owner

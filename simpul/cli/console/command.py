@@ -59,17 +59,17 @@ def serve_console(
 
     settings = _settings()
     topology = _topology(settings)
-    if dbmigrate.current(settings.database_url) is None:
+    if dbmigrate.current(settings.store.database_url) is None:
         err.print("[red]the central store is not migrated[/red]: run `simpul db upgrade` first")
         raise typer.Exit(2)
     try:
         session_secret(settings)
-        parse_health_urls(settings.console_health_urls)
+        parse_health_urls(settings.console.health_urls)
     except (UserError, ValueError) as error:
         err.print(f"[red]{error}[/red]")
         raise typer.Exit(2) from None
     users = _users(settings).list()
-    port = port or settings.console_port
+    port = port or settings.console.port
     console.print(
         f"console on [bold]http://{host}:{port}/[/bold] for {topology.city} "
         f"({len(users)} users; times in {topology.timezone_abbreviation})"
