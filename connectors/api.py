@@ -109,7 +109,7 @@ def serve(settings: Settings, topology: Topology) -> list[dict[str, Any]]:
     runtime.start()
     try:
         app = TokenAuth(create_app(runtime), token, open_paths(settings))
-        run(app, settings.connect_port, settings.bind_host, settings.http_max_body_bytes)
+        run(app, settings.connect.port, settings.http.bind_host, settings.http.max_body_bytes)
     finally:
         runtime.stop()
     return [task.status(runtime.worker_id) for task in runtime.tasks.values()]

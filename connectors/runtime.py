@@ -93,7 +93,7 @@ class ConnectorTask:
         self._paused = threading.Event()
         self._thread: threading.Thread | None = None
         self.poll_interval = float(
-            getattr(options, "poll_interval_s", None) or context.settings.connect_poll_interval_s
+            getattr(options, "poll_interval_s", None) or context.settings.connect.poll_interval_s
         )
 
     # -- control ---------------------------------------------------------------------------
@@ -241,7 +241,7 @@ class ConnectorTask:
                 )
                 outcome.published.append(record)
             outcome.done.append(record)
-        timeout = self.context.settings.ingress_ack_timeout_s
+        timeout = self.context.settings.ingress.ack_timeout_s
         for future in futures:
             future.get(timeout=timeout)  # raises on a send the broker never acked
         self._count_failed(len(outcome.rejected))
@@ -329,7 +329,7 @@ class ConnectRuntime:
             spec.name: ConnectorTask(spec, kind, options, context, catalog, self.publishers)
             for spec, (kind, options) in zip(specs, resolved, strict=True)
         }
-        self.worker_id = f"{socket.gethostname()}:{context.settings.connect_port}"
+        self.worker_id = f"{socket.gethostname()}:{context.settings.connect.port}"
 
     def start(self) -> None:
         for task in self.tasks.values():
@@ -345,9 +345,9 @@ class ConnectRuntime:
 
 def build_runtime(settings: Settings, topology: Topology) -> ConnectRuntime:
     """Every declared connector, resolved and validated; raises `ConnectorConfigError`."""
-    located = located_connectors(topology, settings.connectors_dir)
+    located = located_connectors(topology, settings.paths.connectors_dir)
     specs = [spec for spec, _ in located]
     resolved = resolve_all(specs, [where for _, where in located])
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.store.database_url)
     catalog = EventCatalog(topology, SchemaResolver(SchemaStore(engine)))
     return ConnectRuntime(specs, resolved, ConnectorContext(settings, engine), catalog)

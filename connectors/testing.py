@@ -112,7 +112,7 @@ def start_runtime(stack: ContractStack, declaration: dict[str, Any]) -> ConnectR
     problems = check_connectors(stack.topology, [spec], "connectors")
     assert not problems, f"the declaration does not fit the topology: {problems}"
     settings = stack.settings.model_copy(update={"connect_poll_interval_s": 0.2})
-    context = ConnectorContext(settings, make_engine(settings.database_url))
+    context = ConnectorContext(settings, make_engine(settings.store.database_url))
     runtime = ConnectRuntime([spec], resolve_all([spec]), context, stack.catalog())
     runtime.start()
     return runtime
@@ -120,7 +120,7 @@ def start_runtime(stack: ContractStack, declaration: dict[str, Any]) -> ConnectR
 
 def stored_keys(stack: ContractStack, event_type: str, keys: list[str]) -> set[str]:
     """Which of `keys` the central store holds an event of `event_type` for."""
-    engine = make_engine(stack.settings.database_url)
+    engine = make_engine(stack.settings.store.database_url)
     try:
         with engine.connect() as conn:
             rows = conn.execute(
@@ -241,7 +241,7 @@ class ConnectorContract:
             STEP_TIMEOUT_S,
             "the valid record after the bad one stored",
         )
-        bootstrap = stack.settings.kafka_bootstrap
+        bootstrap = stack.settings.kafka.bootstrap
         wait_until(lambda: case.bad_reported(bootstrap), STEP_TIMEOUT_S, "the bad record reported")
         task = running.task
         assert task.counters.failed >= 1

@@ -24,9 +24,9 @@ HTTP_TOKEN_FILE = "http-token"
 
 def http_token(settings: Settings, *, create: bool = False) -> str | None:
     """The token Simpul's status, health and connect endpoints require."""
-    if settings.http_token:
-        return settings.http_token
-    return installation_secret(settings.data_dir / HTTP_TOKEN_FILE, create=create)
+    if settings.http.token:
+        return settings.http.token
+    return installation_secret(settings.paths.data_dir / HTTP_TOKEN_FILE, create=create)
 
 
 def auth_headers(settings: Settings) -> dict[str, str]:
@@ -56,7 +56,7 @@ CHALLENGE = 'Basic realm="simpul", charset="UTF-8"'
 
 def open_paths(settings: Settings) -> frozenset[str]:
     """Paths that answer without the token: only /metrics, and only when the setting says."""
-    return frozenset({"/metrics"}) if settings.metrics_open else frozenset()
+    return frozenset({"/metrics"}) if settings.http.metrics_open else frozenset()
 
 
 UNAUTHORIZED = {"error": "unauthorized: send 'Authorization: Bearer <token>' (see simpul secrets)"}
@@ -88,7 +88,7 @@ def aiohttp_options(settings: Settings) -> dict[str, Any]:
     """aiohttp ``Application`` options: the guard and the body bound."""
     return {
         "middlewares": [aiohttp_guard(settings)],
-        "client_max_size": settings.http_max_body_bytes,
+        "client_max_size": settings.http.max_body_bytes,
     }
 
 

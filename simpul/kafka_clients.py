@@ -11,17 +11,17 @@ from simpul.settings import Settings
 
 def security_options(settings: Settings, *, for_aiokafka: bool = False) -> dict[str, Any]:
     """SASL/TLS keyword arguments; empty on PLAINTEXT."""
-    protocol = settings.kafka_security_protocol
+    protocol = settings.kafka.security_protocol
     if protocol == "PLAINTEXT":
         return {}
     options: dict[str, Any] = {
         "security_protocol": protocol,
-        "sasl_mechanism": settings.kafka_sasl_mechanism,
-        "sasl_plain_username": settings.kafka_username,
-        "sasl_plain_password": settings.kafka_password,
+        "sasl_mechanism": settings.kafka.sasl_mechanism,
+        "sasl_plain_username": settings.kafka.username,
+        "sasl_plain_password": settings.kafka.password,
     }
     if protocol == "SASL_SSL":
-        cafile = str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None
+        cafile = str(settings.kafka.ssl_cafile) if settings.kafka.ssl_cafile else None
         if for_aiokafka:
             options["ssl_context"] = ssl.create_default_context(cafile=cafile)
         else:
@@ -36,7 +36,7 @@ def kafka_python_options(target: Settings | str) -> dict[str, Any]:
     if isinstance(target, str):
         return {"bootstrap_servers": target.split(",")}
     return {
-        "bootstrap_servers": target.kafka_bootstrap.split(","),
+        "bootstrap_servers": target.kafka.bootstrap.split(","),
         **security_options(target),
     }
 
@@ -44,24 +44,24 @@ def kafka_python_options(target: Settings | str) -> dict[str, Any]:
 def aiokafka_options(settings: Settings) -> dict[str, Any]:
     """For aiokafka's AIOKafkaProducer and AIOKafkaConsumer."""
     return {
-        "bootstrap_servers": settings.kafka_bootstrap.split(","),
+        "bootstrap_servers": settings.kafka.bootstrap.split(","),
         **security_options(settings, for_aiokafka=True),
     }
 
 
 def faust_credentials(settings: Settings) -> Any:
     """`broker_credentials` for a Faust app (None on PLAINTEXT)."""
-    if settings.kafka_security_protocol == "PLAINTEXT":
+    if settings.kafka.security_protocol == "PLAINTEXT":
         return None
     import faust
 
     ssl_context = None
-    if settings.kafka_security_protocol == "SASL_SSL":
-        cafile = str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None
+    if settings.kafka.security_protocol == "SASL_SSL":
+        cafile = str(settings.kafka.ssl_cafile) if settings.kafka.ssl_cafile else None
         ssl_context = ssl.create_default_context(cafile=cafile)
     return faust.SASLCredentials(
-        username=settings.kafka_username,
-        password=settings.kafka_password,
-        mechanism=settings.kafka_sasl_mechanism,
+        username=settings.kafka.username,
+        password=settings.kafka.password,
+        mechanism=settings.kafka.sasl_mechanism,
         ssl_context=ssl_context,
     )

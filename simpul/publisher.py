@@ -44,7 +44,7 @@ class Publisher:
     ) -> None:
         self.settings = settings or get_settings()
         if catalog is None:
-            topology = topology or load_topology(self.settings.topology_file)
+            topology = topology or load_topology(self.settings.paths.topology_file)
             catalog = EventCatalog(topology, make_resolver(self.settings))
         self.catalog = catalog
         self.agency = catalog.topology.agency(agency)

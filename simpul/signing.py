@@ -517,4 +517,4 @@ def ensure_keys(
 
 def signer_for(settings: Settings, owner: str) -> Signer:
     """The signer of an agency or gateway under this installation's key settings."""
-    return load_signer(settings.public_keys_path, settings.keys_dir, owner)
+    return load_signer(settings.public_keys_path, settings.paths.keys_dir, owner)

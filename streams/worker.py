@@ -37,22 +37,22 @@ log = logging.getLogger("simpul.worker")
 
 def create_host(settings: Settings, topology: Topology) -> ProcessHost:
     """The worker's process host with its ingest service for the topology's event types."""
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.store.database_url)
     catalog = EventCatalog(topology, make_resolver(settings))
     store = CentralStore(engine)
     health = Health()
     metrics.STORE_UP.set(1)
     host = ProcessHost(
         settings,
-        settings.worker_id,
-        settings.worker_web_port,
+        settings.worker.id,
+        settings.worker.web_port,
         lambda: (health.as_dict(), 200 if health.store_up else 503),
     )
 
     ingest: list[IngestService] = []  # the instance Faust makes, for the web commands
     fanout = (
         inbox_fanout(settings, topology, engine)
-        if settings.fanout_enabled and topology.subscriptions
+        if settings.worker.fanout_enabled and topology.subscriptions
         else None
     )
 
@@ -72,13 +72,13 @@ def create_host(settings: Settings, topology: Topology) -> ProcessHost:
             while not self.should_stop:
                 try:
                     card = await asyncio.to_thread(
-                        build_scorecard, engine, topology, None, settings.connectors_dir
+                        build_scorecard, engine, topology, None, settings.paths.connectors_dir
                     )
                 except SQLAlchemyError as error:  # the store may be down; /health says so
                     log.warning("scorecard refresh failed: %s", error)
                 else:
                     export_gauges(card)
-                await self.sleep(settings.status_refresh_s)
+                await self.sleep(settings.worker.status_refresh_s)
 
     host.service(ScorecardGauges)
 
@@ -103,7 +103,7 @@ def create_host(settings: Settings, topology: Topology) -> ProcessHost:
     async def scorecard_or_error() -> Any:
         try:
             card = await asyncio.to_thread(
-                build_scorecard, engine, topology, None, settings.connectors_dir
+                build_scorecard, engine, topology, None, settings.paths.connectors_dir
             )
         except SQLAlchemyError as error:
             return str(getattr(error, "orig", error)).splitlines()[0]
@@ -138,7 +138,9 @@ def create_host(settings: Settings, topology: Topology) -> ProcessHost:
 
         try:
             report = await asyncio.to_thread(
-                lambda: build_readiness(engine, topology, connectors_dir=settings.connectors_dir)
+                lambda: build_readiness(
+                    engine, topology, connectors_dir=settings.paths.connectors_dir
+                )
             )
         except SQLAlchemyError as error:
             reason = str(getattr(error, "orig", error)).splitlines()[0]
@@ -150,14 +152,14 @@ def create_host(settings: Settings, topology: Topology) -> ProcessHost:
 
 def inbox_fanout(settings: Settings, topology: Topology, engine: Engine) -> InboxFanout:
     """The ingest path's fan-out to simpul.out.<agency>, checked against the schemas first."""
-    plan = SubscriptionPlan.build(topology, settings.schemas_dir)
+    plan = SubscriptionPlan.build(topology, settings.paths.schemas_dir)
     store = SchemaStore(engine)  # derived schemas are registered in the store directly
     audit = AuditLog(
         engine,
         settings.audit_secret(),
-        f"{settings.worker_id}.fanout",
-        settings.audit_heads_file,
-        settings.audit_export_s,
+        f"{settings.worker.id}.fanout",
+        settings.audit.heads_file,
+        settings.audit.export_s,
     )
     return InboxFanout(plan, store, audit)
 

@@ -212,9 +212,9 @@ def create_app(
 ) -> FastAPI:
     """The ingress application; `serve` runs it on ``settings.ingress_port``."""
     topology = catalog.topology
-    limiter = TokenBucket(settings.ingress_rate_per_s, settings.ingress_rate_burst)
+    limiter = TokenBucket(settings.ingress.rate_per_s, settings.ingress.rate_burst)
     remembered = IdempotencyCache(
-        settings.ingress_idempotency_s, settings.ingress_idempotency_bytes
+        settings.ingress.idempotency_s, settings.ingress.idempotency_bytes
     )
     app = FastAPI(
         title="Simpul HTTP ingress",
@@ -283,7 +283,7 @@ def create_app(
         if wait := limiter.take(key):
             return (
                 JSONResponse(
-                    {"detail": f"rate limit of {settings.ingress_rate_per_s:g}/s exceeded"},
+                    {"detail": f"rate limit of {settings.ingress.rate_per_s:g}/s exceeded"},
                     status_code=429,
                     headers={"Retry-After": str(max(1, round(wait + 0.5)))},
                 ),
@@ -300,7 +300,7 @@ def create_app(
                 415, f"content-type {media or '(none)'!r}: send application/json"
             ), agency
         length = request.headers.get("content-length")
-        limit = settings.ingress_max_body_bytes
+        limit = settings.ingress.max_body_bytes
         if length is not None and length.isdigit() and int(length) > limit:
             return _problem(413, f"body of {length} bytes exceeds the limit of {limit}"), agency
         body = bytearray()
@@ -318,9 +318,9 @@ def create_app(
         items = document if batch else [document]
         if not items:
             return _invalid([(["body"], "empty batch")]), agency
-        if len(items) > settings.ingress_max_batch:
+        if len(items) > settings.ingress.max_batch:
             return _problem(
-                413, f"batch of {len(items)} exceeds {settings.ingress_max_batch}"
+                413, f"batch of {len(items)} exceeds {settings.ingress.max_batch}"
             ), agency
 
         idem = request.headers.get("idempotency-key")
@@ -432,7 +432,7 @@ def create_app(
             publisher.publish(etype.name, payload, id=ce_id, time=when, validate=False)
             for payload, ce_id, when in prepared
         ]
-        timeout = settings.ingress_ack_timeout_s
+        timeout = settings.ingress.ack_timeout_s
 
         def wait_for_acks() -> None:
             publisher.flush(timeout)
@@ -465,7 +465,7 @@ def _mount_catalogue(app: FastAPI, settings: Settings, topology: Any) -> None:
 
     from connectors.ingress.catalogue import build_catalogue, openapi_for, render_catalogue
 
-    entries = {e.name: e for e in build_catalogue(topology, settings.schemas_dir)}
+    entries = {e.name: e for e in build_catalogue(topology, settings.paths.schemas_dir)}
 
     @app.get("/v1/catalogue", summary="The city's event types: schema, example, producers")
     def catalogue() -> dict[str, Any]:
@@ -503,7 +503,7 @@ def serve(settings: Settings, topology: Any) -> None:
     from simpul.registry.store import SchemaStore
     from simpul.serving import run
 
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.store.database_url)
     catalog = EventCatalog(topology, SchemaResolver(SchemaStore(engine)))
     # The ingress authenticated the agency by its API key and signs as the ingress gateway.
     signer = signer_for(settings, "ingress")
@@ -512,4 +512,6 @@ def serve(settings: Settings, topology: Any) -> None:
         # Events authenticate by API key; /metrics by the installation token (or the setting).
         token = http_token(settings, create=True) or ""
         guarded = TokenAuth(app, token, only=frozenset({"/metrics"}) - open_paths(settings))
-        run(guarded, settings.ingress_port, settings.bind_host, settings.ingress_max_body_bytes)
+        run(
+            guarded, settings.ingress.port, settings.http.bind_host, settings.ingress.max_body_bytes
+        )

@@ -201,7 +201,7 @@ class FileDropConnector(SourceConnector):
 
     @property
     def max_bytes(self) -> int:
-        return self.options.max_bytes or self.context.settings.connect_file_max_bytes
+        return self.options.max_bytes or self.context.settings.connect.file_max_bytes
 
     def poll(self) -> Sequence[SourceRecord]:
         for path in self._candidates():

@@ -238,7 +238,7 @@ def acls_plan() -> None:
     topology = checked_topology(settings)
     table = Table("user", "operations", "resource", "name", "pattern")
     grouped: dict[tuple[str, str, str, str], list[str]] = {}
-    for grant in plan(topology, settings.worker_id):
+    for grant in plan(topology, settings.worker.id):
         key = (grant.principal, grant.resource, grant.name, grant.pattern)
         grouped.setdefault(key, []).append(grant.operation)
     for (user, resource, name, pattern), operations in grouped.items():
@@ -255,16 +255,16 @@ def acls_apply() -> None:
     from simpul.kafka_clients import kafka_python_options
 
     settings = checked_settings()
-    if settings.kafka_security_protocol == "PLAINTEXT":
+    if settings.kafka.security_protocol == "PLAINTEXT":
         err.print(
             "[red]SIMPUL_KAFKA_SECURITY_PROTOCOL is PLAINTEXT[/red]: ACLs need a secured Apache "
             "Kafka (SASL_PLAINTEXT or SASL_SSL) and its admin user in SIMPUL_KAFKA_USERNAME"
         )
         raise typer.Exit(2)
     topology = checked_topology(settings)
-    passwords = load_or_create_passwords(settings.kafka_users_file, topology)
-    report = apply(topology, kafka_python_options(settings), passwords, settings.worker_id)
+    passwords = load_or_create_passwords(settings.kafka.users_file, topology)
+    report = apply(topology, kafka_python_options(settings), passwords, settings.worker.id)
     console.print(
         f"{report.users} users; ACLs: {report.acls_created} created, "
-        f"{report.acls_existing} already there. Passwords: {settings.kafka_users_file}"
+        f"{report.acls_existing} already there. Passwords: {settings.kafka.users_file}"
     )

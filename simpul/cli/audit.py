@@ -25,7 +25,7 @@ def audit_verify() -> None:
     started = time.perf_counter()
     settings = checked_settings()
     report = verify(
-        make_engine(settings.database_url), settings.audit_secret(), settings.audit_heads_file
+        make_engine(settings.store.database_url), settings.audit_secret(), settings.audit.heads_file
     )
     took = time.perf_counter() - started
     if report.problems:
@@ -58,7 +58,7 @@ def audit_subject(
     settings = checked_settings()
     started = time.perf_counter()
     receipts = receipts_for(
-        make_engine(settings.database_url), settings.audit_secret(), identifier, limit
+        make_engine(settings.store.database_url), settings.audit_secret(), identifier, limit
     )
     took = time.perf_counter() - started
     masked = identifier[:4] + "•" * (len(identifier) - 8) + identifier[-4:]
@@ -90,7 +90,7 @@ def audit_event(
 
     settings = checked_settings()
     evidence = verify_stored_event(
-        make_engine(settings.database_url), KeyRing(settings.public_keys_path), ce_id
+        make_engine(settings.store.database_url), KeyRing(settings.public_keys_path), ce_id
     )
     if evidence is None:
         err.print(f"[red]ce_id: no stored event {ce_id!r}[/red]")

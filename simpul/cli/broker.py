@@ -31,12 +31,12 @@ def broker(
     from simpul.cli.services.broker import EMBEDDED_LOSES, BrokerError, broker_command, port_is_free
 
     settings = checked_settings()
-    port = port or settings.broker_port
+    port = port or settings.broker.port
     if engine not in ("embedded", "kafka"):
         err.print(f"[red]--engine: {engine!r} is not one of: embedded, kafka[/red]")
         raise typer.Exit(2)
     if engine == "kafka":
-        _run_kafka(settings, port, nodes, data_dir or settings.kafka_data_dir)
+        _run_kafka(settings, port, nodes, data_dir or settings.kafka.data_dir)
         return
     if nodes != 1:
         err.print("[red]--nodes: the embedded broker runs one node; use --engine kafka[/red]")
@@ -50,7 +50,9 @@ def broker(
     try:
         command = broker_command(port)
     except BrokerError as error:
-        err.print(f"[red]{error}[/red]")
+        from rich.markup import escape
+
+        err.print(f"[red]{escape(str(error))}[/red]")  # the hint's [embedded] is no markup
         raise typer.Exit(1) from None
     process = subprocess.Popen(command)
     signal.signal(signal.SIGTERM, lambda *_: process.terminate())  # before anyone is told
@@ -74,7 +76,7 @@ def _run_kafka(settings: Settings, port: int, nodes: int, data_dir: Path) -> Non
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    cluster = KafkaCluster(data_dir, nodes, port=port, cache_dir=settings.kafka_cache_dir)
+    cluster = KafkaCluster(data_dir, nodes, port=port, cache_dir=settings.kafka.cache_dir)
     try:
         console.print(f"Apache Kafka {KAFKA_VERSION}: resolving jars and starting {nodes} node(s)…")
         cluster.start()

@@ -46,7 +46,7 @@ def checked_settings() -> Settings:
 def checked_topology(settings: Settings) -> Topology:
     """The settings' topology file, loaded and checked, or exit 2 with its errors."""
     try:
-        return load_topology(settings.topology_file)
+        return load_topology(settings.paths.topology_file)
     except TopologyError as error:
         err.print(f"[red]{error}[/red]")
         raise typer.Exit(2) from None

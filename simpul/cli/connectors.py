@@ -47,7 +47,7 @@ def declared_connectors(settings: Settings, topology: Topology) -> list[Connecto
     from simpul.topology.connectors import ConnectorConfigError, located_connectors
 
     try:
-        located = located_connectors(topology, settings.connectors_dir)
+        located = located_connectors(topology, settings.paths.connectors_dir)
         specs = [spec for spec, _ in located]
         resolve_all(specs, [where for _, where in located])
     except ConnectorConfigError as error:
@@ -67,7 +67,7 @@ def connect(host: HostOption = None, port: PortOption = None) -> None:
     specs = declared_connectors(settings, topology)
     console.print(
         f"{len(specs)} connectors; REST API on "
-        f"[bold]http://{settings.bind_host}:{settings.connect_port}"
+        f"[bold]http://{settings.http.bind_host}:{settings.connect.port}"
         "/connectors[/bold]"
     )
     try:
@@ -89,7 +89,7 @@ def connect(host: HostOption = None, port: PortOption = None) -> None:
 
 
 def _base(url: str | None) -> str:
-    return (url or f"http://127.0.0.1:{get_settings().connect_port}").rstrip("/")
+    return (url or f"http://127.0.0.1:{get_settings().connect.port}").rstrip("/")
 
 
 def _call(method: str, url: str) -> Any:
@@ -177,7 +177,7 @@ def ingress(ctx: typer.Context, host: HostOption = None, port: PortOption = None
     settings = listening(checked_settings(), "ingress_port", host, port)
     topology = checked_topology(settings)
     console.print(
-        f"HTTP ingress on [bold]http://{settings.bind_host}:{settings.ingress_port}[/bold] "
+        f"HTTP ingress on [bold]http://{settings.http.bind_host}:{settings.ingress.port}[/bold] "
         "(OpenAPI: /docs)"
     )
     serve(settings, topology)
@@ -187,7 +187,7 @@ def _key_store(settings: Settings) -> ApiKeyStore:
     from connectors.state import ApiKeyStore
     from simpul.db import make_engine
 
-    return ApiKeyStore(make_engine(settings.database_url))
+    return ApiKeyStore(make_engine(settings.store.database_url))
 
 
 @keys_app.command("create")

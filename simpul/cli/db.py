@@ -37,7 +37,7 @@ def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision")] 
     from simpul import dbmigrate
 
     settings = checked_settings()
-    at = dbmigrate.upgrade(settings.database_url, revision)
+    at = dbmigrate.upgrade(settings.store.database_url, revision)
     console.print(f"central store at revision [bold]{at}[/bold]")
 
 
@@ -47,5 +47,6 @@ def db_current() -> None:
     from simpul import dbmigrate
 
     console.print(
-        dbmigrate.current(checked_settings().database_url) or "(empty: run `simpul db upgrade`)"
+        dbmigrate.current(checked_settings().store.database_url)
+        or "(empty: run `simpul db upgrade`)"
     )

@@ -20,7 +20,7 @@ def deliver(host: HostOption = None, port: PortOption = None) -> None:
     settings = listening(checked_settings(), "deliver_web_port", host, port)
     topology = checked_topology(settings)
     try:
-        SubscriptionPlan.build(topology, settings.schemas_dir)
+        SubscriptionPlan.build(topology, settings.paths.schemas_dir)
         if not any(s.webhook for s in topology.subscriptions):
             err.print("[yellow]no subscription has a webhook; nothing to deliver[/yellow]")
             raise typer.Exit(0)

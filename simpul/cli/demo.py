@@ -22,7 +22,7 @@ def demo(
     from simpul.cli.demo_run import city_topology, run_demo
 
     try:
-        city_topology(city, checked_settings().topology_file)
+        city_topology(city, checked_settings().paths.topology_file)
     except FileNotFoundError as error:
         err.print(str(error), markup=False, style="red", soft_wrap=True)
         raise typer.Exit(2) from None

@@ -144,11 +144,11 @@ def run_demo(console: Console, *, duration: float, rate: float, city: str | None
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     base = Settings()
-    topology_file = city_topology(city, base.topology_file)
-    broker_port = base.broker_port if port_is_free(base.broker_port) else free_port()
-    web_port = base.worker_web_port if port_is_free(base.worker_web_port) else free_port()
-    joins_port = base.joins_web_port if port_is_free(base.joins_web_port) else free_port()
-    registry_port = base.registry_port if port_is_free(base.registry_port) else free_port()
+    topology_file = city_topology(city, base.paths.topology_file)
+    broker_port = base.broker.port if port_is_free(base.broker.port) else free_port()
+    web_port = base.worker.web_port if port_is_free(base.worker.web_port) else free_port()
+    joins_port = base.joins.web_port if port_is_free(base.joins.web_port) else free_port()
+    registry_port = base.registry.port if port_is_free(base.registry.port) else free_port()
     registry_url = f"http://127.0.0.1:{registry_port}"
     token = secrets.token_urlsafe(24)  # this run's registry only
     postgres = _demo_postgres(workdir)
@@ -186,8 +186,8 @@ def run_demo(console: Console, *, duration: float, rate: float, city: str | None
         public_keys_file=workdir / "keys" / "demo.keys.yaml",
         audit_heads_file=workdir / "audit-heads.jsonl",
     )
-    topology = load_topology(settings.topology_file)
-    ensure_keys(settings.public_keys_path, settings.keys_dir, installation_owners(topology))
+    topology = load_topology(settings.paths.topology_file)
+    ensure_keys(settings.public_keys_path, settings.paths.keys_dir, installation_owners(topology))
     console.rule(f"[bold]Simpul demo[/bold] — {topology.city}")
 
     broker = EmbeddedBroker(broker_port, workdir / "broker.log")
@@ -198,7 +198,7 @@ def run_demo(console: Console, *, duration: float, rate: float, city: str | None
         broker.start()
         console.print(f"✓ embedded broker (Tansu, in memory) on 127.0.0.1:{broker_port}")
         console.print(f"  [yellow]{EMBEDDED_LOSES}[/yellow]")
-        created = apply_topics(topology, settings.kafka_bootstrap)
+        created = apply_topics(topology, settings.kafka.bootstrap)
         console.print(f"✓ {len(created)} topics declared (in, valid, dlq per event type)")
         dbmigrate.upgrade(database_url)
         console.print(f"✓ central store migrated ({store_name})")
@@ -207,7 +207,7 @@ def run_demo(console: Console, *, duration: float, rate: float, city: str | None
         from simpul.cli.registry import register_http
 
         with RegistryClient(registry_url, token=token) as client:
-            ids = register_http(client, topology, settings.schemas_dir)
+            ids = register_http(client, topology, settings.paths.schemas_dir)
         console.print(
             f"✓ schema registry on {registry_url}; {len(ids)} schemas registered through it"
         )
@@ -262,7 +262,7 @@ def _deliveries_summary(console: Console, settings: Settings, topology: Topology
     from sinks.audit import delivery_audit, verify
     from sinks.reports.scorecard import build_scorecard
 
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.store.database_url)
     time.sleep(1.0)  # the fan-out runs a batch behind the store
     a = delivery_audit.c
     with engine.connect() as conn:
@@ -278,12 +278,12 @@ def _deliveries_summary(console: Console, settings: Settings, topology: Topology
     for agency, subscription, purpose, count in rows:
         table.add_row(agency, subscription, textwrap.shorten(purpose, 60), str(count))
     console.print(table)
-    report = verify(engine, settings.audit_secret(), settings.audit_heads_file)
+    report = verify(engine, settings.audit_secret(), settings.audit.heads_file)
     console.print(
         f"{'✗' if report.problems else '✓'} delivery audit log: {report.rows} rows, hash chains "
         f"{'BROKEN' if report.problems else 'intact'} (simpul audit verify)"
     )
-    card = build_scorecard(engine, topology, connectors_dir=settings.connectors_dir)
+    card = build_scorecard(engine, topology, connectors_dir=settings.paths.connectors_dir)
     console.print(
         f"✓ scorecard: {card.summary} (simpul status; /status.html on the worker) — "
         "agencies with no simulated traffic show as never connected"
@@ -320,7 +320,7 @@ def _simulate_with_progress(
         from simpul.publisher import PublisherPool
         from simpul.registry.client import make_resolver
 
-        topology = load_topology(settings.topology_file)
+        topology = load_topology(settings.paths.topology_file)
         catalog = EventCatalog(topology, make_resolver(settings))
         with PublisherPool(settings, catalog) as publishers:
             report = simulate(

@@ -94,7 +94,7 @@ def dlq_resume(
 
     settings = checked_settings()
     etype = checked_event_type(checked_topology(settings), event_type)
-    url = (worker or f"http://127.0.0.1:{settings.worker_web_port}").rstrip("/")
+    url = (worker or f"http://127.0.0.1:{settings.worker.web_port}").rstrip("/")
     try:
         response = httpx.post(
             f"{url}/dlq-limit",

@@ -71,7 +71,7 @@ def keys_create(
     from simpul.signing import create_key, ensure_keys
 
     settings, topology = _context()
-    public, keys_dir = settings.public_keys_path, settings.keys_dir
+    public, keys_dir = settings.public_keys_path, settings.paths.keys_dir
     if all_:
         made = ensure_keys(public, keys_dir, installation_owners(topology))
         for entry in made:
@@ -100,7 +100,7 @@ def keys_rotate(
     settings, topology = _context()
     kind = _kind(topology, owner)
     new, ended = rotate_key(
-        settings.public_keys_path, settings.keys_dir, owner, kind, parse_duration(overlap)
+        settings.public_keys_path, settings.paths.keys_dir, owner, kind, parse_duration(overlap)
     )
     console.print(f"created {new.key_id} ({kind} {owner})")
     for entry in ended:
@@ -116,7 +116,7 @@ def keys_revoke(
 
     settings, _ = _context()
     try:
-        entry = revoke_key(settings.public_keys_path, settings.keys_dir, key_id)
+        entry = revoke_key(settings.public_keys_path, settings.paths.keys_dir, key_id)
     except KeyError_ as error:
         err.print(f"[red]{error}[/red]")
         raise typer.Exit(2) from None
@@ -142,6 +142,6 @@ def keys_list() -> None:
             ",".join(e.attests),
             e.state(now),
             f"{e.valid_until:%Y-%m-%d %H:%M}" if e.valid_until else "",
-            "here" if private_key_path(settings.keys_dir, e.key_id).exists() else "",
+            "here" if private_key_path(settings.paths.keys_dir, e.key_id).exists() else "",
         )
     console.print(table)

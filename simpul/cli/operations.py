@@ -28,7 +28,9 @@ def status(
     topology = checked_topology(settings)
     try:
         card = build_scorecard(
-            make_engine(settings.database_url), topology, connectors_dir=settings.connectors_dir
+            make_engine(settings.store.database_url),
+            topology,
+            connectors_dir=settings.paths.connectors_dir,
         )
     except SQLAlchemyError as error:
         reason = str(getattr(error, "orig", error)).splitlines()[0]
@@ -82,11 +84,11 @@ def export(
     topology = checked_topology(settings)
     try:
         result = export_open_data(
-            make_engine(settings.database_url),
+            make_engine(settings.store.database_url),
             topology,
             period,
             out,
-            schemas_dir=settings.schemas_dir,
+            schemas_dir=settings.paths.schemas_dir,
         )
     except ExportError as error:
         err.print(f"[red]{error}[/red]")
@@ -134,7 +136,7 @@ def staff_reconcile(
             )
             raise typer.Exit(2)
     assert local is not None
-    report = reconcile(make_engine(settings.database_url), local, national)
+    report = reconcile(make_engine(settings.store.database_url), local, national)
 
     def shown(name: str, value: object) -> str:
         if value is None:
@@ -198,7 +200,7 @@ def payroll_control(
     settings = checked_settings()
     topology = checked_topology(settings)
     try:
-        report = build(make_engine(settings.database_url), topology, period)
+        report = build(make_engine(settings.store.database_url), topology, period)
     except PayrollError as error:
         err.print(str(error), markup=False, style="red", soft_wrap=True)
         raise typer.Exit(2) from None
@@ -261,11 +263,11 @@ def readiness(
     settings = checked_settings()
     topology = checked_topology(settings)
     report = build_readiness(
-        make_engine(settings.database_url),
+        make_engine(settings.store.database_url),
         topology,
         days=days,
         weeks=weeks,
-        connectors_dir=settings.connectors_dir,
+        connectors_dir=settings.paths.connectors_dir,
     )
     if as_json:
         print(json.dumps(report.as_dict(), ensure_ascii=False, indent=2))

@@ -37,19 +37,20 @@ def registry(host: HostOption = None, port: PortOption = None) -> None:
     from simpul.registry.client import admin_token, token_path
 
     settings = listening(checked_settings(), "registry_port", host, port)
-    if dbmigrate.current(settings.database_url) is None:
+    if dbmigrate.current(settings.store.database_url) is None:
         err.print("[red]the central store is not migrated[/red]: run `simpul db upgrade` first")
         raise typer.Exit(2)
     admin_token(settings, create=True)
     where = (
         "SIMPUL_REGISTRY_ADMIN_TOKEN"
-        if settings.registry_admin_token
+        if settings.registry.admin_token
         else str(token_path(settings))
     )
     console.print(
-        f"schema registry on [bold]http://{settings.bind_host}:{settings.registry_port}[/bold]; "
+        "schema registry on "
+        f"[bold]http://{settings.http.bind_host}:{settings.registry.port}[/bold]; "
         f"admin token in {where}; "
-        f"reads {'need the token' if settings.registry_read_auth else 'are open'}"
+        f"reads {'need the token' if settings.registry.read_auth else 'are open'}"
     )
     serve(settings)
 
@@ -69,25 +70,27 @@ def schemas_register(
 
     settings = checked_settings()
     topology = checked_topology(settings)
-    if direct or not settings.registry_url:
+    if direct or not settings.registry.url:
         from simpul.db import make_engine
         from simpul.registry.store import SchemaStore, register_all
 
         ids = register_all(
-            SchemaStore(make_engine(settings.database_url)), topology, settings.schemas_dir
+            SchemaStore(make_engine(settings.store.database_url)),
+            topology,
+            settings.paths.schemas_dir,
         )
         where = "central store (direct)"
     else:
         try:
             with RegistryClient.from_settings(settings) as client:
-                ids = register_http(client, topology, settings.schemas_dir)
+                ids = register_http(client, topology, settings.paths.schemas_dir)
         except RegistryRequestError as error:
             err.print(f"[red]registry refused the schema[/red]: {error.message}")
             raise typer.Exit(1) from None
         except RegistryUnavailable as error:
             err.print(f"[red]{error}[/red]: start `simpul registry`, or pass --direct")
             raise typer.Exit(1) from None
-        where = settings.registry_url
+        where = settings.registry.url
     table = Table("event type", "subject", "schema id", title=f"registered in {where}")
     for name, schema_id in ids.items():
         table.add_row(name, topology.event_type(name).subject, str(schema_id))
@@ -186,16 +189,16 @@ def check_schemas(
 
     client: RegistryClient | None = None
     source = "git HEAD (no registry answered), mode BACKWARD"
-    if use_registry and settings.registry_url:
+    if use_registry and settings.registry.url:
         client = RegistryClient(
-            settings.registry_url,
-            timeout_s=min(settings.registry_timeout_s, 3.0),
+            settings.registry.url,
+            timeout_s=min(settings.registry.timeout_s, 3.0),
             retry_s=0,
             latest_ttl_s=0,
         )
         try:
             client.request("GET", "/config")
-            source = f"registry {settings.registry_url}"
+            source = f"registry {settings.registry.url}"
         except (RegistryUnavailable, RegistryRequestError, httpx.HTTPError, ValueError):
             # Nothing, or not a registry, answers there: fall back to git.
             client.close()
@@ -203,7 +206,7 @@ def check_schemas(
     checks = []
     try:
         for event_type in topology.event_types:
-            path = settings.schemas_dir / event_type.schema_file
+            path = settings.paths.schemas_dir / event_type.schema_file
             result = FileCheck(event_type, path, "", "BACKWARD")
             checks.append(result)
             try:

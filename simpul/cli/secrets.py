@@ -85,9 +85,9 @@ def secrets_init(
     )
     if keys:
         made = ensure_keys(
-            settings.public_keys_path, settings.keys_dir, installation_owners(topology)
+            settings.public_keys_path, settings.paths.keys_dir, installation_owners(topology)
         )
         console.print(
             f"{len(made)} signing key(s) created; public keys in {settings.public_keys_path} "
-            f"(commit it), private keys in {settings.keys_dir}"
+            f"(commit it), private keys in {settings.paths.keys_dir}"
         )

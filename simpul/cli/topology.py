@@ -22,14 +22,14 @@ def topology_check(
 ) -> None:
     """Validate a topology file; every error names the field and the reason."""
     try:
-        topology = load_topology(path or checked_settings().topology_file)
+        topology = load_topology(path or checked_settings().paths.topology_file)
     except TopologyError as error:
         err.print(f"[red]{error}[/red]")
         raise typer.Exit(2) from None
     from streams.fanout.plan import SubscriptionError, SubscriptionPlan
 
     try:
-        SubscriptionPlan.build(topology, checked_settings().schemas_dir)
+        SubscriptionPlan.build(topology, checked_settings().paths.schemas_dir)
     except SubscriptionError as error:
         err.print(f"[red]{error}[/red]")
         raise typer.Exit(2) from None
@@ -59,7 +59,7 @@ def init(
     except UnknownRegion as error:
         err.print(str(error), markup=False, style="red", soft_wrap=True)
         raise typer.Exit(2) from None
-    target = out or checked_settings().topology_file.parent / f"{stem}.yaml"
+    target = out or checked_settings().paths.topology_file.parent / f"{stem}.yaml"
     if target.exists() and not force:
         err.print(f"{target} exists; pass --force to overwrite it", markup=False, style="red")
         raise typer.Exit(1)

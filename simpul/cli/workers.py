@@ -23,7 +23,7 @@ def worker(host: HostOption = None, port: PortOption = None) -> None:
     settings = listening(checked_settings(), "worker_web_port", host, port)
     topology = checked_topology(settings)
     try:
-        SubscriptionPlan.build(topology, settings.schemas_dir)
+        SubscriptionPlan.build(topology, settings.paths.schemas_dir)
     except SubscriptionError as error:
         err.print(f"[red]{error}[/red]")
         raise typer.Exit(2) from None

@@ -419,9 +419,9 @@ def create_app(settings: Settings, store: SchemaStore | None = None) -> FastAPI:
         docs_url="/docs",
         openapi_url="/openapi.json",
     )
-    app.state.store = store or SchemaStore(make_engine(settings.database_url))
+    app.state.store = store or SchemaStore(make_engine(settings.store.database_url))
     app.state.admin_token = token
-    app.state.read_auth = settings.registry_read_auth
+    app.state.read_auth = settings.registry.read_auth
     app.add_exception_handler(RegistryError, _registry_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
@@ -460,8 +460,8 @@ def serve(settings: Settings, port: int | None = None, host: str | None = None) 
     )
     run(
         app,
-        port or settings.registry_port,
-        host or settings.bind_host,
-        settings.http_max_body_bytes,
+        port or settings.registry.port,
+        host or settings.http.bind_host,
+        settings.http.max_body_bytes,
         access_log=False,
     )

@@ -44,13 +44,13 @@ class RegistryRequestError(RuntimeError):
 
 
 def token_path(settings: Settings) -> Path:
-    return settings.data_dir / TOKEN_FILE
+    return settings.paths.data_dir / TOKEN_FILE
 
 
 def admin_token(settings: Settings, *, create: bool = False) -> str | None:
     """The registry admin token: the setting, else the token file, made (0600) on request."""
-    if settings.registry_admin_token:
-        return settings.registry_admin_token
+    if settings.registry.admin_token:
+        return settings.registry.admin_token
     return installation_secret(token_path(settings), create=create)
 
 
@@ -86,11 +86,11 @@ class RegistryClient:
     @classmethod
     def from_settings(cls, settings: Settings) -> RegistryClient:
         return cls(
-            settings.registry_url,
+            settings.registry.url,
             token=admin_token(settings),
-            timeout_s=settings.registry_timeout_s,
-            retry_s=settings.registry_retry_s,
-            latest_ttl_s=settings.registry_cache_ttl_s,
+            timeout_s=settings.registry.timeout_s,
+            retry_s=settings.registry.retry_s,
+            latest_ttl_s=settings.registry.cache_ttl_s,
         )
 
     def close(self) -> None:
@@ -231,16 +231,16 @@ class RegistryClient:
 def schema_source(settings: Settings) -> SchemaSource:
     """Where ids are resolved: `simpul registry` when ``registry_url`` is set, else the
     central store read directly (tests, benchmarks, a single-process setup)."""
-    if settings.registry_url:
+    if settings.registry.url:
         return RegistryClient.from_settings(settings)
     from simpul.db import make_engine
     from simpul.registry.store import SchemaStore
 
-    return SchemaStore(make_engine(settings.database_url))
+    return SchemaStore(make_engine(settings.store.database_url))
 
 
 def make_resolver(settings: Settings) -> SchemaResolver:
     """A `SchemaResolver` over `schema_source`, with the configured latest-version TTL."""
     from simpul.registry.resolver import SchemaResolver
 
-    return SchemaResolver(schema_source(settings), latest_ttl_s=settings.registry_cache_ttl_s)
+    return SchemaResolver(schema_source(settings), latest_ttl_s=settings.registry.cache_ttl_s)

@@ -109,7 +109,7 @@ class WebhookDeliverer(BatchService):
         self.secrets = secrets
         self.now = now
         self.retry = RetryPolicy(
-            settings.deliver_retry_base_s, settings.deliver_retry_max_s, jitter="full"
+            settings.deliver.retry_base_s, settings.deliver.retry_max_s, jitter="full"
         )
         self.subscriptions = {s.name: s for s in topology.subscriptions if s.webhook}
         self.endpoints: dict[str, Endpoint] = {}
@@ -117,7 +117,7 @@ class WebhookDeliverer(BatchService):
             assert sub.webhook is not None
             if sub.webhook.url not in self.endpoints:
                 self.endpoints[sub.webhook.url] = Endpoint(
-                    sub.webhook.url, sub.agency, asyncio.Semaphore(settings.deliver_concurrency)
+                    sub.webhook.url, sub.agency, asyncio.Semaphore(settings.deliver.concurrency)
                 )
         self.inboxes = sorted({inbox_topic(s.agency) for s in self.subscriptions.values()})
         self.partitions: dict[TopicPartition, _Partition] = {}
@@ -127,8 +127,8 @@ class WebhookDeliverer(BatchService):
         self.delivered = 0
         self.dead_lettered = 0
         self.sink = WebhookSink(
-            settings.deliver_timeout_s,
-            settings.deliver_concurrency * max(1, len(self.endpoints)),
+            settings.deliver.timeout_s,
+            settings.deliver.concurrency * max(1, len(self.endpoints)),
         )
 
     # Lifecycle (the batch service runs the consumer, the rebalances and the stop)
@@ -150,7 +150,7 @@ class WebhookDeliverer(BatchService):
     async def on_stop(self) -> None:
         self._stopping = True
         if self.tasks:
-            await asyncio.wait(list(self.tasks), timeout=self.settings.stop_timeout_s)
+            await asyncio.wait(list(self.tasks), timeout=self.settings.process.stop_timeout_s)
         for task in self.tasks:
             task.cancel()
         if self._connected:
@@ -183,7 +183,7 @@ class WebhookDeliverer(BatchService):
         state.pending.add(record.offset)
         endpoint.pending += 1
         metrics.WEBHOOK_PENDING.labels(endpoint.agency).set(endpoint.pending)
-        if endpoint.pending >= self.settings.deliver_max_pending and tp not in endpoint.paused:
+        if endpoint.pending >= self.settings.deliver.max_pending and tp not in endpoint.paused:
             endpoint.paused.add(tp)
             self.consumer.pause(tp)
         job = Job(record, sub, endpoint, self.secrets[sub.name])
@@ -228,7 +228,7 @@ class WebhookDeliverer(BatchService):
         endpoint = job.endpoint
         endpoint.pending -= 1
         metrics.WEBHOOK_PENDING.labels(endpoint.agency).set(endpoint.pending)
-        if endpoint.paused and endpoint.pending < self.settings.deliver_max_pending // 2:
+        if endpoint.paused and endpoint.pending < self.settings.deliver.max_pending // 2:
             # A rebalance may have taken a paused partition away (and cleared its pause).
             held = self.consumer.assignment()
             self.consumer.resume(*(tp for tp in endpoint.paused if tp in held))
@@ -245,7 +245,7 @@ class WebhookDeliverer(BatchService):
         agency = job.subscription.agency
         url = job.endpoint.url
         reason = "no attempt"
-        attempts = self.settings.deliver_max_attempts
+        attempts = self.settings.deliver.max_attempts
         for attempt in range(1, attempts + 1):
             async with job.endpoint.concurrency:
                 started = time.perf_counter()
@@ -375,7 +375,7 @@ def run_deliverer(settings: Settings, topology: Topology) -> None:
     from simpul.registry.store import SchemaStore
 
     secrets = webhook_secrets(topology)
-    engine = make_engine(settings.database_url)
+    engine = make_engine(settings.store.database_url)
     resolver = SchemaResolver(SchemaStore(engine))
     holder: dict[str, WebhookDeliverer] = {}
 
@@ -383,16 +383,16 @@ def run_deliverer(settings: Settings, topology: Topology) -> None:
         deliverer = holder.get("service")
         return (deliverer.health() if deliverer else {"status": "starting"}), 200
 
-    host = ProcessHost(settings, f"{settings.worker_id}-deliver", settings.deliver_web_port, health)
+    host = ProcessHost(settings, f"{settings.worker.id}-deliver", settings.deliver.web_port, health)
 
     class Deliverer(WebhookDeliverer):
         def __init__(self, **kwargs: Any) -> None:
             audit = AuditLog(
                 engine,
                 settings.audit_secret(),
-                f"{settings.worker_id}.deliver",
-                settings.audit_heads_file,
-                settings.audit_export_s,
+                f"{settings.worker.id}.deliver",
+                settings.audit.heads_file,
+                settings.audit.export_s,
             )
             super().__init__(settings, topology, resolver, audit, secrets, **kwargs)
             holder["service"] = self

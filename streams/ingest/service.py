@@ -112,17 +112,18 @@ class IngestService(BatchService):
             )
         self.types_by_topic: dict[str, EventType] = {t.topic("in"): t for t in topology.event_types}
         self.dedup: dict[str, DedupWindow] = {
-            topic: DedupWindow.within(settings.dedup_window_bytes) for topic in self.types_by_topic
+            topic: DedupWindow.within(settings.worker.dedup_window_bytes)
+            for topic in self.types_by_topic
         }
         self.dlq_limit = DlqLimit(
-            settings.dlq_limit_share,
-            settings.dlq_limit_window,
-            settings.dlq_limit_min_events,
-            settings.dlq_limit_cooldown_s,
-            pause=settings.dlq_limit_pause,
+            settings.dlq.limit_share,
+            settings.dlq.limit_window,
+            settings.dlq.limit_min_events,
+            settings.dlq.limit_cooldown_s,
+            pause=settings.dlq.limit_pause,
         )
         self._resume_requests: set[str] = set()
-        self.outage = RetryPolicy(0.5, settings.store_retry_max_s)
+        self.outage = RetryPolicy(0.5, settings.store.retry_max_s)
 
     def dedup_for(self, topic: str) -> DedupWindow:
         return self.dedup[topic]
@@ -251,8 +252,8 @@ class IngestService(BatchService):
                     "%s: over the dead-letter limit (%.0f%% of the window); paused for %.0fs "
                     "or until `simpul dlq resume %s`",
                     name,
-                    self.settings.dlq_limit_share * 100,
-                    self.settings.dlq_limit_cooldown_s,
+                    self.settings.dlq.limit_share * 100,
+                    self.settings.dlq.limit_cooldown_s,
                     name,
                 )
         for tp, messages in batch.items():

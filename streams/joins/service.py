@@ -84,9 +84,9 @@ class JoinService(BatchService):
         self.catalog = catalog
         # Derived events are Simpul's own: the joins gateway signs them for /agency/simpul.
         self.signer = signer_for(settings, "joins")
-        self.dead_letter_log = DeadLetterLog(make_engine(settings.database_url))
+        self.dead_letter_log = DeadLetterLog(make_engine(settings.store.database_url))
         self.logics = [
-            JoinLogic(j, topology.event_type(j.output), settings.join_wait_s)
+            JoinLogic(j, topology.event_type(j.output), settings.joins.wait_s)
             for j in topology.joins
         ]
         #: input topic -> (role, join): role is "left", "right" or "repartition"
@@ -129,7 +129,7 @@ class JoinService(BatchService):
     @Service.task
     async def _expire(self) -> None:
         while not self._stopping and not self.should_stop:
-            await self.sleep(self.settings.join_check_s)
+            await self.sleep(self.settings.joins.check_s)
             if self._stopping:
                 return
             async with self.batch_lock:
@@ -415,7 +415,7 @@ def run_joins(settings: Settings, topology: Topology) -> None:
         service = holder.get("service")
         return (service.health() if service else {"status": "starting"}), 200
 
-    host = ProcessHost(settings, f"{settings.worker_id}-joins", settings.joins_web_port, health)
+    host = ProcessHost(settings, f"{settings.worker.id}-joins", settings.joins.web_port, health)
 
     class Joins(JoinService):
         def __init__(self, **kwargs: Any) -> None:

@@ -118,7 +118,7 @@ class BatchService(Service):
             **aiokafka_options(self.settings),
             acks="all",
             linger_ms=5,
-            client_id=f"{self.settings.worker_id}-{self.role}",
+            client_id=f"{self.settings.worker.id}-{self.role}",
             **self.producer_options(),
         )
         await self.producer.start()
@@ -126,8 +126,8 @@ class BatchService(Service):
     async def start_consumer(self) -> None:
         self.consumer = AIOKafkaConsumer(
             **aiokafka_options(self.settings),
-            group_id=f"{self.settings.worker_id}.{self.role}",
-            client_id=f"{self.settings.worker_id}-{self.role}",
+            group_id=f"{self.settings.worker.id}.{self.role}",
+            client_id=f"{self.settings.worker.id}-{self.role}",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=self._max_records,
@@ -142,7 +142,7 @@ class BatchService(Service):
 
     @property
     def _max_records(self) -> int:
-        return self.max_records or self.settings.batch_size
+        return self.max_records or self.settings.consumer.batch_size
 
     def reader(self, purpose: str) -> AIOKafkaConsumer:
         """A consumer outside the group (assign, seek), for reading a topic back, not started."""
@@ -151,19 +151,19 @@ class BatchService(Service):
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             fetch_max_wait_ms=self.settings.client_tuning().fetch_max_wait_ms,
-            client_id=f"{self.settings.worker_id}-{self.role}-{purpose}",
+            client_id=f"{self.settings.worker.id}-{self.role}-{purpose}",
         )
 
     async def on_stop(self) -> None:
         # Runs before mode cancels the loop: let the batch in flight finish and commit.
         self._stopping = True
         try:
-            await asyncio.wait_for(self.batch_lock.acquire(), self.settings.stop_timeout_s)
+            await asyncio.wait_for(self.batch_lock.acquire(), self.settings.process.stop_timeout_s)
         except TimeoutError:
             log.warning(
                 "%s batch still in flight after %.0fs; stopping without it",
                 self.role,
-                self.settings.stop_timeout_s,
+                self.settings.process.stop_timeout_s,
             )
         else:
             self.batch_lock.release()
@@ -181,7 +181,7 @@ class BatchService(Service):
             return
         if not self.topics():
             return
-        timeout_ms = int(self.settings.batch_seconds * 1000)
+        timeout_ms = int(self.settings.consumer.batch_seconds * 1000)
         while not self._stopping and not self.should_stop:
             batch = await self.consumer.getmany(
                 timeout_ms=timeout_ms, max_records=self._max_records

@@ -30,19 +30,21 @@ class ProcessHost:
 
     def __init__(self, settings: Settings, name: str, port: int, health: HealthReport) -> None:
         disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus_client
-        settings.data_dir.mkdir(parents=True, exist_ok=True)  # Faust makes only the last level
+        settings.paths.data_dir.mkdir(
+            parents=True, exist_ok=True
+        )  # Faust makes only the last level
         self.settings = settings
         self.name = name
         self.app = faust.App(
             name,
             web_enabled=True,
             web_port=port,
-            web_bind=settings.bind_host,
+            web_bind=settings.http.bind_host,
             # Every page, Faust's own included, needs the token; bodies are bounded.
             web_application_options=aiohttp_options(settings),
             topic_allow_declare=False,
             store="memory://",
-            datadir=str(settings.data_dir / f"faust-{name}"),
+            datadir=str(settings.paths.data_dir / f"faust-{name}"),
         )
         # Faust's Kafka stays off: the services consume with aiokafka themselves.
         self.app.boot_strategy = BootStrategy(self.app, enable_kafka=False)
@@ -71,7 +73,7 @@ class ProcessHost:
 
         worker = Worker(
             self.app,
-            loglevel=self.settings.log_level.upper(),
+            loglevel=self.settings.process.log_level.upper(),
             quiet=True,
             redirect_stdouts=False,
         )

@@ -43,7 +43,7 @@ SELECT_REFUSED = "SELECT ce_id, code FROM dead_letters WHERE stage IN ('authenti
 
 def plain_producer(stack: Stack) -> KafkaProducer:
     """Someone on the city network with a Kafka client and no keys."""
-    return KafkaProducer(bootstrap_servers=stack.settings.kafka_bootstrap.split(","))
+    return KafkaProducer(bootstrap_servers=stack.settings.kafka.bootstrap.split(","))
 
 
 def test_forged_and_tampered_events_are_dead_lettered_never_stored(pg_stack: Stack) -> None:
@@ -114,14 +114,14 @@ def test_forged_and_tampered_events_are_dead_lettered_never_stored(pg_stack: Sta
     letter = dead_letter_for(pg_stack, "social.recipient.deceased", forged.id)
     assert letter["headers"]["simpul_dlq_code"] == "signature.missing"  # type: ignore[index]
     assert not stored(pg_stack, forged.id)
-    with make_engine(pg_stack.settings.database_url).connect() as conn:
+    with make_engine(pg_stack.settings.store.database_url).connect() as conn:
         recorded = dict(conn.execute(text(SELECT_REFUSED)).all())
     assert {recorded.get(i) for i in cases} == {code for code, _ in cases.values()}
 
 
 def test_key_revoked_while_the_worker_runs_is_refused_without_a_restart(pg_stack: Stack) -> None:
     settings = Settings()
-    public, private = settings.public_keys_path, settings.keys_dir
+    public, private = settings.public_keys_path, settings.paths.keys_dir
     extra = create_key(public, private, "dpmptsp", "agency")  # a second valid key: overlap
     signer = load_signer(public, private, "dpmptsp")
     assert signer.key_id == extra.key_id
@@ -172,7 +172,7 @@ def test_producer_cannot_choose_simpul_headers(pg_stack: Stack) -> None:
     def delivered() -> list[dict[str, bytes]]:
         return [
             dict(m.headers)
-            for m in read_topic(pg_stack.settings.kafka_bootstrap, "simpul.out.kel-ujuna", 1000)
+            for m in read_topic(pg_stack.settings.kafka.bootstrap, "simpul.out.kel-ujuna", 1000)
             if dict(m.headers).get("ce_id") == envelope.id.encode()
         ]
 
@@ -181,14 +181,14 @@ def test_producer_cannot_choose_simpul_headers(pg_stack: Stack) -> None:
     assert inbox["simpul_purpose"].startswith(b"Keep the kelurahan")
     out = [
         m
-        for m in read_topic(pg_stack.settings.kafka_bootstrap, "simpul.out.kel-ujuna", 1000)
+        for m in read_topic(pg_stack.settings.kafka.bootstrap, "simpul.out.kel-ujuna", 1000)
         if dict(m.headers).get("ce_id") == envelope.id.encode()
     ]
     names = [k for k, _ in out[0].headers]
     assert names.count("simpul_subscription") == 1 and "simpul_dlq_reason" not in names
     valid = [
         m
-        for m in read_topic(pg_stack.settings.kafka_bootstrap, "simpul.valid.permit.issued", 1000)
+        for m in read_topic(pg_stack.settings.kafka.bootstrap, "simpul.valid.permit.issued", 1000)
         if dict(m.headers).get("ce_id") == envelope.id.encode()
     ]
     assert valid and not any(k.startswith("simpul_") for k, _ in valid[0].headers)
@@ -213,7 +213,7 @@ def test_audit_event_shows_the_signer_and_verifies_again(pg_stack: Stack) -> Non
     assert shown.returncode == 0, shown.stderr
     assert "signature verified" in shown.stdout and "dpmptsp-" in shown.stdout
     # An insider edits the stored payload: the evidence no longer matches.
-    with make_engine(pg_stack.settings.database_url).begin() as conn:
+    with make_engine(pg_stack.settings.store.database_url).begin() as conn:
         conn.execute(
             text(
                 "UPDATE event_log SET payload = jsonb_set(payload::jsonb, '{business_name}', "

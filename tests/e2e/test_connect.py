@@ -128,7 +128,7 @@ def test_sigkill_mid_stream_resumes_without_losing_or_duplicating_a_row(
     main, _, _ = simpeg
     nips = main.add(600)
     connect.start()
-    offsets = OffsetStore(make_engine(pg_stack.settings.database_url))
+    offsets = OffsetStore(make_engine(pg_stack.settings.store.database_url))
     wait_until(lambda: offsets.load("simpeg-pegawai"), 60, "a first position stored")
     connect.stop(signal.SIGKILL)  # mid-stream: some batches published, maybe not committed
     killed_at = offsets.load("simpeg-pegawai")["incrementing"]
@@ -142,7 +142,7 @@ def test_sigkill_mid_stream_resumes_without_losing_or_duplicating_a_row(
     )
     from sqlalchemy import text
 
-    with make_engine(pg_stack.settings.database_url).connect() as conn:
+    with make_engine(pg_stack.settings.store.database_url).connect() as conn:
         stored = conn.execute(
             text("select count(*) from event_log where key = any(:nips)"), {"nips": nips}
         ).scalar()

@@ -230,7 +230,7 @@ def test_replay_a_dead_letter_after_registering_its_schema(
 ) -> None:
     # DPMPTSP's system moved to a schema that was registered under the wrong subject: the
     # worker dead-letters its permit (schema.wrong_subject).
-    engine = make_engine(pg_stack.settings.database_url)
+    engine = make_engine(pg_stack.settings.store.database_url)
     variant = _permit_variant()
     schema_id, _ = SchemaStore(engine).register("ptsp.staging-value", variant)
     data = PaluData(pg_stack.topology, seed=19, residents_count=20, employees_count=3)
@@ -311,7 +311,7 @@ def test_data_protection_officer_finds_a_subjects_deliveries(
     nik = death["nik"]
     with Publisher("dukcapil", settings=pg_stack.settings, catalog=pg_stack.catalog()) as pub:
         pub.publish("population.death.registered", death)
-    engine = make_engine(pg_stack.settings.database_url)
+    engine = make_engine(pg_stack.settings.store.database_url)
     key = pg_stack.settings.audit_secret()
     wait_until(lambda: receipts_for(engine, key, nik), 60, "the death's delivery audited")
 

@@ -66,12 +66,12 @@ def test_upstream_outage_pauses_the_type_and_resumes_by_command(limited_stack: S
     text = json.dumps(definition)
     # The id it will be given: far above every id in use, so the schemas the worker registers
     # meanwhile (subscribers' projections) cannot take it; the sequence is set just before.
-    engine = make_engine(stack.settings.database_url)
+    engine = make_engine(stack.settings.store.database_url)
     with engine.connect() as conn:
         next_id = (conn.scalar(select(func.max(schemas_table.c.id))) or 0) + 1000
     schema = AvroSchema.from_text(next_id, text)  # framed with the id it will be given
     ids = []
-    producer = KafkaProducer(bootstrap_servers=stack.settings.kafka_bootstrap, acks="all")
+    producer = KafkaProducer(bootstrap_servers=stack.settings.kafka.bootstrap, acks="all")
     for n in range(120):
         nip = f"198507172010011{n + 1:03d}"  # born 1985-07-17, appointed 2010-01, male
         envelope = Envelope(type=type_name, source="/agency/bkpsdm")

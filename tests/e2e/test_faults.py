@@ -66,7 +66,7 @@ def metric(stack: Stack, name: str, **labels: str) -> float:
 
 
 def assert_store_matches(stack: Stack, expect) -> None:  # type: ignore[no-untyped-def]
-    check_store(stack.settings.database_url, expect)
+    check_store(stack.settings.store.database_url, expect)
 
 
 def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
@@ -124,7 +124,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
 
 
 def _stored(stack: Stack) -> int:
-    return stored_count(stack.settings.database_url)
+    return stored_count(stack.settings.store.database_url)
 
 
 def test_database_outage_is_waited_out_without_loss(own_broker: Broker, tmp_path: Path) -> None:

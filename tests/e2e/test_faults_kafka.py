@@ -117,14 +117,14 @@ class Worker:
 def settle(stack: Stack, expect: Expectation, bootstrap: str, timeout: float = 240) -> None:
     """Wait until everything valid is stored and every dead letter written, then check both."""
     wait_until(
-        lambda: stored_count(stack.settings.database_url) >= len(expect.valid_ids),
+        lambda: stored_count(stack.settings.store.database_url) >= len(expect.valid_ids),
         timeout,
         f"{len(expect.valid_ids)} valid events stored",
         every=1,
     )
     # A fixed pause is the point: anything still in flight would show up as an extra row now.
     time.sleep(2)
-    assert_store_matches(stack.settings.database_url, expect)
+    assert_store_matches(stack.settings.store.database_url, expect)
     with contextlib.suppress(AssertionError):  # the check below says what differs
         wait_until(lambda: _topics_ok(bootstrap, stack, expect), 60, "the topics", every=3)
     try:
@@ -258,7 +258,9 @@ class IngressLoad:
         self.stack = stack
         self.expect = expect
         self.port = free_port()
-        self.key = ApiKeyStore(make_engine(stack.settings.database_url)).create("dpmptsp", "t")[1]
+        self.key = ApiKeyStore(make_engine(stack.settings.store.database_url)).create(
+            "dpmptsp", "t"
+        )[1]
         self.data = PaluData(stack.topology, seed=11, residents_count=200)
         self.statuses: Counter[int | str] = Counter()
         self.accepted: dict[str, str] = {}  # ce_id -> permit number

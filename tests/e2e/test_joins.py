@@ -158,7 +158,7 @@ def test_a_later_employee_update_is_used_by_the_next_assessment(
     wait_until(
         lambda: any(
             ("ce_id", update.encode()) in m.headers
-            for m in read_topic(stack.settings.kafka_bootstrap, state_topic, 500)
+            for m in read_topic(stack.settings.kafka.bootstrap, state_topic, 500)
         ),
         60,
         "the update in the join's table",
@@ -183,7 +183,7 @@ def test_assessment_of_an_unknown_employee_is_dead_lettered_when_the_wait_runs_o
 
     def letter_for_it() -> dict[str, str] | None:
         topic = "simpul.dlq.hr.performance.assessed"
-        for m in read_topic(stack.settings.kafka_bootstrap, topic, 500):
+        for m in read_topic(stack.settings.kafka.bootstrap, topic, 500):
             headers = {k: v.decode() for k, v in m.headers}
             if headers.get("ce_id") == ce_id:
                 return {**headers, "key": m.key.decode()}

@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 def _get(stack: Stack, path: str, accept: str | None = None) -> tuple[str, str]:
     request = urllib.request.Request(
-        f"http://127.0.0.1:{stack.settings.worker_web_port}{path}", headers=auth()
+        f"http://127.0.0.1:{stack.settings.worker.web_port}{path}", headers=auth()
     )
     if accept:
         request.add_header("Accept", accept)
@@ -55,7 +55,7 @@ def traffic(pg_stack: Stack) -> dict[str, str]:
         pub.publish("population.death.registered", death, id=ids["death"])
     wanted = {v for k, v in ids.items() if k != "bad"}
     wait_until(lambda: wanted <= pg_stack.store.event_ids(), 60, "events stored")
-    engine = make_engine(pg_stack.settings.database_url)
+    engine = make_engine(pg_stack.settings.store.database_url)
 
     def letter_recorded() -> bool:
         with engine.connect() as conn:
@@ -73,7 +73,7 @@ def traffic(pg_stack: Stack) -> dict[str, str]:
 
 
 def test_dead_letter_is_recorded_once_with_its_reason(pg_stack: Stack, traffic: dict) -> None:
-    with make_engine(pg_stack.settings.database_url).connect() as conn:
+    with make_engine(pg_stack.settings.store.database_url).connect() as conn:
         rows = conn.execute(select(dead_letters)).mappings().all()
     assert len(rows) == 1
     row = rows[0]
@@ -126,7 +126,7 @@ def test_status_page_in_headless_chromium_shows_what_a_person_needs(
         pytest.skip("chromium not installed (`apt-get install chromium`)")
     # A person's browser authenticates with the installation token as the Basic password.
     token = os.environ["SIMPUL_HTTP_TOKEN"]
-    url = f"http://simpul:{token}@127.0.0.1:{pg_stack.settings.worker_web_port}/status.html"
+    url = f"http://simpul:{token}@127.0.0.1:{pg_stack.settings.worker.web_port}/status.html"
     common = [
         chromium,
         "--headless",

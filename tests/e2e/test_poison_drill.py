@@ -177,10 +177,10 @@ def test_poison_drill_worker_never_stops(drill_stack: Stack, tmp_path: Path) -> 
     assert stack.worker is not None
     pid = stack.worker.pid
     drill = _plan(stack)
-    watch = HealthWatch(stack.settings.worker_web_port)
+    watch = HealthWatch(stack.settings.worker.web_port)
     watch.start()
     producer = KafkaProducer(
-        bootstrap_servers=stack.settings.kafka_bootstrap, acks="all", max_request_size=2**21
+        bootstrap_servers=stack.settings.kafka.bootstrap, acks="all", max_request_size=2**21
     )
     started = time.monotonic()
     try:
@@ -189,7 +189,7 @@ def test_poison_drill_worker_never_stops(drill_stack: Stack, tmp_path: Path) -> 
             if message.get("timestamp_ms") is not None:
                 # Its own producer: Apache Kafka 4 refuses a CreateTime beyond
                 # message.timestamp.after.max.ms for the whole request it arrives in.
-                alone = KafkaProducer(bootstrap_servers=stack.settings.kafka_bootstrap, acks="all")
+                alone = KafkaProducer(bootstrap_servers=stack.settings.kafka.bootstrap, acks="all")
                 try:
                     alone.send(
                         TOPIC,

@@ -219,11 +219,11 @@ def published(stack: Stack) -> Published:
 
 
 def read_topic(stack: Stack, topic: str, at_least: int) -> list[Any]:
-    store = SchemaStore(make_engine(stack.settings.database_url))
+    store = SchemaStore(make_engine(stack.settings.store.database_url))
 
     def fetch() -> list[Any] | None:
         consumer = KafkaConsumer(
-            bootstrap_servers=stack.settings.kafka_bootstrap, consumer_timeout_ms=1500
+            bootstrap_servers=stack.settings.kafka.bootstrap, consumer_timeout_ms=1500
         )
         parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or []]
         consumer.assign(parts)
@@ -288,12 +288,12 @@ def test_each_inbox_gets_exactly_its_projection_masked(stack: Stack, published: 
     mamboro = read_topic(stack, "simpul.out.kel-mamboro", 1)
     assert [h["ce_id"] for _, _, h in mamboro] == [published.ids["pindah"]]
 
-    subjects = SchemaStore(make_engine(stack.settings.database_url))
+    subjects = SchemaStore(make_engine(stack.settings.store.database_url))
     assert subjects.latest("simpul.out.dinsos-simpul.sub.dinsos_sktm.KelurahanDocumentIssued")
 
 
 def test_inbox_deliveries_are_audited_by_subject(stack: Stack, published: Published) -> None:
-    engine = make_engine(stack.settings.database_url)
+    engine = make_engine(stack.settings.store.database_url)
 
     def inbox_rows() -> list[Any] | None:
         with engine.connect() as conn:
@@ -391,7 +391,7 @@ def test_webhooks_retry_honour_retry_after_and_dead_letter(
     time.sleep(1.5)
     assert len(endpoints.on("/mamboro")) == 4  # no fifth attempt
 
-    engine = make_engine(stack.settings.database_url)
+    engine = make_engine(stack.settings.store.database_url)
 
     def webhook_rows() -> list[Any] | None:
         with engine.connect() as conn:

@@ -49,7 +49,7 @@ def test_same_ce_id_twice_is_stored_once(pg_stack: Stack) -> None:
     wait_until(lambda: stored(pg_stack, marker), 60, "marker stored")
     ids = pg_stack.store.event_ids("permit.issued")
     assert ce_id in ids
-    with make_engine(pg_stack.settings.database_url).connect() as conn:
+    with make_engine(pg_stack.settings.store.database_url).connect() as conn:
         from sqlalchemy import text
 
         count = conn.scalar(text("select count(*) from event_log where ce_id = :id"), {"id": ce_id})
@@ -157,7 +157,7 @@ def test_replay_after_a_fix_stores_the_event(pg_stack: Stack) -> None:
     from simpul.codec import AvroSchema
 
     text = json.dumps(definition)
-    registry = SchemaStore(make_engine(pg_stack.settings.database_url))
+    registry = SchemaStore(make_engine(pg_stack.settings.store.database_url))
     next_id = max(registry.subject_ids("simpul.in.permit.issued-value")) + 100
     v2 = AvroSchema.from_text(next_id, text)
     payload = {**permit(number()), "fee_idr": 250_000}
@@ -230,7 +230,7 @@ def test_metrics_and_health_are_served(pg_stack: Stack) -> None:
         assert name in text, name
     import urllib.request
 
-    url = f"http://127.0.0.1:{pg_stack.settings.worker_web_port}/health"
+    url = f"http://127.0.0.1:{pg_stack.settings.worker.web_port}/health"
     request = urllib.request.Request(url, headers=auth())
     with urllib.request.urlopen(request, timeout=5) as response:
         assert json.loads(response.read())["store"] == "up"

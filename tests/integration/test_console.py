@@ -242,7 +242,7 @@ def test_schema_check_explains_a_break_and_only_an_integrator_registers(
 ) -> None:
     subject = "simpul.in.permit.issued-value"
     v1 = (SCHEMAS_DIR / "permit.issued.v1.avsc").read_text()
-    SchemaStore(make_engine(settings.database_url)).register(subject, v1)
+    SchemaStore(make_engine(settings.store.database_url)).register(subject, v1)
     breaking = json.loads(v1)
     breaking["fields"].append({"name": "catatan", "type": "string"})  # no default
     compatible = json.loads(v1)

@@ -364,7 +364,7 @@ def http_case(stack: Any) -> Case:
 
     name = f"contract-http-{next(_serial)}"
     port = free_port()
-    key = ApiKeyStore(make_engine(stack.settings.database_url)).create("dpmptsp")[1]
+    key = ApiKeyStore(make_engine(stack.settings.store.database_url)).create("dpmptsp")[1]
     source = OutboxSource("sqlite://", stack.topology)  # only for its permit payloads
 
     def row(payload: dict[str, Any]) -> dict[str, Any]:

@@ -46,7 +46,7 @@ def stored(stack: Stack, ce_id: str) -> bool:
 def dead_letters(stack: Stack, type_name: str) -> list[dict[str, object]]:
     topic = f"simpul.dlq.{type_name}"
     consumer = KafkaConsumer(
-        bootstrap_servers=stack.settings.kafka_bootstrap,
+        bootstrap_servers=stack.settings.kafka.bootstrap,
         consumer_timeout_ms=1500,
         auto_offset_reset="earliest",
     )

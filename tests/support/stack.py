@@ -43,7 +43,7 @@ class Stack:
     def start_registry(self) -> SimpulProcess:
         """Start `simpul registry` on the stack's registry port and wait until it answers."""
         self.registry = SimpulProcess(["registry"], self.env, self.workdir / "registry.log")
-        self.registry.wait_http(f"http://127.0.0.1:{self.settings.registry_port}/config")
+        self.registry.wait_http(f"http://127.0.0.1:{self.settings.registry.port}/config")
         return self.registry
 
     def stop_registry(self, sig: int = signal.SIGTERM) -> int:
@@ -54,16 +54,17 @@ class Stack:
 
     def registry_client(self, **kwargs: Any) -> RegistryClient:
         return RegistryClient(
-            self.settings.registry_url, token=self.settings.registry_admin_token, **kwargs
+            self.settings.registry.url, token=self.settings.registry.admin_token, **kwargs
         )
 
     @property
     def store(self) -> CentralStore:
-        return CentralStore(make_engine(self.settings.database_url))
+        return CentralStore(make_engine(self.settings.store.database_url))
 
     def catalog(self) -> EventCatalog:
         return EventCatalog(
-            self.topology, SchemaResolver(SchemaStore(make_engine(self.settings.database_url)))
+            self.topology,
+            SchemaResolver(SchemaStore(make_engine(self.settings.store.database_url))),
         )
 
     def start_worker(self, wait: bool = True) -> SimpulProcess:
@@ -80,7 +81,7 @@ class Stack:
         return self.worker
 
     def _worker_url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.settings.worker_web_port}{path}"
+        return f"http://127.0.0.1:{self.settings.worker.web_port}{path}"
 
     def health(self) -> dict[str, Any]:
         try:

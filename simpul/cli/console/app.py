@@ -84,11 +84,11 @@ class Console:
     env: Environment
 
     def __post_init__(self) -> None:
-        self.engine = make_engine(self.settings.database_url)
+        self.engine = make_engine(self.settings.store.database_url)
         self.schemas = SchemaStore(self.engine)
         self.catalog = EventCatalog(self.topology, SchemaResolver(self.schemas))
         self.connect_url = (
-            self.settings.console_connect_url or f"http://127.0.0.1:{self.settings.connect_port}"
+            self.settings.console.connect_url or f"http://127.0.0.1:{self.settings.connect.port}"
         ).rstrip("/")
         self.throughput: dict[str, tuple[float, int, float | None]] = {}
         self.throttle = LoginThrottle()
@@ -144,7 +144,7 @@ class Console:
             city=topology.city,
             tz=topology.timezone_abbreviation,
             when=when,
-            refresh=self.settings.console_refresh_s,
+            refresh=self.settings.console.refresh_s,
             mask=mask,
             **context,
         )
@@ -178,13 +178,13 @@ class Console:
 
     def health_targets(self) -> list[tuple[str, str]]:
         """(name, URL) of each process whose ``/health`` the agencies page shows."""
-        if self.settings.console_health_urls.strip():
-            return parse_health_urls(self.settings.console_health_urls)
+        if self.settings.console.health_urls.strip():
+            return parse_health_urls(self.settings.console.health_urls)
         port = self.settings
         return [
-            ("worker", f"http://127.0.0.1:{port.worker_web_port}/health"),
-            ("joins", f"http://127.0.0.1:{port.joins_web_port}/health"),
-            ("deliver", f"http://127.0.0.1:{port.deliver_web_port}/health"),
+            ("worker", f"http://127.0.0.1:{port.worker.web_port}/health"),
+            ("joins", f"http://127.0.0.1:{port.joins.web_port}/health"),
+            ("deliver", f"http://127.0.0.1:{port.deliver.web_port}/health"),
             ("connect", f"{self.connect_url}/health"),
         ]
 
@@ -288,14 +288,14 @@ def _pretty(schema_text: str) -> str:
 
 
 def create_app(settings: Settings, topology: Topology) -> FastAPI:
-    parse_health_urls(settings.console_health_urls)  # a bad value fails at start
+    parse_health_urls(settings.console.health_urls)  # a bad value fails at start
     console = Console(settings, topology, UserStore(users_path(settings)), _environment())
     app = FastAPI(title="Simpul console", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(
         SessionMiddleware,
         secret_key=session_secret(settings),
         session_cookie="simpul_console",
-        max_age=int(settings.console_session_hours * 3600),
+        max_age=int(settings.console.session_hours * 3600),
         same_site="strict",
     )
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
@@ -388,7 +388,9 @@ def create_app(settings: Settings, topology: Topology) -> FastAPI:
 
     # -- agencies --------------------------------------------------------------------------
     def agencies_context() -> dict[str, Any]:
-        card = build_scorecard(console.engine, topology, connectors_dir=settings.connectors_dir)
+        card = build_scorecard(
+            console.engine, topology, connectors_dir=settings.paths.connectors_dir
+        )
         trend = queries.hourly_trend(
             console.engine, [a.code for a in card.agencies], card.generated_at
         )
@@ -412,7 +414,7 @@ def create_app(settings: Settings, topology: Topology) -> FastAPI:
     # -- connectors ------------------------------------------------------------------------
     def connectors_context(problem: str | None = None) -> dict[str, Any]:
         statuses, unreachable = console.connector_statuses()
-        declared = {c.name: c for c in declared_connectors(topology, settings.connectors_dir)}
+        declared = {c.name: c for c in declared_connectors(topology, settings.paths.connectors_dir)}
         names = sorted(set(declared) | set(statuses or {}))
         return {
             "names": names,
@@ -645,7 +647,7 @@ def create_app(settings: Settings, topology: Topology) -> FastAPI:
         user = console.require(request, "privacy.view")
         console.check_csrf(request, await request.form())
         started = time.perf_counter()
-        report = audit.verify(console.engine, settings.audit_secret(), settings.audit_heads_file)
+        report = audit.verify(console.engine, settings.audit_secret(), settings.audit.heads_file)
         return console.render(
             request,
             "_verify.html",
@@ -666,7 +668,7 @@ def serve(settings: Settings, topology: Topology, host: str, port: int) -> None:
         create_app(settings, topology),
         port,
         host=host,
-        max_body=settings.http_max_body_bytes,
+        max_body=settings.http.max_body_bytes,
         access_log=False,
     )
 

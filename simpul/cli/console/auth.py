@@ -79,11 +79,11 @@ def _write_private(path: Path, text: str) -> None:
 
 def session_secret(settings: Settings) -> str:
     """The installation's cookie-signing key: the setting, or one generated once (0600)."""
-    if settings.console_secret:
-        if len(settings.console_secret) < 32:
+    if settings.console.secret:
+        if len(settings.console.secret) < 32:
             raise UserError("SIMPUL_CONSOLE_SECRET: must be at least 32 characters")
-        return settings.console_secret
-    path = settings.data_dir / "console-secret"
+        return settings.console.secret
+    path = settings.paths.data_dir / "console-secret"
     if path.exists():
         return path.read_text(encoding="utf-8").strip()
     _write_private(path, secrets.token_urlsafe(48) + "\n")
@@ -91,7 +91,7 @@ def session_secret(settings: Settings) -> str:
 
 
 def users_path(settings: Settings) -> Path:
-    return settings.console_users_file or settings.data_dir / "console-users.json"
+    return settings.console.users_file or settings.paths.data_dir / "console-users.json"
 
 
 class UserStore:

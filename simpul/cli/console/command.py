@@ -41,6 +41,9 @@ def serve_console(
 ) -> None:
     """Run the web console (agencies, connectors, subscriptions, dead letters, schemas,
     data protection); SIGTERM stops it with exit 0."""
+    from simpul.cli.extras import exit_without_extra
+
+    exit_without_extra("console", "simpul console")  # its users commands too
     if ctx.invoked_subcommand is not None:
         return
     from simpul import dbmigrate
@@ -49,17 +52,17 @@ def serve_console(
 
     settings = checked_settings()
     topology = checked_topology(settings)
-    if dbmigrate.current(settings.database_url) is None:
+    if dbmigrate.current(settings.store.database_url) is None:
         err.print("[red]the central store is not migrated[/red]: run `simpul db upgrade` first")
         raise typer.Exit(2)
     try:
         session_secret(settings)
-        parse_health_urls(settings.console_health_urls)
+        parse_health_urls(settings.console.health_urls)
     except (UserError, ValueError) as error:
         err.print(f"[red]{error}[/red]")
         raise typer.Exit(2) from None
     users = _users(settings).list()
-    port = port or settings.console_port
+    port = port or settings.console.port
     console.print(
         f"console on [bold]http://{host}:{port}/[/bold] for {topology.city} "
         f"({len(users)} users; times in {topology.timezone_abbreviation})"

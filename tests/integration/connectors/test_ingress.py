@@ -40,7 +40,7 @@ class Ingress:
         self.stack = stack
         self.url = url
         self.app = app
-        self.keys = ApiKeyStore(make_engine(stack.settings.database_url))
+        self.keys = ApiKeyStore(make_engine(stack.settings.store.database_url))
         self.data = PaluData(stack.topology, seed=3, residents_count=200)
 
     def key(self, agency: str) -> str:
@@ -69,7 +69,9 @@ def ingress(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     )
     catalog = stack.catalog()
     publishers = PublisherPool(settings, catalog)
-    app = create_app(settings, catalog, ApiKeyStore(make_engine(settings.database_url)), publishers)
+    app = create_app(
+        settings, catalog, ApiKeyStore(make_engine(settings.store.database_url)), publishers
+    )
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -85,7 +87,7 @@ def ingress(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 def _published(stack: Stack, ce_ids: set[str]) -> list[Any]:
     return [
         m
-        for m in read_topic(stack.settings.kafka_bootstrap, PERMITS, idle_ms=1500)
+        for m in read_topic(stack.settings.kafka.bootstrap, PERMITS, idle_ms=1500)
         if header(m.headers, "ce_id") in ce_ids
     ]
 
@@ -192,7 +194,7 @@ def test_openapi_is_served(ingress: Ingress) -> None:
 
 
 def test_cli_creates_a_key_shown_once_and_revokes_it(ingress: Ingress, tmp_path: Path) -> None:
-    env = {**os.environ, "SIMPUL_DATABASE_URL": ingress.stack.settings.database_url}
+    env = {**os.environ, "SIMPUL_DATABASE_URL": ingress.stack.settings.store.database_url}
     created = subprocess.run(
         [sys.executable, "-m", "simpul", "ingress", "keys", "create", "dpmptsp"],
         env=env,
@@ -299,7 +301,9 @@ def open_ingress(ingress: Ingress) -> Iterator[Ingress]:
     )
     catalog = stack.catalog()
     publishers = PublisherPool(settings, catalog)
-    app = create_app(settings, catalog, ApiKeyStore(make_engine(settings.database_url)), publishers)
+    app = create_app(
+        settings, catalog, ApiKeyStore(make_engine(settings.store.database_url)), publishers
+    )
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

@@ -64,6 +64,7 @@ def edit_permit(schemas: Path, field: dict[str, object]) -> None:
 def no_registry_env(schemas: Path) -> dict[str, str]:
     return {
         "SIMPUL_SCHEMAS_DIR": str(schemas),
+        "SIMPUL_TOPOLOGY_FILE": str(TOPOLOGY_FILE),  # defaults are relative to the cwd
         "SIMPUL_REGISTRY_URL": f"http://127.0.0.1:{free_port()}",  # nothing listens there
     }
 

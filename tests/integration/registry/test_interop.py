@@ -29,8 +29,8 @@ PERMIT_SCHEMA = (SCHEMAS_DIR / "permit.issued.v1.avsc").read_text(encoding="utf-
 def registry_conf(stack: Stack) -> dict[str, Any]:
     # basic.auth.user.info carries the admin token as the password, as for Confluent Cloud.
     return {
-        "url": stack.settings.registry_url,
-        "basic.auth.user.info": f"simpul-admin:{stack.settings.registry_admin_token}",
+        "url": stack.settings.registry.url,
+        "basic.auth.user.info": f"simpul-admin:{stack.settings.registry.admin_token}",
     }
 
 
@@ -86,7 +86,7 @@ def test_schema_registry_client_speaks_to_simpul_registry(pg_stack: Stack) -> No
     assert client.delete_subject(scratch) == [2]
     assert scratch not in client.get_subjects()
 
-    anonymous = SchemaRegistryClient({"url": pg_stack.settings.registry_url})
+    anonymous = SchemaRegistryClient({"url": pg_stack.settings.registry.url})
     with pytest.raises(SchemaRegistryError) as unauthorized:
         anonymous.register_schema(f"x-{uuid.uuid4().hex[:6]}", Schema(PERMIT_SCHEMA, "AVRO"))
     assert unauthorized.value.error_code == 40101
@@ -115,7 +115,7 @@ def test_message_from_confluent_producer_is_stored_by_the_worker(pg_stack: Stack
     client = SchemaRegistryClient(registry_conf(pg_stack))
     avro_serializer = AvroSerializer(client, PERMIT_SCHEMA)
     string_serializer = StringSerializer("utf_8")
-    producer = Producer({"bootstrap.servers": pg_stack.settings.kafka_bootstrap})
+    producer = Producer({"bootstrap.servers": pg_stack.settings.kafka.bootstrap})
     payload = permit()
     ce_id = str(uuid.uuid4())
     delivered: list[Any] = []

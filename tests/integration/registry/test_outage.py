@@ -79,7 +79,7 @@ def test_registry_killed_mid_stream_does_not_stop_it(stack: Stack, tmp_path: Pat
         make_resolver(settings).store.latest("simpul.in.permit.issued-value")
     # Waiting out the cache's time to live is the point: the publisher's cached latest schema
     # has expired now, so the next publish must get by without the registry.
-    time.sleep(settings.registry_cache_ttl_s)
+    time.sleep(settings.registry.cache_ttl_s)
     during = publish(publisher, 20)
     wait_until(lambda: all_stored(stack, during), 60, "events during the outage stored")
 
@@ -87,7 +87,7 @@ def test_registry_killed_mid_stream_does_not_stop_it(stack: Stack, tmp_path: Pat
     # no cache knows: the worker holds the batch and retries instead of dead-lettering it.
     text = json.loads((SCHEMAS_DIR / "permit.issued.v1.avsc").read_text(encoding="utf-8"))
     text["fields"].append({"name": "floor_count", "type": "int", "default": 1})
-    new_id, _ = SchemaStore(make_engine(stack.settings.database_url)).register(
+    new_id, _ = SchemaStore(make_engine(stack.settings.store.database_url)).register(
         "simpul.in.permit.issued-value", json.dumps(text)
     )
     payload = permit(f"503/{uuid.uuid4().hex[:8]}/PBG") | {"floor_count": 3}
@@ -114,7 +114,7 @@ def test_registry_killed_mid_stream_does_not_stop_it(stack: Stack, tmp_path: Pat
     assert "simpul_registry_unavailable_total" in stack.metrics()
     # Nothing of this went to the dead-letter topic.
     ours = set(before + during + after + [waiting])
-    letters = read_topic(stack.settings.kafka_bootstrap, "simpul.dlq.permit.issued", 1000)
+    letters = read_topic(stack.settings.kafka.bootstrap, "simpul.dlq.permit.issued", 1000)
     assert not {dict(m.headers).get("ce_id", b"").decode() for m in letters} & ours
     assert catalog_resolver.latest("simpul.in.permit.issued-value").id == new_id
     publisher.close()

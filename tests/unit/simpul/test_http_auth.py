@@ -44,7 +44,7 @@ def test_http_token_is_generated_once_per_installation(tmp_path) -> None:  # typ
 
 @pytest.mark.integration
 def test_worker_pages_need_the_token(pg_stack: Stack) -> None:
-    base = f"http://127.0.0.1:{pg_stack.settings.worker_web_port}"
+    base = f"http://127.0.0.1:{pg_stack.settings.worker.web_port}"
     # Faust's own index and router pages too, not only Simpul's.
     for path in ("/health", "/status", "/status.html", "/metrics", "/", "/router/"):
         anonymous = httpx.get(base + path, timeout=10)
@@ -53,18 +53,18 @@ def test_worker_pages_need_the_token(pg_stack: Stack) -> None:
         assert wrong.status_code == 401, path
     assert httpx.get(base + "/health", headers=auth(), timeout=10).json()["store"] == "up"
     assert "simpul_events_received_total" in httpx.get(base + "/metrics", headers=auth()).text
-    assert Settings().bind_host == "127.0.0.1"  # the default listens on loopback only
+    assert Settings().http.bind_host == "127.0.0.1"  # the default listens on loopback only
 
 
 @pytest.mark.integration
 def test_registry_refuses_an_oversized_anonymous_body(pg_stack: Stack) -> None:
-    url = f"{pg_stack.settings.registry_url}/subjects/simpul.in.permit.issued-value/versions"
+    url = f"{pg_stack.settings.registry.url}/subjects/simpul.in.permit.issued-value/versions"
     big = b'{"schema": "' + b"x" * (2 * 1024 * 1024) + b'"}'
     refused = httpx.post(url, content=big, timeout=30)
     assert refused.status_code == 413
-    assert httpx.get(f"{pg_stack.settings.registry_url}/metrics", timeout=10).status_code == 401
+    assert httpx.get(f"{pg_stack.settings.registry.url}/metrics", timeout=10).status_code == 401
     # The legitimate reader still reads.
-    assert httpx.get(f"{pg_stack.settings.registry_url}/subjects", timeout=10).status_code == 200
+    assert httpx.get(f"{pg_stack.settings.registry.url}/subjects", timeout=10).status_code == 200
 
 
 @pytest.mark.unit
@@ -78,7 +78,7 @@ def test_a_published_development_secret_is_refused() -> None:
     ):
         with pytest.raises(ValidationError, match=f"{field}: a published development value"):
             Settings(**{field: value})
-    assert Settings(audit_key="").audit_key == ""  # empty: generated per installation
+    assert Settings(audit_key="").audit.key == ""  # empty: generated per installation
 
 
 @pytest.mark.unit

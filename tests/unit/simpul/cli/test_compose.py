@@ -69,7 +69,7 @@ def test_compose_stack_has_kafka_postgres_and_workers_with_real_settings() -> No
     assert {"kafka", "postgres", "setup", "worker"} <= set(services)
     assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
     assert services["kafka"]["environment"]["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
-    known = {f"SIMPUL_{name.upper()}" for name in Settings.model_fields}
+    known = {f"SIMPUL_{name.upper()}" for name in Settings.setting_fields()}
     for name in ("setup", "worker"):
         env = services[name]["environment"]
         assert set(env) <= known, f"{name}: unknown settings {set(env) - known}"
@@ -116,7 +116,7 @@ def test_compose_file_matches_the_compose_specification_schema() -> None:
 def test_full_stack_services_with_healthchecks_and_scalable_workers() -> None:
     services = yaml.safe_load(COMPOSE.read_text())["services"]
     assert set(SIMPUL_SERVICES) | {"kafka", "postgres", "prometheus", "grafana"} <= set(services)
-    known = {f"SIMPUL_{name.upper()}" for name in Settings.model_fields}
+    known = {f"SIMPUL_{name.upper()}" for name in Settings.setting_fields()}
     topology = load_topology(REPO_ROOT / "topology" / "palu.yaml")
     secrets = {s.webhook.secret_env for s in topology.subscriptions if s.webhook}
     assert secrets <= set(services["deliverer"]["environment"]), "a webhook secret is missing"
