@@ -51,6 +51,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy simpul streams sinks connectors
+	$(BIN)/mypy --strict simpul streams
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

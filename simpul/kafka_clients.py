@@ -47,21 +47,3 @@ def aiokafka_options(settings: Settings) -> dict[str, Any]:
         "bootstrap_servers": settings.kafka.bootstrap.split(","),
         **security_options(settings, for_aiokafka=True),
     }
-
-
-def faust_credentials(settings: Settings) -> Any:
-    """`broker_credentials` for a Faust app (None on PLAINTEXT)."""
-    if settings.kafka.security_protocol == "PLAINTEXT":
-        return None
-    import faust
-
-    ssl_context = None
-    if settings.kafka.security_protocol == "SASL_SSL":
-        cafile = str(settings.kafka.ssl_cafile) if settings.kafka.ssl_cafile else None
-        ssl_context = ssl.create_default_context(cafile=cafile)
-    return faust.SASLCredentials(
-        username=settings.kafka.username,
-        password=settings.kafka.password,
-        mechanism=settings.kafka.sasl_mechanism,
-        ssl_context=ssl_context,
-    )
