@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import random
 import statistics
 import sys
@@ -27,13 +26,11 @@ from sqlalchemy import create_engine, text
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.private_pg import admin_url  # noqa: E402
 from simpul import dbmigrate  # noqa: E402
 from simpul.db import make_engine  # noqa: E402
 from sinks.audit import receipts_for, subject_hash  # noqa: E402
 
-ADMIN_URL = os.environ.get(
-    "SIMPUL_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
 KEY = "bench-audit-key-0123456789"
 ROUTES = [
     ("dinsos", "dinsos-sktm", "kelurahan.document.issued", "Check poverty letters (SKTM)"),
@@ -103,10 +100,10 @@ def main() -> None:
     parser.add_argument("--people", type=int, default=300_000)
     args = parser.parse_args()
     name = f"simpul_bench_audit_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    admin = create_engine(admin_url(), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    url = admin_url().rsplit("/", 1)[0] + f"/{name}"
     try:
         dbmigrate.upgrade(url)
         began = time.perf_counter()

@@ -61,6 +61,7 @@ from simpul.envelope import Envelope  # noqa: E402
 from tests.support.signing import auth, install_test_keys, sign  # noqa: E402
 
 install_test_keys(ROOT / "topology" / "palu.yaml")  # signing keys; the workers inherit them
+from bench.private_pg import admin_url  # noqa: E402
 from simpul.citydata import WEIGHTS, PaluData  # noqa: E402
 from simpul.registry.resolver import SchemaResolver  # noqa: E402
 from simpul.registry.store import SchemaStore, register_all  # noqa: E402
@@ -70,7 +71,6 @@ from tests.support.signing import install_test_keys  # noqa: E402
 
 install_test_keys(ROOT / "topology" / "palu.yaml")  # signing keys; the workers inherit them
 
-PG_ADMIN = os.environ.get("SIMPUL_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 WORK = Path(tempfile.mkdtemp(prefix="simpul-bench-"))
 TOPOLOGY_FILE = ROOT / "topology" / "palu.yaml"
 TOPOLOGY = load_topology(TOPOLOGY_FILE)
@@ -126,18 +126,18 @@ def broker(engine: str) -> Iterator[str]:
 
 def new_database() -> str:
     name = f"simpul_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    admin = create_engine(admin_url(), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     admin.dispose()
-    url = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+    url = admin_url().rsplit("/", 1)[0] + f"/{name}"
     dbmigrate.upgrade(url)
     register_all(SchemaStore(make_engine(url)), TOPOLOGY, ROOT / "schemas")
     return url
 
 
 def drop_database(url: str) -> None:
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    admin = create_engine(admin_url(), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)'))
     admin.dispose()

@@ -25,6 +25,7 @@ from sqlalchemy import create_engine, text
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.private_pg import admin_url  # noqa: E402
 from simpul import dbmigrate  # noqa: E402
 from simpul.catalog import EventCatalog  # noqa: E402
 from simpul.citydata import PaluData  # noqa: E402
@@ -44,7 +45,6 @@ install_test_keys(ROOT / "topology" / "palu.yaml")
 N = 20_000
 BATCH = 1000
 TYPE = "social.recipient.updated"
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
 def best_of(runs: int, fn) -> float:  # type: ignore[no-untyped-def]
@@ -122,10 +122,10 @@ def main() -> None:
     }
     pg_db = f"simpul_bench_{uuid.uuid4().hex[:8]}"
     try:
-        admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+        admin = create_engine(admin_url(), isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{pg_db}"'))
-        pg_url = PG_ADMIN.rsplit("/", 1)[0] + f"/{pg_db}"
+        pg_url = admin_url().rsplit("/", 1)[0] + f"/{pg_db}"
         dbmigrate.upgrade(pg_url)
         results["store: PostgreSQL batch write (event_log + state upsert)"] = best_of(
             2, store_run(pg_url)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import platform
 import statistics
 import sys
@@ -27,15 +26,13 @@ from sqlalchemy import create_engine, text
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.private_pg import admin_url  # noqa: E402
 from simpul import dbmigrate  # noqa: E402
 from simpul.citydata import PaluData  # noqa: E402
 from simpul.db import make_engine  # noqa: E402
 from simpul.topology.model import load_topology  # noqa: E402
 from sinks.central_store import CentralStore, StoredEvent  # noqa: E402
 
-ADMIN_URL = os.environ.get(
-    "SIMPUL_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
 TYPE = "social.recipient.updated"
 TYPES = [
     "hr.employee.updated",
@@ -132,10 +129,10 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     name = f"simpul_bench_growth_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    admin = create_engine(admin_url(), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    url = admin_url().rsplit("/", 1)[0] + f"/{name}"
     topology = load_topology(ROOT / "topology" / "palu.yaml")
     data = PaluData(topology, seed=3, residents_count=50_000)
     rows: list[dict[str, float]] = []
