@@ -99,7 +99,10 @@ class KafkaSettings(Section):
         description="This process's SASL user (see `simpul acls apply`)",
     )
     password: str = Field(
-        default="", alias="kafka_password", description="Password of SIMPUL_KAFKA_USERNAME"
+        default="",
+        alias="kafka_password",
+        repr=False,  # a secret: never in a log or a traceback
+        description="Password of SIMPUL_KAFKA_USERNAME",
     )
     ssl_cafile: LocalPath | None = Field(
         default=None,
@@ -236,6 +239,7 @@ class HttpSettings(Section):
     token: Annotated[str, _secret("http_token")] = Field(
         default="",
         alias="http_token",
+        repr=False,  # a secret: never in a log or a traceback
         description="Bearer token of the status, health and connect REST endpoints; empty: "
         "generated once into data_dir/http-token (mode 0600)",
     )
@@ -354,6 +358,7 @@ class RegistrySettings(Section):
     admin_token: Annotated[str, _secret("registry_admin_token")] = Field(
         default="",
         alias="registry_admin_token",
+        repr=False,  # a secret: never in a log or a traceback
         description="Bearer token for registry writes; empty: generated once into "
         "data_dir/registry-admin-token (mode 0600)",
     )
@@ -540,6 +545,7 @@ class AuditSettings(Section):
     key: Annotated[str, _secret("audit_key")] = Field(
         default="",
         alias="audit_key",
+        repr=False,  # a secret: never in a log or a traceback
         description="Secret key of the HMAC that hashes NIK/NIP in the delivery audit log; "
         "empty: generated once into data_dir/audit-key (mode 0600)",
     )
@@ -570,6 +576,7 @@ class ConsoleSettings(Section):
     secret: str = Field(
         default="",
         alias="console_secret",
+        repr=False,  # a secret: never in a log or a traceback
         description="Key that signs the console's session cookies; empty: generated once into "
         "data_dir/console-secret (mode 0600)",
     )

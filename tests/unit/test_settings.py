@@ -175,3 +175,18 @@ def test_the_command_line_refuses_a_misspelt_variable_with_exit_2(tmp_path: Path
     assert run.returncode == 2, run.stdout + run.stderr
     assert "SIMPUL_WORKER_WEB_PORTS" in run.stderr
     assert "SIMPUL_WORKER_WEB_PORT?" in run.stderr
+
+
+def test_secrets_never_show_in_the_settings_repr() -> None:
+    """A settings object in a log line or a traceback carries no password, token or key."""
+    secrets = {
+        "kafka_password": "kafka-pw-5f1e2d",
+        "http_token": "http-token-9c8b7a",
+        "registry_admin_token": "registry-token-4d3c2b",
+        "audit_key": "audit-key-0123456789abcdef",
+        "console_secret": "console-secret-a1b2c3",
+    }
+    settings = Settings(**secrets)
+    shown = repr(settings) + str(settings)
+    assert [name for name, value in secrets.items() if value in shown] == []
+    assert settings.kafka.password == secrets["kafka_password"]  # still there to be used
