@@ -118,7 +118,4 @@ def pg_stack(
     stack = make_stack(broker, pg_url, tmp_path_factory.mktemp("stack"))
     stack.start_worker()
     yield stack
-    if stack.worker is not None:
-        stack.stop_worker()
-    if stack.registry is not None:
-        stack.stop_registry()
+    stack.stop()

@@ -36,10 +36,7 @@ def limited_stack(
     )
     stack.start_worker()
     yield stack
-    if stack.worker is not None:
-        stack.stop_worker()
-    if stack.registry is not None:
-        stack.stop_registry()
+    stack.stop()
 
 
 def test_upstream_outage_pauses_the_type_and_resumes_by_command(limited_stack: Stack) -> None:

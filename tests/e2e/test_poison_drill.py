@@ -44,10 +44,7 @@ def drill_stack(
     stack = make_stack(broker, pg_url, tmp_path_factory.mktemp("drill"))
     stack.start_worker()
     yield stack
-    if stack.worker is not None:
-        stack.stop_worker()
-    if stack.registry is not None:
-        stack.stop_registry()
+    stack.stop()
 
 
 def _permit(n: int, **changes: Any) -> dict[str, Any]:

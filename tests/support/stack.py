@@ -98,6 +98,13 @@ class Stack:
         self.worker = None
         return code
 
+    def stop(self) -> None:
+        """Stop whatever of the stack still runs: its worker, then its registry."""
+        if self.worker is not None:
+            self.stop_worker()
+        if self.registry is not None:
+            self.stop_registry()
+
     def metrics(self) -> str:
         with urllib.request.urlopen(authorized(self._worker_url("/metrics")), timeout=5) as r:
             return r.read().decode()

@@ -34,10 +34,7 @@ def stack(broker: Broker, pg_url: str, tmp_path_factory: pytest.TempPathFactory)
     stack.env["SIMPUL_STORE_RETRY_MAX_S"] = "2"  # retry the blocked batch often
     stack.start_worker()
     yield stack
-    if stack.worker is not None:
-        stack.stop_worker()
-    if stack.registry is not None:
-        stack.stop_registry()
+    stack.stop()
 
 
 def permit(number: str) -> dict[str, Any]:
