@@ -102,10 +102,9 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
     )
     stack.start_worker()
     yield Secured(cluster, stack, passwords)
-    stack.stop_worker()
-    if stack.registry is not None:
-        stack.stop_registry()
+    stack.stop()
     drop_pg_database(database)
+    cluster.stop()  # its own broker, not the pool's: nobody else stops it
 
 
 def agency_settings(secured: Secured, code: str) -> Settings:
