@@ -64,6 +64,7 @@ event_log = Table(
     Column("signature", Text, nullable=True),
     Column("signed_headers", JSON, nullable=True),
     Column("signed_value", Text, nullable=True),  # base64 of the Kafka value
+    Column("signature_proof", Text, nullable=True),  # ce_sigproof, when signed in a batch
     Index("ix_event_log_type_event_time", "type", "event_time"),
     Index("ix_event_log_key", "key"),
     Index("ix_event_log_source_stored_at", "source", "stored_at"),  # operations scorecard
@@ -170,6 +171,7 @@ LOG_COLUMNS = (
     "signature",
     "signed_headers",
     "signed_value",
+    "signature_proof",
 )
 STATE_META = {"event_time", "ce_id", "source", "stored_at"}
 
@@ -251,12 +253,13 @@ class StoredEvent:
     value: bytes | None = None  # the Kafka value as signed
 
     def evidence(self) -> tuple[Any, ...]:
-        """key_id, signer, gateway, signature, signed_headers (JSON), signed_value."""
+        """key_id, signer, gateway, signature, signed_headers (JSON), signed_value,
+        signature_proof."""
         a = self.attestation
         if a is None:
-            return (None, None, None, None, None, None)
+            return (None, None, None, None, None, None, None)
         value = base64.b64encode(self.value).decode() if self.value is not None else None
-        return (a.key_id, a.signer, a.gateway, a.signature, dumps(a.headers), value)
+        return (a.key_id, a.signer, a.gateway, a.signature, dumps(a.headers), value, a.proof)
 
 
 @dataclass(slots=True)

@@ -14,7 +14,7 @@ from simpul.db import dumps
 from simpul.errors import InvalidMessage
 from simpul.registry.resolver import SchemaResolver
 from simpul.registry.store import SchemaStore
-from simpul.signing import KEYID_HEADER, SIGNATURE_HEADER, KeyRing
+from simpul.signing import KEYID_HEADER, PROOF_HEADER, SIGNATURE_HEADER, KeyRing
 from sinks.central_store import event_log
 
 
@@ -66,6 +66,8 @@ def verify_stored_event(engine: Engine, keyring: KeyRing, ce_id: str) -> Evidenc
     signed: dict[str, Any] = row["signed_headers"]
     headers = [(name, str(value).encode()) for name, value in signed.items()]
     headers.append((SIGNATURE_HEADER, row["signature"].encode()))
+    if row["signature_proof"] is not None:  # signed in a batch: the event's path to the root
+        headers.append((PROOF_HEADER, row["signature_proof"].encode()))
     value = base64.b64decode(row["signed_value"]) if row["signed_value"] else None
     try:
         attestation = keyring.verify(headers, row["key"].encode(), value, now=received)

@@ -29,7 +29,7 @@ from simpul import metrics
 from simpul.codec import AvroSchema
 from simpul.envelope import header, without_simpul_headers
 from simpul.registry.store import SchemaStore
-from simpul.signing import KEYID_HEADER, SIGNATURE_HEADER
+from simpul.signing import KEYID_HEADER, PROOF_HEADER, SIGNATURE_HEADER
 from simpul.topology.subscriptions import project
 from sinks.audit import AuditEntry, AuditLog
 from streams.fanout.plan import Route, SubscriptionPlan, out_key
@@ -67,7 +67,7 @@ def fan_out(
     base = [
         (k, v)
         for k, v in without_simpul_headers(headers)
-        if k not in (SIGNATURE_HEADER, KEYID_HEADER)
+        if k not in (SIGNATURE_HEADER, KEYID_HEADER, PROOF_HEADER)
     ]
     for route, encoder in routes:
         sub = route.subscription

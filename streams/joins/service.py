@@ -29,7 +29,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 from aiokafka import TopicPartition
@@ -232,6 +232,7 @@ class JoinService(BatchService):
     def _effect_sends(self, logic: JoinLogic, partition: int, effects: Effects) -> list[Send]:
         sends = [self._changelog_send(logic, partition, change) for change in effects.changes]
         now = dt.datetime.now(dt.UTC)
+        derived_at: list[int] = []  # signed together below: one signature per batch
         for derived in effects.derived:
             output = self.topology.event_type(derived.type)
             schema = self.catalog.latest_schema(derived.type)
@@ -243,9 +244,13 @@ class JoinService(BatchService):
                 sends.append(self._dead_letter(logic, derived.left, "join.output", reason, now))
                 continue
             key, value = derived.key.encode(), schema.encode(derived.payload)
-            headers = self.signer.sign(derived.envelope.to_headers(), key, value)
-            sends.append(Send(output.topic("in"), key, value, headers))
+            derived_at.append(len(sends))
+            sends.append(Send(output.topic("in"), key, value, derived.envelope.to_headers()))
             metrics.JOIN_DERIVED.labels(logic.name).inc()
+        if derived_at:
+            unsigned = [(sends[i].headers, sends[i].key, sends[i].value) for i in derived_at]
+            for i, headers in zip(derived_at, self.signer.sign_batch(unsigned), strict=True):
+                sends[i] = replace(sends[i], headers=headers)
         for left, reason in effects.expired:
             sends.append(self._dead_letter(logic, left, "join.timeout", reason, now))
         if effects.waits:

@@ -232,3 +232,52 @@ def test_audit_event_shows_the_signer_and_verifies_again(pg_stack: Stack) -> Non
         timeout=60,
     )
     assert missing.returncode == 2
+
+
+def test_batch_signed_events_are_stored_and_each_verifies_again_alone(pg_stack: Stack) -> None:
+    numbers = [number() for _ in range(40)]
+    with publisher(pg_stack, "dpmptsp") as pub:
+        for future in pub.publish_many("permit.issued", [permit(n) for n in numbers]):
+            future.get(timeout=30)
+    engine = make_engine(pg_stack.settings.store.database_url)
+
+    def rows() -> list[tuple[str, str, str | None]]:
+        with engine.connect() as conn:
+            return [
+                (r.ce_id, r.signature, r.signature_proof)
+                for r in conn.execute(
+                    text(
+                        "SELECT ce_id, signature, signature_proof FROM event_log "
+                        "WHERE type = 'permit.issued' AND key = ANY(:keys)"
+                    ),
+                    {"keys": numbers},
+                )
+            ]
+
+    wait_until(lambda: len(rows()) == 40, 60, "the 40 batch-signed permits stored")
+    found = rows()
+    assert len({signature for _, signature, _ in found}) == 1  # one signature for the batch
+    assert all(proof for _, _, proof in found)  # each keeps its own path to the root
+    ce_id = found[7][0]
+
+    def audit() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "simpul", "audit", "event", ce_id],
+            env={**pg_stack.env, "COLUMNS": "200"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    shown = audit()
+    assert shown.returncode == 0, shown.stderr
+    assert "signature verified" in shown.stdout and "dpmptsp-" in shown.stdout
+    # An insider gives the event another event's path: it no longer verifies.
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE event_log SET signature_proof = :proof WHERE ce_id = :id"),
+            {"proof": found[8][2], "id": ce_id},
+        )
+    changed = audit()
+    assert changed.returncode == 1
+    assert "signature.invalid" in changed.stderr
