@@ -175,3 +175,26 @@ def test_a_batch_for_another_agency_and_a_revoked_batch_key_are_refused(
     ring.refresh()
     # the remembered check does not outlive the key: the rest of the batch is refused
     assert refused(ring, signed[1], *events[1][1:]) == "key.revoked"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    proof=st.one_of(
+        st.binary(max_size=400),
+        st.from_regex(rb"\A[0-9]{1,4}\.[0-9]{1,4}\.[A-Za-z0-9+/=]{0,400}\Z"),
+    )
+)
+def test_any_proof_header_is_a_named_refusal_never_a_crash(
+    tmp_path_factory: pytest.TempPathFactory, proof: bytes
+) -> None:
+    root = tmp_path_factory.mktemp("keys")
+    public, private = root / "k.yaml", root / "p"
+    if not public.exists():
+        create_key(public, private, "dinsos", "agency")
+    ring, signer = KeyRing(public), load_signer(public, private, "dinsos")
+    events = batch(3)
+    signed, key, value = signer.sign_batch(events)[0], events[0][1], events[0][2]
+    forged = [(n, proof if n == PROOF_HEADER else v) for n, v in signed]
+    with pytest.raises(InvalidMessage) as caught:
+        ring.verify(forged, key, value)
+    assert caught.value.code in ("signature.proof", "signature.invalid")
