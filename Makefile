@@ -32,8 +32,8 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/steps.py
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
-	$(BIN)/python bench/audit_subject.py
-	$(BIN)/python bench/store_growth.py --sizes 0,1000000,3000000
+	$(BIN)/python bench/audit_subject.py --rows 20000000 --people 3000000
+	$(BIN)/python bench/store_growth.py --sizes 0,20000000 --events 10000
 
 # Coverage-guided fuzzing (atheris), FUZZ_SECONDS per target; `make test` runs 3 s of each.
 FUZZ_SECONDS ?= 60
