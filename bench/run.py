@@ -290,12 +290,13 @@ def rss_mb(pid: int) -> float:
 class Proc:
     process: subprocess.Popen[bytes]
     web_port: int | None = None
+    name: str = ""
 
 
 def spawn(args: list[str], env: dict[str, str], name: str, web_port: int | None = None) -> Proc:
     log = open(WORK / f"{name}-{uuid.uuid4().hex[:4]}.log", "wb")  # noqa: SIM115
     process = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
-    return Proc(process, web_port)
+    return Proc(process, web_port, name)
 
 
 def simpul_env(bootstrap: str, url: str, worker_id: str, topology: Path) -> dict[str, str]:
@@ -494,30 +495,34 @@ def run_simpul(
 ) -> dict[str, Any]:
     url = new_database()
     procs = simpul_processes(bootstrap, url, workers, topology, extras)
-    spy = None
+    spies: list[tuple[str, Path, subprocess.Popen[bytes]]] = []
     if PROFILE and workers == 1:
-        # py-spy samples the worker (its threads too) while it runs; read with profile_top().
-        raw = WORK / f"profile-{uuid.uuid4().hex[:4]}.txt"
-        spy = subprocess.Popen(
-            [
-                *("py-spy", "record", "-p", str(procs[0].process.pid), "-f", "raw", "-r", "200"),
-                *("-o", str(raw), "--nonblocking", "--threads"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            executable=str(Path(sys.executable).parent / "py-spy"),
-        )
+        # py-spy samples each process (its threads too) while it runs: the worker, and on the
+        # mix the joins and the deliverer; read with profile_top().
+        for proc in procs:
+            raw = WORK / f"profile-{proc.name}-{uuid.uuid4().hex[:4]}.txt"
+            spy = subprocess.Popen(
+                [
+                    *("py-spy", "record", "-p", str(proc.process.pid), "-f", "raw", "-r", "200"),
+                    *("-o", str(raw), "--nonblocking", "--threads"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                executable=str(Path(sys.executable).parent / "py-spy"),
+            )
+            spies.append((proc.name, raw, spy))
     try:
         result = measure(procs, url, load)
     finally:
-        if spy is not None:
+        for _, _, spy in spies:
             spy.send_signal(signal.SIGINT)
             spy.wait(60)
         stop(procs)
         drop_database(url)
-    if spy is not None:
-        result["profile_top"] = profile_top(raw)
-        result["profile_file"] = str(raw)
+    for name, raw, _ in spies:
+        suffix = "" if name == "worker" else f"_{name}"
+        result[f"profile_top{suffix}"] = profile_top(raw)
+        result[f"profile_file{suffix}"] = str(raw)
     return result
 
 
@@ -558,6 +563,10 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            # Keep-alive, as an agency's web server answers: HTTP/1.0 closed every connection,
+            # so the deliverer's CPU went on connecting, not delivering.
+            protocol_version = "HTTP/1.1"
+
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 at = time.time()
@@ -795,8 +804,11 @@ def print_table(results: dict[str, Any]) -> None:
             )
             for stage, value in run.get("stage_cpu_us_per_event", {}).items():
                 print(f"    {stage:56} {value:>8.1f} µs")
-            for function, inclusive, own in run.get("profile_top", []):
-                print(f"    py-spy {own:5.1f} % own {inclusive:5.1f} % total  {function[:90]}")
+            for key in [k for k in run if k.startswith("profile_top")]:
+                if key != "profile_top":
+                    print(f"    py-spy of {key.removeprefix('profile_top_')}:")
+                for function, inclusive, own in run[key]:
+                    print(f"    py-spy {own:5.1f} % own {inclusive:5.1f} % total  {function[:90]}")
         if workload["note"]:
             print(f"  {workload['note']}")
     if lat := results.get("latency"):

@@ -36,7 +36,8 @@ Batch = dict[TopicPartition, list[Any]]
 # Not frozen: a frozen dataclass's __init__ costs 4x (made per event on the hot path).
 @dataclass(slots=True)
 class Outgoing:
-    """A message to produce, on the partition that ``partition_key`` hashes to."""
+    """A message to produce, on the partition that ``partition_key`` hashes to (or on
+    ``partition``, when the producer must choose it: a join's state changelog)."""
 
     topic: str
     key: bytes | None
@@ -44,6 +45,7 @@ class Outgoing:
     headers: list[tuple[str, bytes]]
     timestamp: float | None  # seconds since the epoch (the record's own), None for now
     partition_key: bytes | None
+    partition: int | None = None
 
     @property
     def timestamp_ms(self) -> int | None:
@@ -211,7 +213,10 @@ class BatchService(Service):
                 partitions = self._partitions[item.topic] = sorted(
                     await self.producer.partitions_for(item.topic)
                 )
-            groups[(item.topic, self._partition_of(item.partition_key, partitions))].append(item)
+            partition = item.partition
+            if partition is None:
+                partition = self._partition_of(item.partition_key, partitions)
+            groups[(item.topic, partition)].append(item)
         futures = []
         for (topic, partition), items in groups.items():
             batch = self.producer.create_batch()
