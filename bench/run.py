@@ -385,12 +385,12 @@ def measure(
     """
     engine = make_engine(url)
     pids = [p.process.pid for p in procs]
-    samples: list[tuple[float, float]] = []  # (unix time, CPU seconds of the processes)
+    samples: list[tuple[float, list[float]]] = []  # (unix time, CPU seconds of each process)
     rss = 0.0
     count = 0
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline:
-        samples.append((time.time(), sum(cpu_seconds(pid) for pid in pids)))
+        samples.append((time.time(), [cpu_seconds(pid) for pid in pids]))
         count = stored(engine, load.types)
         visible = time.time()
         rss = max(rss, sum(rss_mb(pid) for pid in pids))
@@ -401,7 +401,7 @@ def measure(
         time.sleep(0.1)
     else:
         raise TimeoutError(f"stored {count} of {load.distinct} in 900s; logs in {WORK}")
-    cpu_end = sum(cpu_seconds(pid) for pid in pids)
+    cpu_ends = [cpu_seconds(pid) for pid in pids]
     stages = stage_cpu(procs)
     with engine.connect() as conn:
         first_received = conn.scalar(
@@ -419,20 +419,27 @@ def measure(
     else:
         began = first_received.timestamp()
     seconds = end - began
-    cpu_start = samples[0][1]
+    cpu_starts = samples[0][1]
     for (t0, c0), (t1, c1) in itertools.pairwise(samples):
         if t0 <= began <= t1:
-            cpu_start = c0 + (c1 - c0) * (began - t0) / max(t1 - t0, 1e-9)
+            share = (began - t0) / max(t1 - t0, 1e-9)
+            cpu_starts = [a + (b - a) * share for a, b in zip(c0, c1, strict=True)]
             break
         if t0 <= began:
-            cpu_start = c1
-    cpu = cpu_end - cpu_start
+            cpu_starts = c1
+    by_process = [end - start for start, end in zip(cpu_starts, cpu_ends, strict=True)]
+    cpu = sum(by_process)
     result: dict[str, Any] = {
         "events_per_s": load.total / seconds,
         "seconds": seconds,
         "cpu_us_per_event": cpu * 1e6 / load.total,
         "rss_mb": rss,
     }
+    if len(procs) > 1:
+        result["cpu_us_per_event_by_process"] = {
+            f"{p.name or 'process'} {i}": c * 1e6 / load.total
+            for i, (p, c) in enumerate(zip(procs, by_process, strict=True))
+        }
     if stages:
         per = {stage: value * 1e6 / load.total for stage, value in stages.items()}
         per["decode (bench process, same messages)"] = load.decode_us
@@ -804,6 +811,8 @@ def print_table(results: dict[str, Any]) -> None:
             )
             for stage, value in run.get("stage_cpu_us_per_event", {}).items():
                 print(f"    {stage:56} {value:>8.1f} µs")
+            for process, value in run.get("cpu_us_per_event_by_process", {}).items():
+                print(f"    CPU of {process:49} {value:>8.1f} µs")
             for key in [k for k in run if k.startswith("profile_top")]:
                 if key != "profile_top":
                     print(f"    py-spy of {key.removeprefix('profile_top_')}:")
@@ -828,6 +837,8 @@ def chart(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     workloads = results["workloads"]
+    if not workloads:
+        return  # a latency-only run: its figures are in the JSON
     fig, axes = plt.subplots(1, len(workloads), figsize=(5 * len(workloads), 4.5), squeeze=False)
     for ax, (name, workload) in zip(axes[0], workloads.items(), strict=True):
         labels = list(workload["runs"])
@@ -869,10 +880,13 @@ def main() -> None:
         default=os.environ.get("SIMPUL_BENCH_BROKER", "kafka"),
         help="broker engine: tansu (embedded) or kafka (SIMPUL_BENCH_BROKER)",
     )
-    parser.add_argument("--workloads", default="a,b,c", help="which of a, b, c")
+    parser.add_argument(
+        "--workloads", default="a,b,c", help="which of a, b, c (empty: latency only)"
+    )
     parser.add_argument("--no-rivals", action="store_true", help="skip Quix and bare Faust")
     parser.add_argument("--no-latency", action="store_true", help="skip latency and restart")
     parser.add_argument("--latency-seconds", type=int, default=15)
+    parser.add_argument("--latency-rate", type=int, default=1000, help="events/s")
     parser.add_argument(
         "--signing",
         choices=("batch", "event"),
@@ -898,13 +912,15 @@ def main() -> None:
         "signing": args.signing,
         "workloads": {},
     }
-    for name in args.workloads.split(","):
+    for name in [w for w in args.workloads.split(",") if w]:
         results["workloads"][name] = run_workload(
             args.broker, name, args.events, two_workers=name == "b", with_rivals=not args.no_rivals
         )
     if not args.no_latency:
-        say("latency at 1 000 events/s on the mix, then restart")
-        results["latency"] = latency_and_restart(args.broker, 1000, args.latency_seconds)
+        say(f"latency at {args.latency_rate:,} events/s on the mix, then restart")
+        results["latency"] = latency_and_restart(
+            args.broker, args.latency_rate, args.latency_seconds
+        )
     results["load_average_at_end"] = os.getloadavg()
     print_table(results)
     stamp = f"{started:%Y%m%dT%H%M%SZ}"
