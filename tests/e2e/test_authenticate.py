@@ -14,6 +14,7 @@ from sqlalchemy import text
 
 from simpul.db import make_engine
 from simpul.envelope import Envelope
+from simpul.errors import PayloadError
 from simpul.settings import Settings
 from simpul.signing import create_key, load_signer, revoke_key
 from tests.support.permits import dead_letter_for, number, permit, publisher, stored
@@ -236,7 +237,14 @@ def test_audit_event_shows_the_signer_and_verifies_again(pg_stack: Stack) -> Non
 
 def test_batch_signed_events_are_stored_and_each_verifies_again_alone(pg_stack: Stack) -> None:
     numbers = [number() for _ in range(40)]
+    refused_numbers = [number() for _ in range(3)]
     with publisher(pg_stack, "dpmptsp") as pub:
+        # One bad payload refuses the whole batch before anything is sent, naming the field.
+        bad = [permit(n) for n in refused_numbers]
+        bad[1]["applicant_nik"] = "12345"
+        with pytest.raises(PayloadError) as caught:
+            pub.publish_many("permit.issued", bad)
+        assert "applicant_nik" in str(caught.value)
         for future in pub.publish_many("permit.issued", [permit(n) for n in numbers]):
             future.get(timeout=30)
     engine = make_engine(pg_stack.settings.store.database_url)
@@ -256,6 +264,11 @@ def test_batch_signed_events_are_stored_and_each_verifies_again_alone(pg_stack: 
 
     wait_until(lambda: len(rows()) == 40, 60, "the 40 batch-signed permits stored")
     found = rows()
+    with engine.connect() as conn:  # sent before the 40, so it would be stored by now
+        assert not conn.scalar(
+            text("SELECT count(*) FROM event_log WHERE key = ANY(:keys)"),
+            {"keys": refused_numbers},
+        )
     assert len({signature for _, signature, _ in found}) == 1  # one signature for the batch
     assert all(proof for _, _, proof in found)  # each keeps its own path to the root
     ce_id = found[7][0]
