@@ -96,17 +96,13 @@ def event_digest(signed: dict[str, bytes], key: bytes | None, value: bytes | Non
     return hashlib.sha256(b"".join(parts)).digest()
 
 
-def signed_headers(headers: Headers) -> dict[str, bytes]:
-    """The headers a signature covers, by name; raises `InvalidMessage` on a repeated one.
+def _read_headers(headers: Headers) -> tuple[dict[str, bytes], bytes | None, bytes | None]:
+    """The headers a signature covers (by name), the signature and the proof, in one pass;
+    raises `InvalidMessage` on a repeated one.
 
     A repeated CloudEvents header is refused because readers that take the first and readers
     that take the last copy would see two different events under one signature.
     """
-    return _read_headers(headers)[0]
-
-
-def _read_headers(headers: Headers) -> tuple[dict[str, bytes], bytes | None, bytes | None]:
-    """The signed headers, the signature and the proof, in one pass (see `signed_headers`)."""
     out: dict[str, bytes] = {}
     signature = proof = None
     for name, raw in headers:
@@ -117,7 +113,7 @@ def _read_headers(headers: Headers) -> tuple[dict[str, bytes], bytes | None, byt
                 signature = raw or b""
             else:
                 proof = raw or b""
-        elif name.startswith("ce_") or name == "content-type":
+        elif _signed_name(name):
             if name in out:
                 raise InvalidMessage("headers", "header.repeated", f"{name}: header repeated")
             out[name] = raw or b""

@@ -42,6 +42,17 @@ def deceased() -> dict[str, object]:
 SELECT_REFUSED = "SELECT ce_id, code FROM dead_letters WHERE stage IN ('authenticate', 'headers')"
 
 
+def audit_event(stack: Stack, ce_id: str) -> subprocess.CompletedProcess[str]:
+    """`simpul audit event <ce_id>` as the data protection officer runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "simpul", "audit", "event", ce_id],
+        env={**stack.env, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def plain_producer(stack: Stack) -> KafkaProducer:
     """Someone on the city network with a Kafka client and no keys."""
     return KafkaProducer(bootstrap_servers=stack.settings.kafka.bootstrap.split(","))
@@ -201,16 +212,7 @@ def test_audit_event_shows_the_signer_and_verifies_again(pg_stack: Stack) -> Non
         pub.publish("permit.issued", permit(number()), id=ce_id)
     wait_until(lambda: stored(pg_stack, ce_id), 60, "event stored")
 
-    def audit() -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "simpul", "audit", "event", ce_id],
-            env={**pg_stack.env, "COLUMNS": "200"},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-
-    shown = audit()
+    shown = audit_event(pg_stack, ce_id)
     assert shown.returncode == 0, shown.stderr
     assert "signature verified" in shown.stdout and "dpmptsp-" in shown.stdout
     # An insider edits the stored payload: the evidence no longer matches.
@@ -222,16 +224,10 @@ def test_audit_event_shows_the_signer_and_verifies_again(pg_stack: Stack) -> Non
             ),
             {"id": ce_id},
         )
-    changed = audit()
+    changed = audit_event(pg_stack, ce_id)
     assert changed.returncode == 1
     assert "stored payload differs from the signed value" in changed.stderr
-    missing = subprocess.run(
-        [sys.executable, "-m", "simpul", "audit", "event", "no-such-id"],
-        env=pg_stack.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    missing = audit_event(pg_stack, "no-such-id")
     assert missing.returncode == 2
 
 
@@ -273,16 +269,7 @@ def test_batch_signed_events_are_stored_and_each_verifies_again_alone(pg_stack: 
     assert all(proof for _, _, proof in found)  # each keeps its own path to the root
     ce_id = found[7][0]
 
-    def audit() -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "simpul", "audit", "event", ce_id],
-            env={**pg_stack.env, "COLUMNS": "200"},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-
-    shown = audit()
+    shown = audit_event(pg_stack, ce_id)
     assert shown.returncode == 0, shown.stderr
     assert "signature verified" in shown.stdout and "dpmptsp-" in shown.stdout
     # An insider gives the event another event's path: it no longer verifies.
@@ -291,6 +278,6 @@ def test_batch_signed_events_are_stored_and_each_verifies_again_alone(pg_stack: 
             text("UPDATE event_log SET signature_proof = :proof WHERE ce_id = :id"),
             {"proof": found[8][2], "id": ce_id},
         )
-    changed = audit()
+    changed = audit_event(pg_stack, ce_id)
     assert changed.returncode == 1
     assert "signature.invalid" in changed.stderr

@@ -189,8 +189,7 @@ def test_any_proof_header_is_a_named_refusal_never_a_crash(
 ) -> None:
     root = tmp_path_factory.mktemp("keys")
     public, private = root / "k.yaml", root / "p"
-    if not public.exists():
-        create_key(public, private, "dinsos", "agency")
+    create_key(public, private, "dinsos", "agency")
     ring, signer = KeyRing(public), load_signer(public, private, "dinsos")
     events = batch(3)
     signed, key, value = signer.sign_batch(events)[0], events[0][1], events[0][2]
