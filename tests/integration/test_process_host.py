@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import signal
@@ -20,14 +21,19 @@ pytestmark = pytest.mark.integration
 
 PROGRAM = textwrap.dedent(
     """
+    import logging
     import sys
     from mode import Service
     from simpul.settings import Settings
     from streams.runtime.host import ProcessHost
 
-    host = ProcessHost(
-        Settings(), "host-test", int(sys.argv[1]), lambda: ({"status": "ok", "seen": 7}, 200)
-    )
+    def health():
+        if sys.argv[2] == "levels":
+            debug = logging.getLogger("aiokafka.conn").isEnabledFor(logging.DEBUG)
+            return {"root": logging.getLogger().getEffectiveLevel(), "debug": debug}, 200
+        return {"status": "ok", "seen": 7}, 200
+
+    host = ProcessHost(Settings(), "host-test", int(sys.argv[1]), health)
 
     class Work(Service):
         @Service.task
@@ -42,12 +48,15 @@ PROGRAM = textwrap.dedent(
 )
 
 
-def _start(tmp_path: Path, port: int, mode: str, token: str) -> subprocess.Popen[bytes]:
+def _start(
+    tmp_path: Path, port: int, mode: str, token: str, **settings: str
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "SIMPUL_DATA_DIR": str(tmp_path),
         "SIMPUL_HTTP_TOKEN": token,
         "SIMPUL_BIND_HOST": "127.0.0.1",
+        **settings,
     }
     return subprocess.Popen(
         [sys.executable, "-c", PROGRAM, str(port), mode],
@@ -96,3 +105,17 @@ def test_a_crashed_service_ends_the_process_with_exit_1(tmp_path: Path) -> None:
         if process.poll() is None:
             process.kill()
     assert code == 1
+
+
+def test_a_quiet_log_level_leaves_debug_records_unmade(tmp_path: Path) -> None:
+    """At warning, Faust's terminal spinner would set the root logger to DEBUG; every library's
+    debug record would then be made and formatted (aiokafka's for each request)."""
+    port, token = free_port(), secrets.token_urlsafe(24)
+    process = _start(tmp_path, port, "levels", token, SIMPUL_LOG_LEVEL="warning")
+    try:
+        health = wait_until(lambda: _get(port, "/health", token), 60, "the host's /health")
+        assert health.json() == {"root": logging.WARNING, "debug": False}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(60)
+    assert code == 0
