@@ -20,6 +20,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 from aiokafka import TopicPartition
@@ -85,6 +86,7 @@ class IngestService(BatchService):
     ``simpul.valid`` and dead-letters to ``simpul.dlq`` (partitioned by the record's key)."""
 
     role: ClassVar[str] = "ingest"
+    pipelined: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -152,7 +154,9 @@ class IngestService(BatchService):
     async def on_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         self.health.assigned_partitions = len(self.consumer.assignment())
 
-    async def process(self, batch: Batch) -> None:
+    async def prepare(self, batch: Batch) -> _Staged:
+        """Decode, validate and dedup a batch; build its store rows and messages. Runs while
+        the previous batch is still being stored and produced (`complete`)."""
         received_at = dt.datetime.now(dt.UTC)
         by_topic: dict[str, list[RawRecord]] = defaultdict(list)
         for tp, messages in batch.items():
@@ -166,7 +170,8 @@ class IngestService(BatchService):
             for topic in held:
                 del validated[topic]
         began = time.thread_time()
-        outcomes: list[tuple[EventType, list[RawRecord], CheckedBatch]] = [
+        staged = _Staged(batch, dt.datetime.now(dt.UTC))
+        staged.outcomes = [
             (
                 self.types_by_topic[topic],
                 by_topic[topic],
@@ -174,16 +179,13 @@ class IngestService(BatchService):
             )
             for topic, (valid, rejected) in validated.items()
         ]
-        stored = [
+        staged.stored = [
             a.to_stored(event_type, received_at)
-            for event_type, _, outcome in outcomes
+            for event_type, _, outcome in staged.outcomes
             for a in outcome.accepted
         ]
-        now = dt.datetime.now(dt.UTC)
-        outgoing: list[Outgoing] = []
-        letters: list[DeadLetterRow] = []
-        fanned = FanoutBatch()
-        for event_type, _, outcome in outcomes:
+        outgoing, letters, now = staged.outgoing, staged.letters, staged.now
+        for event_type, _, outcome in staged.outcomes:
             valid_topic = event_type.topic("valid")
             outgoing += [
                 Outgoing(
@@ -200,25 +202,33 @@ class IngestService(BatchService):
             letters += [_letter_row(event_type, r, now) for r in outcome.rejected]
         fanout_began = time.thread_time()
         metrics.STAGE_CPU.labels("forward").inc(fanout_began - began)
-        for event_type, _, outcome in outcomes:
+        fanned = staged.fanned
+        for event_type, _, outcome in staged.outcomes:
             if self.fanout is not None and (routes := self.fanout.routes_for(event_type.name)):
                 for a in outcome.accepted:
                     r = a.record
                     fanned.add(routes, a.payload, r.key, r.headers, forwardable_timestamp(r))
+        outgoing += fanned.outgoing
+        metrics.STAGE_CPU.labels("fanout").inc(time.thread_time() - fanout_began)
+        return staged
+
+    async def complete(self, staged: _Staged) -> None:
+        """Store, produce and audit a prepared batch, then commit its offsets. Batches
+        complete one at a time, in the order they were fetched."""
         send_began = time.thread_time()
-        metrics.STAGE_CPU.labels("fanout").inc(send_began - fanout_began)
         # The store write runs in a thread while the broker takes the forwarded and inbox
         # messages; the audit rows follow the inbox acks, in a thread of their own.
-        store_write = asyncio.ensure_future(self._write(stored))
-        await self.send_all(outgoing + fanned.outgoing)
+        store_write = asyncio.ensure_future(self._write(staged.stored))
+        await self.send_all(staged.outgoing)
         metrics.STAGE_CPU.labels("produce").inc(time.thread_time() - send_began)
+        fanned, letters = staged.fanned, staged.letters
         audited = (
             asyncio.ensure_future(self._audit(fanned.entries))
             if self.fanout is not None and fanned.entries
             else None
         )
         result = await store_write
-        rejects = self._store_rejects(outcomes, result, now, letters)
+        rejects = self._store_rejects(staged.outcomes, result, staged.now, letters)
         if rejects:
             await self.send_all(rejects)
         if letters:
@@ -227,11 +237,11 @@ class IngestService(BatchService):
             await self._retrying(self.dead_letter_log.flush)
         if audited is not None:
             await audited
-        await self.commit(batch)
+        await self.commit(staged.batch)
         fanned.observe()
-        for event_type, records, outcome in outcomes:
+        for event_type, records, outcome in staged.outcomes:
             self._observe(event_type, records, outcome, result)
-        self._observe_lag(batch)
+        self._observe_lag(staged.batch)
 
     def _apply_dlq_limit(
         self,
@@ -437,6 +447,20 @@ class IngestService(BatchService):
                 metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(
                     max(0, highwater - messages[-1].offset - 1)
                 )
+
+
+@dataclass(slots=True)
+class _Staged:
+    """A batch `IngestService.prepare` made ready: what `IngestService.complete` writes,
+    produces and commits."""
+
+    batch: Batch
+    now: dt.datetime
+    outcomes: list[tuple[EventType, list[RawRecord], CheckedBatch]] = field(default_factory=list)
+    stored: list[StoredEvent] = field(default_factory=list)
+    outgoing: list[Outgoing] = field(default_factory=list)
+    letters: list[DeadLetterRow] = field(default_factory=list)
+    fanned: FanoutBatch = field(default_factory=FanoutBatch)
 
 
 def _letter_row(event_type: EventType, rejected: Invalid, now: dt.datetime) -> DeadLetterRow:

@@ -1,9 +1,15 @@
 """The one batch service: the aiokafka clients, the ``getmany()`` loop, rebalances, stop, commit.
 
 Every stream process consumes through it (ingest, joins, webhook delivery). A subclass names
-its topics and processes one whole batch per event-loop turn; the loop holds ``batch_lock``
-around each batch and around a rebalance's `BatchService.on_revoked`, so a rebalance or a stop
-waits for the batch in flight to be written, produced and committed before its partitions move.
+its topics and processes one whole batch at a time; the loop holds ``batch_lock`` around each
+batch and around a rebalance's `BatchService.on_revoked`, so a rebalance or a stop waits for
+the batch in flight to be written, produced and committed before its partitions move.
+
+A *pipelined* service splits a batch in two: `BatchService.prepare` (the CPU work: decode,
+validate, build the messages) and `BatchService.complete` (the waiting: store, produce,
+commit). The next batch is prepared while the previous one completes; completions still run
+one at a time, in fetch order, so writes and commits keep their order. At most two batches are
+in flight, and a rebalance or a stop waits for both.
 """
 
 from __future__ import annotations
@@ -60,6 +66,11 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         async with self.service.batch_lock:  # the batch in flight finishes and commits first
+            try:
+                await self.service.drain()
+            except Exception as error:
+                await self.service.fail(error)
+                return
             await self.service.on_revoked(revoked)
 
     async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
@@ -74,6 +85,8 @@ class BatchService(Service):
     role: ClassVar[str]
     #: Most records one batch takes; None: ``settings.batch_size``.
     max_records: ClassVar[int | None] = None
+    #: Prepare the next batch while the previous one completes (see the module's text).
+    pipelined: ClassVar[bool] = False
 
     def __init__(self, settings: Settings, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -83,6 +96,8 @@ class BatchService(Service):
         self._connected = False
         self._partitions: dict[str, list[int]] = {}
         self._key_hashes: dict[bytes, int] = {}
+        self._in_flight: asyncio.Future[None] | None = None
+        self._failing: asyncio.Future[None] | None = None
         self.consumer: AIOKafkaConsumer
         self.producer: AIOKafkaProducer
 
@@ -93,6 +108,14 @@ class BatchService(Service):
 
     async def process(self, batch: Batch) -> None:
         raise NotImplementedError
+
+    async def prepare(self, batch: Batch) -> Any:
+        """A pipelined service's first half: what `complete` needs, without waiting on I/O."""
+        return batch
+
+    async def complete(self, staged: Any) -> None:
+        """A pipelined service's second half: write, produce, commit."""
+        await self.process(staged)
 
     def producer_options(self) -> dict[str, Any]:
         return {}
@@ -160,15 +183,13 @@ class BatchService(Service):
         # Runs before mode cancels the loop: let the batch in flight finish and commit.
         self._stopping = True
         try:
-            await asyncio.wait_for(self.batch_lock.acquire(), self.settings.process.stop_timeout_s)
+            await asyncio.wait_for(self._quiesce(), self.settings.process.stop_timeout_s)
         except TimeoutError:
             log.warning(
                 "%s batch still in flight after %.0fs; stopping without it",
                 self.role,
                 self.settings.process.stop_timeout_s,
             )
-        else:
-            self.batch_lock.release()
         if self._connected:
             await self.consumer.stop()
             await self.producer.stop()
@@ -192,11 +213,40 @@ class BatchService(Service):
                 continue  # a batch fetched while stopping is left for the next owner
             async with self.batch_lock:
                 try:
-                    await self.process(batch)
+                    staged = await self.prepare(batch)
+                    await self.drain()
+                    if not self.pipelined:
+                        await self.complete(staged)
+                        continue
+                    self._in_flight = asyncio.ensure_future(self.complete(staged))
+                    self._in_flight.add_done_callback(self._completed)
                 except Exception as error:
-                    log.critical("unexpected %s failure; stopping", self.role, exc_info=True)
-                    await self.crash(error)
+                    await self.fail(error)
                     return
+
+    async def drain(self) -> None:
+        """Wait for the batch still completing (a pipelined service's); raises its error."""
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is not None:
+            await in_flight
+
+    async def _quiesce(self) -> None:
+        async with self.batch_lock:
+            try:
+                await self.drain()
+            except Exception:
+                log.warning("%s batch in flight failed while stopping", self.role, exc_info=True)
+
+    def _completed(self, done: asyncio.Future[None]) -> None:
+        # A completion that fails while the loop waits for the next batch stops the service
+        # now, not at the next batch.
+        if done is self._in_flight and not done.cancelled() and done.exception() is not None:
+            self._in_flight = None
+            self._failing = asyncio.ensure_future(self.fail(done.exception()))  # type: ignore[arg-type]
+
+    async def fail(self, error: BaseException) -> None:
+        log.critical("unexpected %s failure; stopping", self.role, exc_info=error)
+        await self.crash(error)
 
     # Produce and commit
 
