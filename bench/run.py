@@ -39,6 +39,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -284,6 +285,27 @@ def rss_mb(pid: int) -> float:
     except FileNotFoundError:
         pass
     return 0.0
+
+
+def machine_cpu() -> dict[str, float]:
+    """CPU seconds so far of the broker (java), PostgreSQL and this bench process (the
+    agencies' producer), by name; with `cpu_seconds` of the pipeline's own processes they
+    account for the machine."""
+    out: dict[str, float] = defaultdict(float)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+            name = Path(command[0].decode(errors="replace")).name
+            if name == "java" and any(b"kafka" in part for part in command):
+                out["broker"] += cpu_seconds(int(entry.name))
+            elif name.startswith("postgres"):
+                out["postgres"] += cpu_seconds(int(entry.name))
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+    out["bench (agencies)"] = cpu_seconds(os.getpid())
+    return dict(out)
 
 
 @dataclass
@@ -650,7 +672,9 @@ def wait_assigned(port: int, timeout: float = 60) -> None:
     raise TimeoutError("worker got no partitions")
 
 
-def latency_and_restart(engine_name: str, rate: int, seconds: int) -> dict[str, Any]:
+def latency_and_restart(
+    engine_name: str, rate: int, seconds: int, warmup: int = 20
+) -> dict[str, Any]:
     """p50/p99 publish→stored and publish→webhook-delivered at a steady rate on the mix,
     with the joins and the deliverer running; then SIGTERM the worker and time until an event
     published after its restart is stored."""
@@ -666,18 +690,38 @@ def latency_and_restart(engine_name: str, rate: int, seconds: int) -> dict[str, 
         worker = procs[0]
         wait_assigned(worker.web_port)  # type: ignore[arg-type]
         out = producer(bootstrap)
+
+        def publish(count: int) -> None:
+            began = time.perf_counter()
+            for i in range(count):
+                due = began + i / rate
+                if (delay := due - time.perf_counter()) > 0:
+                    time.sleep(delay)
+                topic, key, value, headers = events.make(dt.datetime.now(dt.UTC))
+                out.produce(topic, key=key, value=value, headers=headers)
+                out.poll(0)
+            out.flush(30)
+
+        # Steady state: the same traffic first for a while, unmeasured. A broker just started
+        # spends its first half minute compiling (the JVM's JIT took a whole core of the two).
+        publish(rate * warmup)
+        deadline = time.monotonic() + 60
+        while stored(engine, SOURCE_TYPES) < rate * warmup and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(2)
+        receiver.arrivals.clear()
         run_started = dt.datetime.now(dt.UTC)
         began = time.perf_counter()
-        for i in range(rate * seconds):
-            due = began + i / rate
-            if (delay := due - time.perf_counter()) > 0:
-                time.sleep(delay)
-            topic, key, value, headers = events.make(dt.datetime.now(dt.UTC))
-            out.produce(topic, key=key, value=value, headers=headers)
-            out.poll(0)
-        out.flush(30)
+        cpu_began = {**machine_cpu(), **{p.name: cpu_seconds(p.process.pid) for p in procs}}
+        publish(rate * seconds)
+        # What each process spent while the events were published: the share of a core.
+        elapsed = time.perf_counter() - began
+        cpu_ended = {**machine_cpu(), **{p.name: cpu_seconds(p.process.pid) for p in procs}}
+        cores = {n: round((cpu_ended[n] - cpu_began.get(n, 0.0)) / elapsed, 2) for n in cpu_ended}
         deadline = time.monotonic() + 60
-        while stored(engine, SOURCE_TYPES) < rate * seconds and time.monotonic() < deadline:
+        while (
+            stored(engine, SOURCE_TYPES) < rate * (warmup + seconds) and time.monotonic() < deadline
+        ):
             time.sleep(0.2)
         time.sleep(3)  # the webhook deliveries of the last events
         with engine.connect() as conn:
@@ -733,6 +777,7 @@ def latency_and_restart(engine_name: str, rate: int, seconds: int) -> dict[str, 
         "webhook_p50_ms": cut_hook[49],
         "webhook_p99_ms": cut_hook[98],
         "restart_to_processing_s": restart_s,
+        "cores_while_publishing": cores,
     }
 
 
@@ -827,6 +872,12 @@ def print_table(results: dict[str, Any]) -> None:
             f"publish→webhook p50 {lat['webhook_p50_ms']:.0f} ms, "
             f"p99 {lat['webhook_p99_ms']:.0f} ms ({lat['webhook_events']:,}); "
             f"restart to processing {lat['restart_to_processing_s']:.1f} s"
+        )
+        cores = lat["cores_while_publishing"]
+        print(
+            "cores used while publishing: "
+            + ", ".join(f"{name} {share:.2f}" for name, share in sorted(cores.items()))
+            + f" (of {os.cpu_count()})"
         )
 
 
