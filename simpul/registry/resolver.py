@@ -49,6 +49,10 @@ class SchemaResolver:
         self._not_members: dict[tuple[str, int], float] = {}
         self._lock = threading.Lock()
 
+    def cached(self, schema_id: int) -> AvroSchema | None:
+        """The schema of ``schema_id`` if it was read before; never asks the store."""
+        return self._by_id.get(schema_id)
+
     def by_id(self, schema_id: int) -> AvroSchema:
         cached = self._by_id.get(schema_id)
         if cached is not None:

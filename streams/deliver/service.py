@@ -270,7 +270,10 @@ class WebhookDeliverer(BatchService):
 
     async def _body(self, job: Job) -> bytes:
         schema_id, body = unframe(job.record.value)
-        # The schema lookup reads the central store: wait out an outage.
+        schema = self.resolver.cached(schema_id)
+        if schema is not None:
+            return to_cloudevent(job.record.headers, job.record.key, schema.decode_body(body))
+        # The first lookup of an id reads the central store, in a thread: wait out an outage.
         schema = await OUTAGE.until_done(
             lambda: asyncio.to_thread(self.resolver.by_id, schema_id),
             TRANSIENT_ERRORS,

@@ -67,3 +67,13 @@ def test_an_id_of_another_subject_is_refused_and_an_unknown_one_is_invalid() -> 
     with pytest.raises(InvalidMessage) as unknown:
         resolver.belongs_to(99, SUBJECT)
     assert unknown.value.code == "schema.unknown_id"
+
+
+def test_cached_answers_only_what_was_read_before_and_never_asks_the_source() -> None:
+    registry = FlakyRegistry()
+    resolver = SchemaResolver(registry)
+    assert resolver.cached(1) is None
+    schema = resolver.by_id(1)
+    registry.down = True  # the deliverer's fast path must not touch the store
+    assert resolver.cached(1) is schema
+    assert resolver.cached(7) is None
