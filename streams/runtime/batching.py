@@ -223,6 +223,9 @@ class BatchService(Service):
                 except Exception as error:
                     await self.fail(error)
                     return
+            # Let the completion start its writes: a fetch of records already buffered returns
+            # without yielding, and the next batch would be prepared before they began.
+            await asyncio.sleep(0)
 
     async def drain(self) -> None:
         """Wait for the batch still completing (a pipelined service's); raises its error."""
