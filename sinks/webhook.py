@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import aiohttp
 
 from simpul.envelope import header
 from simpul.installation import known_development_secret
@@ -138,19 +138,35 @@ class Post:
     timestamp: int
 
 
+#: How much of a response body is read (the status is the answer; the body only lets the
+#: connection be reused). A larger one closes the connection instead.
+RESPONSE_BODY_MAX = 64 * 1024
+
+
 class WebhookSink:
     """An HTTP client for the webhook endpoints. As a `sinks.base.Sink`: `add` a `Post`,
     await `flush` for each one's `Attempt` (sent concurrently, each once); `post` is the two
-    for one attempt. A failed POST is a value, never an exception."""
+    for one attempt. A failed POST is a value, never an exception.
+
+    aiohttp, not httpx: measured on this machine against a local keep-alive endpoint, an
+    httpx POST cost 2 000 µs of CPU and an aiohttp POST 160 µs; the deliverer spent most of
+    its CPU in httpx. Redirects are not followed (a 3xx is the endpoint's answer)."""
 
     def __init__(self, timeout_s: float, max_connections: int) -> None:
         self._buffer: list[Post] = []
         self.timeout_s = timeout_s
-        self.client = httpx.AsyncClient(
-            timeout=timeout_s,
-            limits=httpx.Limits(max_connections=max_connections),
-            headers={"User-Agent": "Simpul-Webhook/1"},
-        )
+        self.max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        # Made on first use, inside the event loop that will run it (aiohttp's rule).
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.max_connections),
+                timeout=aiohttp.ClientTimeout(total=self.timeout_s),
+                headers={"User-Agent": "Simpul-Webhook/1"},
+            )
+        return self._session
 
     def add(self, item: Post) -> None:
         self._buffer.append(item)
@@ -179,26 +195,30 @@ class WebhookSink:
             post.attempt,
             post.timestamp,
         )
+        headers = {
+            "Content-Type": CONTENT_TYPE,
+            SIGNATURE_HEADER: sign(secret, timestamp, body),
+            "Simpul-Attempt": str(attempt),
+        }
         try:
-            response = await self.client.post(
-                url,
-                content=body,
-                headers={
-                    "Content-Type": CONTENT_TYPE,
-                    SIGNATURE_HEADER: sign(secret, timestamp, body),
-                    "Simpul-Attempt": str(attempt),
-                },
-            )
-        except httpx.TimeoutException:
+            async with self._client().post(
+                url, data=body, headers=headers, allow_redirects=False
+            ) as response:
+                status = response.status
+                wait_header = response.headers.get("Retry-After")
+                await response.content.read(RESPONSE_BODY_MAX)
+        except TimeoutError:
             return Attempt(None, "timeout", f"timed out ({self.timeout_s:g}s)")
-        except httpx.TransportError as error:
+        except (aiohttp.ClientError, ValueError) as error:
+            # Refused, reset, TLS, a malformed answer or URL: no status came back.
             return Attempt(None, "connect", f"{type(error).__name__}: {error}")
-        status = response.status_code
-        wait = retry_after(response.headers.get("Retry-After")) if status in (429, 503) else None
+        wait = retry_after(wait_header) if status in (429, 503) else None
         return Attempt(status, str(status), f"HTTP {status}", wait)
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
 
 def webhook_secrets(

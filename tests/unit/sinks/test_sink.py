@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -92,3 +93,73 @@ def test_webhook_sink_refused_connection_is_a_value_not_an_exception() -> None:
     (attempt,) = asyncio.run(_flush(sink))
     assert attempt.status is None and attempt.label == "connect"
     assert not attempt.delivered and not attempt.refused  # worth another attempt
+
+
+class _Endpoint:
+    """A real local HTTP endpoint answering every POST with ``status`` and ``headers``,
+    after ``delay`` seconds; it counts the requests by path."""
+
+    def __init__(self, status: int, headers: dict[str, str], delay: float = 0.0) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.paths: list[str] = []
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                endpoint.paths.append(self.path)
+                time.sleep(delay)
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _attempt(url: str, timeout_s: float = 2.0) -> Attempt:
+    import asyncio
+
+    sink = WebhookSink(timeout_s=timeout_s, max_connections=2)
+    sink.add(Post(url, b"s" * 32, b"{}", 1, 1_764_576_000))
+    (attempt,) = asyncio.run(_flush(sink))
+    return attempt
+
+
+def test_webhook_sink_does_not_follow_a_redirect_it_is_the_endpoints_answer() -> None:
+    endpoint = _Endpoint(307, {"Location": "/elsewhere"})
+    try:
+        attempt = _attempt(f"{endpoint.url}/hook")
+    finally:
+        endpoint.close()
+    assert attempt.status == 307 and attempt.refused
+    assert endpoint.paths == ["/hook"]  # nothing was POSTed to /elsewhere
+
+
+def test_webhook_sink_reads_retry_after_and_times_out_a_slow_endpoint() -> None:
+    busy = _Endpoint(503, {"Retry-After": "7"})
+    slow = _Endpoint(200, {}, delay=1.5)
+    try:
+        waited = _attempt(f"{busy.url}/hook")
+        timed_out = _attempt(f"{slow.url}/hook", timeout_s=0.3)
+    finally:
+        busy.close()
+        slow.close()
+    assert waited.status == 503 and waited.retry_after == 7.0 and not waited.refused
+    assert timed_out.status is None and timed_out.label == "timeout"
+    assert timed_out.reason == "timed out (0.3s)"
