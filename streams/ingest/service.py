@@ -1,11 +1,13 @@
-"""The ingest path: batches from ``simpul.in.*`` to the central store, one event-loop turn each.
+"""The ingest path: batches from ``simpul.in.*`` to the central store.
 
 Faust's stream machinery costs about 200 µs of CPU per message (several event-loop turns);
 this service runs inside the Faust worker but takes whole batches from aiokafka's
 ``getmany()``, hands them to the pure pipeline, writes the store, produces the valid and dead
 letter messages and, for subscribed types, the subscribers' inbox messages (fanned out from
 the events already decoded here), appends their audit rows, and only then commits the batch's
-offsets.
+offsets. It is pipelined (`streams.runtime.batching`): `IngestService.prepare` validates the
+next batch while `IngestService.complete` stores, produces and commits the previous one;
+completions run one at a time, in fetch order.
 
 Delivery guarantee: at-least-once, effectively-once in the store. A crash at any point
 re-delivers the uncommitted batch; the store's ``ce_id`` key absorbs the copies, inbox
