@@ -58,9 +58,9 @@ PUBLISH_TO_STORE_LATENCY = Histogram(
 )
 STAGE_CPU = Counter(
     "simpul_stage_cpu_seconds_total",
-    "CPU seconds the ingest path spent per stage (thread CPU time of the thread doing it): "
+    "CPU seconds a stream process spent per stage (thread CPU time of the thread doing it): "
     "validate (with decode), forward (dedup, store rows, forwards), fanout (filter, project, "
-    "encode), store, audit, produce (the event loop while sending).",
+    "encode), store, audit, produce (building the producer's batches; the joins report it too).",
     ["stage"],
 )
 CONSUMER_LAG = Gauge(
