@@ -100,6 +100,7 @@ class BatchService(Service):
         self._key_hashes: dict[bytes, int] = {}
         self._in_flight: asyncio.Future[None] | None = None
         self._failing: asyncio.Future[None] | None = None
+        self._failed = False
         self.consumer: AIOKafkaConsumer
         self.producer: AIOKafkaProducer
 
@@ -207,7 +208,7 @@ class BatchService(Service):
         if not self.topics():
             return
         timeout_ms = int(self.settings.consumer.batch_seconds * 1000)
-        while not self._stopping and not self.should_stop:
+        while not self._stopping and not self.should_stop and not self._failed:
             batch = await self.consumer.getmany(
                 timeout_ms=timeout_ms, max_records=self._max_records
             )
@@ -217,6 +218,8 @@ class BatchService(Service):
                 try:
                     staged = await self.prepare(batch)
                     await self.drain()
+                    if self._failed:
+                        return  # the last completion failed while this batch was prepared
                     if not self.pipelined:
                         await self.complete(staged)
                         continue
@@ -247,9 +250,11 @@ class BatchService(Service):
         # now, not at the next batch.
         if done is self._in_flight and not done.cancelled() and done.exception() is not None:
             self._in_flight = None
+            self._failed = True  # now: no later batch may complete (and commit past this one)
             self._failing = asyncio.ensure_future(self.fail(done.exception()))  # type: ignore[arg-type]
 
     async def fail(self, error: BaseException) -> None:
+        self._failed = True
         log.critical("unexpected %s failure; stopping", self.role, exc_info=error)
         await self.crash(error)
 

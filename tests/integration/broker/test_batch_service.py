@@ -52,10 +52,17 @@ class Recorder(BatchService):
     pipelined: ClassVar[bool] = True
     max_records: ClassVar[int | None] = 5
 
-    def __init__(self, settings: Settings, topic: str, fail_at: int | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        topic: str,
+        fail_at: int | None = None,
+        prepare_s: float = 0.0,
+    ) -> None:
         super().__init__(settings)
         self.topic = topic
         self.fail_at = fail_at
+        self.prepare_s = prepare_s
         self.events: list[tuple[str, int]] = []
         self.completing = False
         self.prepared_while_completing = 0
@@ -69,6 +76,7 @@ class Recorder(BatchService):
             self.prepared_while_completing += 1
         first = min(m.offset for messages in batch.values() for m in messages)
         self.events.append(("prepare", first))
+        await asyncio.sleep(self.prepare_s)  # a validation that waits (the registry, a thread)
         return batch
 
     async def complete(self, staged: Any) -> None:
@@ -117,12 +125,20 @@ def test_batches_are_prepared_while_the_last_completes_and_complete_in_order(
     assert _committed(broker.bootstrap, f"{group}.test", topic) == MESSAGES
 
 
+@pytest.mark.parametrize(
+    ("fail_at", "prepare_s"),
+    [
+        (20, 0.0),  # fails while the loop waits for it (drain)
+        (20, 0.5),  # fails while the next batch is still being prepared
+        (MESSAGES - 5, 0.0),  # the last batch fails while the loop waits for records
+    ],
+)
 def test_a_completion_that_fails_stops_the_service_and_commits_nothing_past_it(
-    broker: Broker,
+    broker: Broker, fail_at: int, prepare_s: float
 ) -> None:
     topic = _topic_with_messages(broker.bootstrap)
     group = f"batches-{uuid.uuid4().hex[:6]}"
-    service = Recorder(_settings(broker.bootstrap, group), topic, fail_at=20)
+    service = Recorder(_settings(broker.bootstrap, group), topic, fail_at, prepare_s)
 
     async def run() -> None:
         await service.start()
@@ -133,6 +149,7 @@ def test_a_completion_that_fails_stops_the_service_and_commits_nothing_past_it(
 
     asyncio.run(run())
     assert isinstance(service.crash_reason, RuntimeError)
-    assert ("start", 20) in service.events and ("end", 20) not in service.events
+    assert ("start", fail_at) in service.events and ("end", fail_at) not in service.events
+    assert not [e for e in service.events if e[0] == "start" and e[1] > fail_at]
     committed = _committed(broker.bootstrap, f"{group}.test", topic)
-    assert committed is not None and committed <= 20
+    assert committed is not None and committed <= fail_at
