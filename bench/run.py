@@ -300,10 +300,9 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def machine_cpu() -> dict[str, float]:
-    """CPU seconds so far of the broker (java), PostgreSQL and this bench process (the
-    agencies' producer), by name; with `cpu_seconds` of the pipeline's own processes they
-    account for the machine."""
+def machine_cpu(procs: list[Proc]) -> dict[str, float]:
+    """CPU seconds so far of the broker (java), PostgreSQL, this bench process (the agencies'
+    producer) and the pipeline's ``procs``, by name: the machine's CPU, accounted for."""
     out: dict[str, float] = defaultdict(float)
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -318,6 +317,8 @@ def machine_cpu() -> dict[str, float]:
         except (FileNotFoundError, ProcessLookupError, IndexError):
             continue
     out["bench (agencies)"] = cpu_seconds(os.getpid())
+    for proc in procs:
+        out[proc.name] = cpu_seconds(proc.process.pid)
     return dict(out)
 
 
@@ -725,11 +726,11 @@ def latency_and_restart(
         receiver.arrivals.clear()
         run_started = dt.datetime.now(dt.UTC)
         began = time.perf_counter()
-        cpu_began = {**machine_cpu(), **{p.name: cpu_seconds(p.process.pid) for p in procs}}
+        cpu_began = machine_cpu(procs)
         publish(rate * seconds)
         # What each process spent while the events were published: the share of a core.
         elapsed = time.perf_counter() - began
-        cpu_ended = {**machine_cpu(), **{p.name: cpu_seconds(p.process.pid) for p in procs}}
+        cpu_ended = machine_cpu(procs)
         cores = {n: round((cpu_ended[n] - cpu_began.get(n, 0.0)) / elapsed, 2) for n in cpu_ended}
         deadline = time.monotonic() + 60
         while (
