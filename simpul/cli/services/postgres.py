@@ -11,6 +11,7 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from simpul.cli.services.broker import free_port, wait_for_port
@@ -97,12 +98,15 @@ class PostgresCluster:
             )
         return self
 
-    def start(self, fast: bool = False) -> None:
-        """Start the server; `fast` trades crash safety for speed (tests only)."""
+    def start(self, fast: bool = False, settings: Mapping[str, str] | None = None) -> None:
+        """Start the server; `fast` trades crash safety for speed (tests only); `settings` are
+        more server settings (``-c name=value``)."""
         options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1"
         options += " -c max_connections=300"
         if fast:
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        for name, value in (settings or {}).items():
+            options += f" -c {name}={value}"
         self._run(
             "pg_ctl", "-D", str(self.data), "-l", str(self.dir / "server.log"), "-w",
             "-o", options, "start",
