@@ -26,7 +26,7 @@ SIMPUL_PUBLIC_KEYS_FILE SIMPUL_BIND_HOST SIMPUL_HTTP_TOKEN SIMPUL_METRICS_OPEN
 SIMPUL_HTTP_MAX_BODY_BYTES SIMPUL_WORKER_WEB_PORT SIMPUL_WORKER_ID SIMPUL_BATCH_SIZE
 SIMPUL_BATCH_SECONDS SIMPUL_DEDUP_WINDOW_BYTES SIMPUL_DLQ_LIMIT_SHARE SIMPUL_DLQ_LIMIT_WINDOW
 SIMPUL_DLQ_LIMIT_MIN_EVENTS SIMPUL_DLQ_LIMIT_PAUSE SIMPUL_DLQ_LIMIT_COOLDOWN_S
-SIMPUL_SESSION_TIMEOUT_S SIMPUL_REBALANCE_TIMEOUT_S SIMPUL_FETCH_MAX_WAIT_MS
+SIMPUL_SESSION_TIMEOUT_S SIMPUL_REBALANCE_TIMEOUT_S SIMPUL_FETCH_MAX_WAIT_MS SIMPUL_FETCH_MIN_BYTES
 SIMPUL_STORE_RETRY_MAX_S SIMPUL_STOP_TIMEOUT_S SIMPUL_LOG_LEVEL SIMPUL_REGISTRY_URL
 SIMPUL_REGISTRY_PORT SIMPUL_INGRESS_PORT SIMPUL_CONNECT_PORT SIMPUL_DELIVER_WEB_PORT
 SIMPUL_JOIN_WAIT_S SIMPUL_JOIN_CHECK_S SIMPUL_JOINS_WEB_PORT SIMPUL_REGISTRY_ADMIN_TOKEN
@@ -65,6 +65,23 @@ def test_a_variable_is_read_into_its_section(monkeypatch: pytest.MonkeyPatch) ->
     assert settings.joins.wait_s == 45.0
     assert settings.consumer.batch_size == 250
     assert settings.http.metrics_open is True
+
+
+def test_the_engine_chooses_the_consumers_fetch_and_a_setting_overrides_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Kafka: short fetches, because a drained partition waits for the fetch in flight.
+    kafka = Settings(broker_engine="kafka").client_tuning().consumer_options()
+    assert (kafka["fetch_max_wait_ms"], kafka["fetch_min_bytes"]) == (20, 16 * 1024)
+    embedded = Settings(broker_engine="embedded").client_tuning().consumer_options()
+    assert (embedded["fetch_max_wait_ms"], embedded["fetch_min_bytes"]) == (100, 1)
+    monkeypatch.setenv("SIMPUL_FETCH_MIN_BYTES", "1")
+    monkeypatch.setenv("SIMPUL_FETCH_MAX_WAIT_MS", "250")
+    tuned = Settings(broker_engine="kafka").client_tuning().consumer_options()
+    assert (tuned["fetch_max_wait_ms"], tuned["fetch_min_bytes"]) == (250, 1)
+    monkeypatch.setenv("SIMPUL_FETCH_MIN_BYTES", "0")
+    with pytest.raises(ValidationError, match="fetch_min_bytes"):
+        Settings()
 
 
 def test_a_keyword_takes_the_public_name_and_beats_the_environment(
