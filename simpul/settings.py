@@ -172,8 +172,8 @@ class ConsumerSettings(Section):
         default=None,
         ge=1,
         alias="fetch_min_bytes",
-        description="Data a consumer fetch waits for, up to its longest wait; empty: per "
-        "engine (embedded 1 byte, kafka 16 KiB)",
+        description="Data a consumer fetch waits for, up to its longest wait; empty: 1 byte "
+        "(more makes fuller batches under light traffic, at some cost in throughput)",
     )
     batch_size: int = Field(
         default=5000, ge=1, alias="batch_size", description="Events per processing batch"
@@ -840,19 +840,13 @@ class ClientTuning:
 # Tansu: a new group's first message comes after about half the session timeout, so keep it
 # short; its fetch is not answered early when records arrive, so wait briefly.
 # Apache Kafka: the broker refuses sessions under 6 s (group.min.session.timeout.ms). Its
-# fetch waits are short because a client has one fetch in flight per broker: aiokafka fetches
+# fetch wait is short because a client has one fetch in flight per broker: aiokafka fetches
 # only partitions with nothing buffered, and a partition drained meanwhile waits until that
-# fetch returns. With Kafka's 500 ms, a fetch of the quiet partitions held back the busy ones:
-# at 1 000 events/s on the mix, p99 publish→stored was 0.95–1.04 s; with 20 ms and 16 KiB
-# (fewer, fuller batches), 0.41–0.61 s (docs/operations.md).
+# fetch returns. With Kafka's 500 ms, a fetch of the quiet partitions held the busy ones back
+# (docs/operations.md has the figures).
 ENGINE_TUNING = {
     "embedded": ClientTuning(session_timeout_s=6.0, rebalance_timeout_s=6.0, fetch_max_wait_ms=100),
-    "kafka": ClientTuning(
-        session_timeout_s=10.0,
-        rebalance_timeout_s=30.0,
-        fetch_max_wait_ms=20,
-        fetch_min_bytes=16 * 1024,
-    ),
+    "kafka": ClientTuning(session_timeout_s=10.0, rebalance_timeout_s=30.0, fetch_max_wait_ms=20),
 }
 
 

@@ -72,13 +72,13 @@ def test_the_engine_chooses_the_consumers_fetch_and_a_setting_overrides_it(
 ) -> None:
     # Kafka: short fetches, because a drained partition waits for the fetch in flight.
     kafka = Settings(broker_engine="kafka").client_tuning().consumer_options()
-    assert (kafka["fetch_max_wait_ms"], kafka["fetch_min_bytes"]) == (20, 16 * 1024)
+    assert (kafka["fetch_max_wait_ms"], kafka["fetch_min_bytes"]) == (20, 1)
     embedded = Settings(broker_engine="embedded").client_tuning().consumer_options()
     assert (embedded["fetch_max_wait_ms"], embedded["fetch_min_bytes"]) == (100, 1)
-    monkeypatch.setenv("SIMPUL_FETCH_MIN_BYTES", "1")
+    monkeypatch.setenv("SIMPUL_FETCH_MIN_BYTES", "16384")
     monkeypatch.setenv("SIMPUL_FETCH_MAX_WAIT_MS", "250")
     tuned = Settings(broker_engine="kafka").client_tuning().consumer_options()
-    assert (tuned["fetch_max_wait_ms"], tuned["fetch_min_bytes"]) == (250, 1)
+    assert (tuned["fetch_max_wait_ms"], tuned["fetch_min_bytes"]) == (250, 16384)
     monkeypatch.setenv("SIMPUL_FETCH_MIN_BYTES", "0")
     with pytest.raises(ValidationError, match="fetch_min_bytes"):
         Settings()
