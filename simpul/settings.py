@@ -168,12 +168,12 @@ class ConsumerSettings(Section):
         description="Longest wait of a consumer fetch for data; empty: per engine (embedded "
         "100 ms, because Tansu answers a fetch only when it expires; kafka 20 ms)",
     )
-    fetch_min_bytes: int | None = Field(
-        default=None,
+    fetch_min_bytes: int = Field(
+        default=1,
         ge=1,
         alias="fetch_min_bytes",
-        description="Data a consumer fetch waits for, up to its longest wait; empty: 1 byte "
-        "(more makes fuller batches under light traffic, at some cost in throughput)",
+        description="Data a consumer fetch waits for, up to its longest wait (more makes "
+        "fuller batches under light traffic, at some cost in throughput)",
     )
     batch_size: int = Field(
         default=5000, ge=1, alias="batch_size", description="Events per processing batch"
@@ -749,7 +749,7 @@ class Settings(BaseSettings):
             session_timeout_s=consumer.session_timeout_s or base.session_timeout_s,
             rebalance_timeout_s=consumer.rebalance_timeout_s or base.rebalance_timeout_s,
             fetch_max_wait_ms=consumer.fetch_max_wait_ms or base.fetch_max_wait_ms,
-            fetch_min_bytes=consumer.fetch_min_bytes or base.fetch_min_bytes,
+            fetch_min_bytes=consumer.fetch_min_bytes,
         )
 
 
