@@ -42,6 +42,34 @@ def test_avro_problems_name_the_field_the_schema_refused() -> None:
     assert all(p == f"{p.field}: {p.reason}" for p in problems)
 
 
+NULLABLE = AvroSchema.from_text(
+    2,
+    json.dumps(
+        {
+            "type": "record",
+            "name": "Letter",
+            "namespace": "simpul.kelurahan.v1",
+            "fields": [
+                {"name": "number", "type": "string"},
+                {"name": "note", "type": ["null", "string"], "default": None},
+            ],
+        }
+    ),
+)
+
+
+@pytest.mark.parametrize("note", [None, "for the school"])
+def test_a_value_of_either_union_branch_is_no_problem(note: str | None) -> None:
+    assert check_avro(NULLABLE, {"number": "470/12", "note": note}) == []
+
+
+def test_a_value_of_no_union_branch_names_its_field() -> None:
+    problems = check_avro(NULLABLE, {"number": "470/12", "note": 12})
+    assert problems  # one per branch it is not: "expected null", "expected string"
+    assert {p.field for p in problems} == {"note"}
+    assert all("<12>" in p.reason for p in problems)
+
+
 def test_a_plain_string_from_outside_is_read_as_field_and_reason() -> None:
     problem = Problem.of("line 4: not JSON")
     assert (problem.field, problem.reason, str(problem)) == (
