@@ -10,6 +10,7 @@ Faust is the host and not the engine.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -23,6 +24,10 @@ from simpul.settings import Settings
 
 if TYPE_CHECKING:
     from faust.worker import Worker
+
+#: The cyclic garbage collector's first threshold: a young collection once this many more
+#: container objects were made than freed (CPython's default is 700).
+GC_YOUNG_THRESHOLD = 50_000
 
 #: What ``/health`` answers: the JSON document and the HTTP status (503 while degraded).
 HealthReport = Callable[[], tuple[Mapping[str, Any], int]]
@@ -88,4 +93,22 @@ class ProcessHost:
 
     def run(self) -> NoReturn:
         """Run in the foreground until SIGTERM/SIGINT (exit 0) or a service crashes (exit 1)."""
+        quiet_garbage_collector()
         self.worker().execute_from_commandline()
+
+
+def quiet_garbage_collector() -> None:
+    """Keep CPython's cyclic collector off the event path of a stream process.
+
+    With the default threshold a batch's own records, alive for one pipeline step, outlived
+    two young collections and were promoted to the oldest generation, so a full collection ran
+    every 3 s in the worker at 1 000 events/s: 110-140 ms of CPU each with the GIL held, every
+    event in flight stalled behind it (and 120-390 ms in the joins). A batch is freed by
+    reference counting, not by this collector. So: what the process imported and built before
+    its first batch (modules, classes, the topology) is frozen out of every collection, and a
+    young collection waits for `GC_YOUNG_THRESHOLD` more live containers, not 700.
+    """
+    gc.collect()
+    gc.freeze()
+    _, middle, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, oldest)

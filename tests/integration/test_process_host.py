@@ -21,6 +21,7 @@ pytestmark = pytest.mark.integration
 
 PROGRAM = textwrap.dedent(
     """
+    import gc
     import logging
     import sys
     from mode import Service
@@ -31,6 +32,8 @@ PROGRAM = textwrap.dedent(
         if sys.argv[2] == "levels":
             debug = logging.getLogger("aiokafka.conn").isEnabledFor(logging.DEBUG)
             return {"root": logging.getLogger().getEffectiveLevel(), "debug": debug}, 200
+        if sys.argv[2] == "gc":
+            return {"threshold": gc.get_threshold(), "frozen": gc.get_freeze_count()}, 200
         return {"status": "ok", "seen": 7}, 200
 
     host = ProcessHost(Settings(), "host-test", int(sys.argv[1]), health)
@@ -115,6 +118,22 @@ def test_a_quiet_log_level_leaves_debug_records_unmade(tmp_path: Path) -> None:
     try:
         health = wait_until(lambda: _get(port, "/health", token), 60, "the host's /health")
         assert health.json() == {"root": logging.WARNING, "debug": False}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(60)
+    assert code == 0
+
+
+def test_the_garbage_collector_leaves_what_was_built_at_start_alone(tmp_path: Path) -> None:
+    from streams.runtime.host import GC_YOUNG_THRESHOLD
+
+    port, token = free_port(), secrets.token_urlsafe(24)
+    process = _start(tmp_path, port, "gc", token)
+    try:
+        health = wait_until(lambda: _get(port, "/health", token), 60, "the host's /health")
+        young, middle, oldest = health.json()["threshold"]
+        assert (young, middle, oldest) == (GC_YOUNG_THRESHOLD, 10, 10)  # CPython's own 2nd, 3rd
+        assert health.json()["frozen"] > 10_000  # the modules, classes and app built at start
     finally:
         process.send_signal(signal.SIGTERM)
         code = process.wait(60)
