@@ -290,6 +290,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def jit_seconds(pid: int) -> float:
+    """CPU seconds of a JVM's JIT compiler threads (C1, C2): a broker still warming up."""
+    total = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            if (task / "comm").read_text().startswith(("C1 Compiler", "C2 Compiler")):
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return total
+
+
 def rss_mb(pid: int) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -312,13 +325,14 @@ def machine_cpu(procs: list[Proc]) -> dict[str, float]:
             name = Path(command[0].decode(errors="replace")).name
             if name == "java" and any(b"kafka" in part for part in command):
                 out["broker"] += cpu_seconds(int(entry.name))
+                out["broker: JIT compiler"] += jit_seconds(int(entry.name))
             elif name.startswith("postgres"):
                 out["postgres"] += cpu_seconds(int(entry.name))
         except (FileNotFoundError, ProcessLookupError, IndexError):
             continue
     out["bench (agencies)"] = cpu_seconds(os.getpid())
     for proc in procs:
-        out[proc.name] = cpu_seconds(proc.process.pid)
+        out[proc.name] += cpu_seconds(proc.process.pid)  # the workers together
     return dict(out)
 
 
@@ -687,11 +701,11 @@ def wait_assigned(port: int, timeout: float = 60) -> None:
 
 
 def latency_and_restart(
-    engine_name: str, rate: int, seconds: int, warmup: int = 20
+    engine_name: str, rate: int, seconds: int, warmup: int = 60, workers: int = 1
 ) -> dict[str, Any]:
     """p50/p99 publish→stored and publish→webhook-delivered at a steady rate on the mix,
-    with the joins and the deliverer running; then SIGTERM the worker and time until an event
-    published after its restart is stored."""
+    with the joins and the deliverer running; then SIGTERM the (one) worker and time until an
+    event published after its restart is stored."""
     receiver = Receiver()
     topology = webhook_topology(receiver)
     with broker(engine_name) as bootstrap:
@@ -700,9 +714,10 @@ def latency_and_restart(
         engine = make_engine(url)
         events = Events(url, WEIGHTS, seed=5)
         worker_id = f"bench-latency-{uuid.uuid4().hex[:4]}"
-        procs = simpul_processes(bootstrap, url, 1, topology, True, worker_id)
+        procs = simpul_processes(bootstrap, url, workers, topology, True, worker_id)
         worker = procs[0]
-        wait_assigned(worker.web_port)  # type: ignore[arg-type]
+        for each in procs[:workers]:
+            wait_assigned(each.web_port)  # type: ignore[arg-type]
         out = producer(bootstrap)
 
         def make(count: int) -> list[tuple[str, bytes, bytes, list[tuple[str, bytes]]]]:
@@ -723,7 +738,9 @@ def latency_and_restart(
             out.flush(30)
 
         # Steady state: the same traffic first for a while, unmeasured. A broker just started
-        # spends its first half minute compiling (the JVM's JIT took a whole core of the two).
+        # spends its first minute compiling: the JVM's JIT took a whole core of the two at
+        # first, and still 0.16-0.28 of a core 20 s into this traffic, but 0.03-0.04 after
+        # 60 s ("broker: JIT compiler" in the cores the run reports).
         measured = make(rate * seconds)
         publish(make(rate * warmup))
         deadline = time.monotonic() + 60
@@ -733,11 +750,18 @@ def latency_and_restart(
         receiver.arrivals.clear()
         run_started = dt.datetime.now(dt.UTC)
         began = time.perf_counter()
-        cpu_began = machine_cpu(procs)
+        cpu_began, stages_began = machine_cpu(procs), stage_cpu(procs[:workers])
         publish(measured)
         # What each process spent while the events were published: the share of a core.
         elapsed = time.perf_counter() - began
-        cpu_ended = machine_cpu(procs)
+        cpu_ended, stages_ended = machine_cpu(procs), stage_cpu(procs[:workers])
+        stages = {
+            stage: round((spent - stages_began.get(stage, 0.0)) / len(measured) * 1e6)
+            for stage, spent in stages_ended.items()
+        }
+        if stages:  # the rest: fetching, the event loop, metrics, the offset commit
+            worker_us = (cpu_ended["worker"] - cpu_began["worker"]) / len(measured) * 1e6
+            stages["(outside the stages)"] = round(worker_us - sum(stages.values()))
         cores = {n: round((cpu_ended[n] - cpu_began.get(n, 0.0)) / elapsed, 2) for n in cpu_ended}
         deadline = time.monotonic() + 60
         while (
@@ -769,37 +793,39 @@ def latency_and_restart(
         cut_taken = quantiles(taken_ms, n=100)
         cut_store = quantiles(store_ms, n=100)
         cut_hook = quantiles(hook_ms, n=100) if len(hook_ms) > 1 else [float("nan")] * 99
-        # Restart to processing.
-        worker.process.send_signal(signal.SIGTERM)
-        worker.process.wait(60)
-        restarted = time.perf_counter()
-        env = simpul_env(bootstrap, url, worker_id, topology)
-        env["SIMPUL_WORKER_WEB_PORT"] = str(free_port())
-        procs[0] = spawn([sys.executable, "-m", "simpul", "worker"], env, "worker")
-        marker_ids: list[str] = []
+        # Restart to processing: one worker's (with two, the other would take over).
         restart_s = float("nan")
-        deadline = time.monotonic() + 60
-        recipient = Events(url, {"social.recipient.updated": 1}, seed=9)
-        while time.monotonic() < deadline:
-            topic, key, value, headers = recipient.make(dt.datetime.now(dt.UTC))
-            marker_ids.append(dict(headers)["ce_id"].decode())
-            out.produce(topic, key=key, value=value, headers=headers)
-            out.flush(5)
-            with engine.connect() as conn:
-                found = conn.scalar(
-                    text("select count(*) from event_log where ce_id = any(:ids)"),
-                    {"ids": marker_ids},
-                )
-            if found:
-                restart_s = time.perf_counter() - restarted
-                break
-            time.sleep(0.1)
+        if workers == 1:
+            worker.process.send_signal(signal.SIGTERM)
+            worker.process.wait(60)
+            restarted = time.perf_counter()
+            env = simpul_env(bootstrap, url, worker_id, topology)
+            env["SIMPUL_WORKER_WEB_PORT"] = str(free_port())
+            procs[0] = spawn([sys.executable, "-m", "simpul", "worker"], env, "worker")
+            marker_ids: list[str] = []
+            deadline = time.monotonic() + 60
+            recipient = Events(url, {"social.recipient.updated": 1}, seed=9)
+            while time.monotonic() < deadline:
+                topic, key, value, headers = recipient.make(dt.datetime.now(dt.UTC))
+                marker_ids.append(dict(headers)["ce_id"].decode())
+                out.produce(topic, key=key, value=value, headers=headers)
+                out.flush(5)
+                with engine.connect() as conn:
+                    found = conn.scalar(
+                        text("select count(*) from event_log where ce_id = any(:ids)"),
+                        {"ids": marker_ids},
+                    )
+                if found:
+                    restart_s = time.perf_counter() - restarted
+                    break
+                time.sleep(0.1)
         stop(procs)
         engine.dispose()
         drop_database(url)
     receiver.close()
     return {
         "rate_per_s": rate,
+        "workers": workers,
         "events": len(taken_ms),
         "taken_p50_ms": cut_taken[49],
         "taken_p99_ms": cut_taken[98],
@@ -810,6 +836,7 @@ def latency_and_restart(
         "webhook_p99_ms": cut_hook[98],
         "restart_to_processing_s": restart_s,
         "cores_while_publishing": cores,
+        "worker_stage_cpu_us_per_event": stages,
     }
 
 
@@ -899,7 +926,8 @@ def print_table(results: dict[str, Any]) -> None:
             print(f"  {workload['note']}")
     if lat := results.get("latency"):
         print(
-            f"\nmix at {lat['rate_per_s']:,}/s: publish→stored (row committed) "
+            f"\nmix at {lat['rate_per_s']:,}/s, {lat.get('workers', 1)} worker(s): "
+            "publish→stored (row committed) "
             f"p50 {lat['stored_p50_ms']:.0f} ms, p99 {lat['stored_p99_ms']:.0f} ms; "
             f"publish→taken by the worker p50 {lat['taken_p50_ms']:.0f} ms, "
             f"p99 {lat['taken_p99_ms']:.0f} ms ({lat['events']:,} events); "
@@ -913,6 +941,11 @@ def print_table(results: dict[str, Any]) -> None:
             + ", ".join(f"{name} {share:.2f}" for name, share in sorted(cores.items()))
             + f" (of {os.cpu_count()})"
         )
+        if stages := lat.get("worker_stage_cpu_us_per_event"):
+            print(
+                "worker CPU µs per event by stage: "
+                + ", ".join(f"{stage} {us}" for stage, us in sorted(stages.items()))
+            )
 
 
 def chart(results: dict[str, Any], path: Path) -> None:
@@ -973,6 +1006,13 @@ def main() -> None:
     parser.add_argument("--latency-seconds", type=int, default=15)
     parser.add_argument("--latency-rate", type=int, default=1000, help="events/s")
     parser.add_argument(
+        "--latency-warmup",
+        type=int,
+        default=60,
+        help="seconds of the same traffic, unmeasured, before the latency run",
+    )
+    parser.add_argument("--latency-workers", type=int, default=1, help="workers in the latency run")
+    parser.add_argument(
         "--signing",
         choices=("batch", "event"),
         default="batch",
@@ -1002,9 +1042,16 @@ def main() -> None:
             args.broker, name, args.events, two_workers=name == "b", with_rivals=not args.no_rivals
         )
     if not args.no_latency:
-        say(f"latency at {args.latency_rate:,} events/s on the mix, then restart")
+        say(
+            f"latency at {args.latency_rate:,} events/s on the mix, "
+            f"{args.latency_workers} worker(s), then restart"
+        )
         results["latency"] = latency_and_restart(
-            args.broker, args.latency_rate, args.latency_seconds
+            args.broker,
+            args.latency_rate,
+            args.latency_seconds,
+            args.latency_warmup,
+            args.latency_workers,
         )
     results["load_average_at_end"] = os.getloadavg()
     print_table(results)
