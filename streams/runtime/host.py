@@ -105,7 +105,7 @@ def quiet_garbage_collector() -> None:
     every 3 s in the worker at 1 000 events/s: 110-140 ms of CPU each with the GIL held, every
     event in flight stalled behind it (and 120-390 ms in the joins). A batch is freed by
     reference counting, not by this collector. So: what the process imported and built before
-    its first batch (modules, classes, the topology) is frozen out of every collection, and a
+    its services start (modules, classes, the topology) is frozen out of every collection, and a
     young collection waits for `GC_YOUNG_THRESHOLD` more live containers, not 700.
     """
     gc.collect()
