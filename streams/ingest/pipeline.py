@@ -169,6 +169,8 @@ def validate_record(record: RawRecord, event_type: EventType, catalog: EventCata
 
 def nul_field(payload: Any, path: str = "") -> str | None:
     """The first field (dotted path) whose text holds a NUL character, or None."""
+    if not _holds_nul(payload):
+        return None  # nearly every payload: no path is built
     stack: list[tuple[str, Any]] = [(path, payload)]
     while stack:
         where, value = stack.pop()
@@ -180,6 +182,16 @@ def nul_field(payload: Any, path: str = "") -> str | None:
         elif isinstance(value, list):
             stack.extend((f"{where}.{i}", v) for i, v in enumerate(value))
     return None
+
+
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_holds_nul(v) for v in value)
+    return False
 
 
 #: Raised as they are: the message's own rejection, and outages (the batch is retried).
