@@ -184,13 +184,17 @@ def nul_field(payload: Any, path: str = "") -> str | None:
     return None
 
 
-def _holds_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_holds_nul(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_holds_nul(v) for v in value)
+def _holds_nul(payload: Any) -> bool:
+    stack = [payload]  # no recursion, however deep a payload nests (as in `nul_field`)
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            if "\x00" in value:
+                return True
+        elif isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
     return False
 
 

@@ -281,6 +281,14 @@ def test_nul_in_a_header_or_a_payload_field_is_a_dead_letter(catalog: EventCatal
     assert nul_field({"business_name": "Toko\x00Kain"}) == "business_name"
     assert nul_field({"programs": ["PKH", "BP\x00NT"], "a": {"b": "ok"}}) == "programs.1"
     assert nul_field({"programs": ["PKH"], "n": 1, "when": None}) is None
+    deep: dict[str, object] = {"note": "NUL\x00"}
+    for _ in range(5000):  # deeper than Python's recursion limit: no RecursionError
+        deep = {"n": [deep]}
+    assert nul_field(deep) == "n.0." * 5000 + "note"
+    clean: dict[str, object] = {"note": "ok"}
+    for _ in range(5000):
+        clean = {"n": [clean]}
+    assert nul_field(clean) is None
 
 
 def test_http_source_answer_to_a_client_that_gave_up_is_dropped() -> None:
