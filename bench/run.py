@@ -285,8 +285,9 @@ def preload(bootstrap: str, url: str, weights: dict[str, int], total: int) -> Pr
 # --- processes --------------------------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds(pid: int, task: Path | None = None) -> float:
+    """CPU seconds of a process, or of one of its threads (``task``: /proc/<pid>/task/<tid>)."""
+    fields = (task or Path(f"/proc/{pid}")).joinpath("stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -296,8 +297,7 @@ def jit_seconds(pid: int) -> float:
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             if (task / "comm").read_text().startswith(("C1 Compiler", "C2 Compiler")):
-                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+                total += cpu_seconds(pid, task)
         except (FileNotFoundError, ProcessLookupError):
             continue
     return total
