@@ -53,10 +53,21 @@ class AvroSchema:
     id: int
     text: str
     parsed: Schema
+    #: The record's full name and its top-level fields, read once (checks ask per event).
+    name: str = ""
+    field_names: frozenset[str] = frozenset()
 
     @classmethod
     def from_text(cls, schema_id: int, text: str) -> AvroSchema:
-        return cls(schema_id, text, fastavro.parse_schema(json.loads(text)))
+        definition = json.loads(text)
+        fields = definition.get("fields") if isinstance(definition, dict) else None
+        return cls(
+            schema_id,
+            text,
+            fastavro.parse_schema(definition),
+            str(definition.get("name", "")) if isinstance(definition, dict) else "",
+            frozenset(f["name"] for f in fields or () if isinstance(f, dict) and "name" in f),
+        )
 
     @property
     def definition(self) -> dict[str, Any]:

@@ -83,15 +83,15 @@ class Envelope:
         values: dict[str, str] = {}
         cloudevents: set[str] = set()
         for name, raw in headers or ():
-            if name.startswith("ce_") or name == "content-type":
-                if name in cloudevents:
-                    # Readers taking the first and the last copy would see two different events.
-                    raise InvalidMessage(
-                        "headers", "header.repeated", f"{name[:40]}: header repeated"
-                    )
-                cloudevents.add(name)
-            if raw is None or name not in _READ:
-                continue  # other headers are the producer's own; only these are read
+            read = name in _READ
+            if not read and not name.startswith("ce_"):
+                continue  # other headers are the producer's own; only CloudEvents ones count
+            if name in cloudevents:
+                # Readers taking the first and the last copy would see two different events.
+                raise InvalidMessage("headers", "header.repeated", f"{name[:40]}: header repeated")
+            cloudevents.add(name)
+            if raw is None or not read:
+                continue
             if len(raw) > MAX_HEADER_LENGTH:
                 raise InvalidMessage(
                     "headers",
@@ -99,16 +99,17 @@ class Envelope:
                     f"{name[:40]}: header of {len(raw)} bytes exceeds {MAX_HEADER_LENGTH}",
                 )
             try:
-                values[name] = raw.decode("utf-8")
+                text = raw.decode("utf-8")
             except UnicodeDecodeError:
                 raise InvalidMessage(
                     "headers", "header.encoding", f"{name[:40]}: header is not UTF-8"
                 ) from None
-            if "\x00" in values[name]:
+            if "\x00" in text:
                 # No database text column holds NUL; it is never part of a CloudEvents value.
                 raise InvalidMessage(
                     "headers", "header.nul", f"{name}: header contains a NUL character"
                 )
+            values[name] = text
         for name in REQUIRED:
             if not values.get(name):
                 raise InvalidMessage("headers", "header.missing", f"{name}: header missing")

@@ -43,10 +43,9 @@ def check_avro(schema: AvroSchema, payload: Mapping[str, Any]) -> list[Problem]:
     if not isinstance(payload, Mapping):
         return [Problem("(payload)", f"expected an object, got {type(payload).__name__}")]
     problems: list[Problem] = []
-    declared = {item["name"] for item in schema.definition["fields"]}
-    for name in sorted(set(payload) - declared):
-        problems.append(Problem(name, f"not a field of {schema.definition['name']}"))
-    datum = dict(payload)
+    for name in sorted(set(payload) - schema.field_names):
+        problems.append(Problem(name, f"not a field of {schema.name}"))
+    datum = payload if isinstance(payload, dict) else dict(payload)  # fastavro reads dicts
     # The yes-or-no check first: with raise_errors=True fastavro raises, and formats as JSON,
     # an error for every union branch a value does not take ("null" of ["null", "string"]
     # for each string): 9x the cost of the answer, paid for every valid derived event.
@@ -56,9 +55,9 @@ def check_avro(schema: AvroSchema, payload: Mapping[str, Any]) -> list[Problem]:
         avro_validate(datum, schema.parsed, raise_errors=True)
     except AvroValidationError as error:
         for message in error.errors:
-            problems.append(_field_first(str(message), schema.definition["name"]))
+            problems.append(_field_first(str(message), schema.name))
     else:  # not seen: the two modes of fastavro disagree
-        problems.append(Problem("(payload)", f"does not match {schema.definition['name']}"))
+        problems.append(Problem("(payload)", f"does not match {schema.name}"))
     return problems
 
 

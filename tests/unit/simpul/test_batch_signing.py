@@ -17,8 +17,10 @@ from simpul.signing import (
     BATCH_MAX,
     PROOF_HEADER,
     SIGNATURE_HEADER,
+    InnerNodes,
     KeyRing,
     Signer,
+    batch_message,
     create_key,
     format_proof,
     load_signer,
@@ -60,6 +62,19 @@ def test_every_leaf_leads_to_the_root_of_rfc_9162s_tree(size: int) -> None:
             assert merkle_root(digests[index], (index + 1) % size, size, paths[index]) != root
         with pytest.raises(ValueError):
             merkle_root(digests[index], index, size, paths[index][:-1])
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(min_value=1, max_value=BATCH_MAX), st.integers(min_value=1, max_value=64))
+def test_remembered_inner_nodes_give_the_roots_that_hashing_gives(size: int, limit: int) -> None:
+    digests = [hashlib.sha256(str(i).encode()).digest() for i in range(size)]
+    root, paths = merkle_tree(digests)
+    nodes = InnerNodes(limit)  # a small memo is emptied many times over one tree
+    for _ in range(2):
+        for index, path in enumerate(paths):
+            assert merkle_root(digests[index], index, size, path, nodes) == root
+            assert nodes.batch_message(root, size) == batch_message(root, size)
+    assert len(nodes.hashes) <= limit
 
 
 def test_proof_header_round_trips_and_refuses_what_is_not_a_proof() -> None:
@@ -158,6 +173,27 @@ def test_each_broken_batch_event_is_refused_with_its_reason(
         "header.repeated"
     )
     ring.verify(h1, k1, v1)  # the untouched event still passes
+
+
+def test_a_forged_hash_anywhere_in_a_path_is_refused_after_its_batch_mates_passed(
+    ring_and_signer: tuple[KeyRing, Signer, Path, Path],
+) -> None:
+    """The ring remembers the inner nodes its batch-mates hashed; each hash of each path is
+    still checked, at every level."""
+    ring, signer, _, _ = ring_and_signer
+    events = batch(BATCH_MAX)
+    signed = signer.sign_batch(events)
+    for headers, (_, key, value) in zip(signed, events, strict=True):
+        ring.verify(headers, key, value)
+    for target in (0, 77, BATCH_MAX - 1):
+        headers, (_, key, value) = signed[target], events[target]
+        index, size, path = parse_proof(dict(headers)[PROOF_HEADER])
+        for level in range(len(path)):
+            forged = [*path[:level], bytes(32), *path[level + 1 :]]
+            proof = format_proof(index, size, forged)
+            bad = [(n, proof if n == PROOF_HEADER else v) for n, v in headers]
+            assert refused(ring, bad, key, value) == "signature.invalid", (target, level)
+        ring.verify(headers, key, value)
 
 
 def test_a_batch_for_another_agency_and_a_revoked_batch_key_are_refused(
