@@ -60,13 +60,14 @@ class AvroSchema:
     @classmethod
     def from_text(cls, schema_id: int, text: str) -> AvroSchema:
         definition = json.loads(text)
-        fields = definition.get("fields") if isinstance(definition, dict) else None
+        record = definition if isinstance(definition, dict) else {}
+        fields = record.get("fields") or ()
         return cls(
             schema_id,
             text,
             fastavro.parse_schema(definition),
-            str(definition.get("name", "")) if isinstance(definition, dict) else "",
-            frozenset(f["name"] for f in fields or () if isinstance(f, dict) and "name" in f),
+            str(record.get("name", "")),
+            frozenset(f["name"] for f in fields if isinstance(f, dict) and "name" in f),
         )
 
     @property

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import hashlib
 import os
 import secrets
@@ -89,23 +90,19 @@ def event_digest(signed: dict[str, bytes], key: bytes | None, value: bytes | Non
     length-prefixed (a missing key or value is 0xFFFFFFFF)."""
     parts = [_DOMAIN]
     for name in sorted(signed):
-        named = _NAMED.get(name)
-        if named is None:
-            encoded = name.encode()
-            named = _LENGTH(len(encoded)) + encoded
-            if len(_NAMED) < _NAMED_MAX:  # names are the sender's: the memo stays bounded
-                _NAMED[name] = named
         raw = signed[name]
-        parts += (named, _LENGTH(len(raw)), raw)
+        parts += (_named(name), _LENGTH(len(raw)), raw)
     for data in (key, value):
         parts += (_NONE,) if data is None else (_LENGTH(len(data)), data)
     return hashlib.sha256(b"".join(parts)).digest()
 
 
-#: A header name's length-prefixed encoding, as `event_digest` hashes it (the same dozen
-#: names on every event).
-_NAMED: dict[str, bytes] = {}
-_NAMED_MAX = 256
+@functools.lru_cache(maxsize=256)
+def _named(name: str) -> bytes:
+    """A header name's length-prefixed encoding, as `event_digest` hashes it: the same dozen
+    names on every event, remembered within a bound because senders choose them."""
+    encoded = name.encode()
+    return _LENGTH(len(encoded)) + encoded
 
 
 def _read_headers(headers: Headers) -> tuple[dict[str, bytes], bytes | None, bytes | None]:
@@ -126,7 +123,7 @@ def _read_headers(headers: Headers) -> tuple[dict[str, bytes], bytes | None, byt
             if proof is not None:
                 raise InvalidMessage("headers", "header.repeated", f"{name}: header repeated")
             proof = raw or b""
-        elif name.startswith("ce_") or name == "content-type":  # `_signed_name`, inlined
+        elif _signed_name(name):
             if name in out:
                 raise InvalidMessage("headers", "header.repeated", f"{name}: header repeated")
             out[name] = raw or b""
@@ -144,7 +141,11 @@ def _node_hash(left: bytes, right: bytes) -> bytes:
 def batch_message(root: bytes, size: int) -> bytes:
     """What a batch signature signs: the tree's root and its size, in Simpul's batch domain
     (so no batch can pass for a single event, or a tree for one of another size)."""
-    return hashlib.sha256(_BATCH_DOMAIN + struct.pack(">I", size) + root).digest()
+    return hashlib.sha256(_batch_signed(root, size)).digest()
+
+
+def _batch_signed(root: bytes, size: int) -> bytes:
+    return _BATCH_DOMAIN + struct.pack(">I", size) + root
 
 
 def merkle_tree(digests: Sequence[bytes]) -> tuple[bytes, list[list[bytes]]]:
@@ -215,7 +216,7 @@ class InnerNodes:
 
     def batch_message(self, root: bytes, size: int) -> bytes:
         """`batch_message`, hashed once per batch."""
-        signed = _BATCH_DOMAIN + struct.pack(">I", size) + root
+        signed = _batch_signed(root, size)
         hashed = self.hashes.get(signed)
         if hashed is None:
             hashed = hashlib.sha256(signed).digest()
