@@ -45,6 +45,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
+from simpul import yamltext
 from simpul.errors import InvalidMessage
 from simpul.settings import Settings
 
@@ -311,7 +312,7 @@ def read_public_keys(path: Path) -> list[PublicKey]:
     """The entries of a public keys file; a missing file holds none."""
     if not path.exists():
         return []
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    data = yamltext.safe_load(path.read_text(encoding="utf-8")) or {}
     entries: list[PublicKey] = []
     for i, raw in enumerate(data.get("keys") or []):
         where = f"{path.name}: keys[{i}]"
@@ -651,6 +652,15 @@ def create_key(
     attests: Sequence[str] | None = None,
 ) -> PublicKey:
     """Make a key pair: the private half into ``keys_dir`` (0600), the public into the file."""
+    entry = _new_key(keys_dir, owner, kind, attests)
+    write_public_keys(public_file, [*read_public_keys(public_file), entry])
+    return entry
+
+
+def _new_key(
+    keys_dir: Path, owner: str, kind: Kind, attests: Sequence[str] | None = None
+) -> PublicKey:
+    """A new key pair: the private half written to ``keys_dir``, the public half returned."""
     private = Ed25519PrivateKey.generate()
     entry = PublicKey(
         key_id=_key_id(owner),
@@ -665,7 +675,6 @@ def create_key(
         else (),
     )
     _write_private(keys_dir, entry.key_id, private)
-    write_public_keys(public_file, [*read_public_keys(public_file), entry])
     return entry
 
 
@@ -705,18 +714,23 @@ def revoke_key(public_file: Path, keys_dir: Path, key_id: str) -> PublicKey:
 def ensure_keys(
     public_file: Path, keys_dir: Path, owners: Iterable[tuple[str, Kind]]
 ) -> list[PublicKey]:
-    """Create a key for every owner without a usable one (the embedded demo, tests)."""
+    """Create a key for every owner without a usable one (the embedded demo, tests). The
+    public keys file is read once and written once, however many keys are made."""
     now = dt.datetime.now(dt.UTC)
+    entries = read_public_keys(public_file)
     made = []
     for owner, kind in owners:
         usable = any(
             e.owner == owner
             and e.state(now) == "valid"
             and private_key_path(keys_dir, e.key_id).exists()
-            for e in read_public_keys(public_file)
+            for e in entries
         )
         if not usable:
-            made.append(create_key(public_file, keys_dir, owner, kind))
+            made.append(_new_key(keys_dir, owner, kind))
+            entries.append(made[-1])
+    if made:
+        write_public_keys(public_file, entries)
     return made
 
 

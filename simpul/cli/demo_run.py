@@ -211,11 +211,12 @@ def run_demo(console: Console, *, duration: float, rate: float, city: str | None
         console.print(
             f"✓ schema registry on {registry_url}; {len(ids)} schemas registered through it"
         )
+        # Both start at once (separate consumer groups): each start is mostly its own CPU.
         worker = _spawn("worker", env, workdir)
+        joins = _spawn("joins", env, workdir)
         wait_http(web_port, "/health", 60)
         wait_assigned(web_port, 60)
         console.print(f"✓ worker running; metrics at http://127.0.0.1:{web_port}/metrics")
-        joins = _spawn("joins", env, workdir)
         wait_http(joins_port, "/health", 60)
         wait_assigned(joins_port, 60)
         console.print(

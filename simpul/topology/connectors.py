@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from simpul import yamltext
+
 if TYPE_CHECKING:
     from simpul.topology.model import Topology
 
@@ -115,7 +117,7 @@ def load_connector_files(
         return found
     for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            data = yamltext.safe_load(path.read_text(encoding="utf-8")) or {}
         except (OSError, yaml.YAMLError) as error:
             problems.append(f"{path}: cannot read: {error}")
             continue

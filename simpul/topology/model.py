@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from simpul import yamltext
 from simpul.identifiers import check_kelurahan_code
 from simpul.topology.connectors import ConnectorSpec, check_connectors
 from simpul.topology.joins import Join, check_joins
@@ -281,7 +282,7 @@ def load_topology(path: Path) -> Topology:
     except OSError as error:
         raise TopologyError(f"cannot read topology {path}: {error.strerror}") from None
     try:
-        data = yaml.safe_load(text) if path.suffix in {".yaml", ".yml"} else json.loads(text)
+        data = yamltext.safe_load(text) if path.suffix in {".yaml", ".yml"} else json.loads(text)
     except (yaml.YAMLError, json.JSONDecodeError) as error:
         raise TopologyError(f"{path} is not valid YAML: {error}") from None
     return parse_topology(data, str(path))

@@ -17,6 +17,7 @@ from simpul.signing import (
     SIGNATURE_HEADER,
     KeyRing,
     create_key,
+    ensure_keys,
     load_signer,
     private_key_path,
     read_public_keys,
@@ -178,3 +179,23 @@ def test_keys_commands_keep_private_keys_private(tmp_path: Path) -> None:
             else:
                 os.environ[k] = v
         get_settings.cache_clear()
+
+
+def test_ensure_keys_gives_each_owner_one_usable_key_and_keeps_the_others(
+    keys: tuple[Path, Path],
+) -> None:
+    public, private = keys
+    before = read_public_keys(public)
+    revoke_key(public, private, next(e.key_id for e in before if e.owner == "dukcapil"))
+    owners = [("dinsos", "agency"), ("dukcapil", "agency"), ("bkpsdm", "agency")]
+    made = ensure_keys(public, private, owners)  # type: ignore[arg-type]
+    # dinsos already has a usable key; dukcapil's was revoked; bkpsdm had none
+    assert sorted(e.owner for e in made) == ["bkpsdm", "dukcapil"]
+    after = read_public_keys(public)
+    assert [e.key_id for e in after[: len(before)]] == [e.key_id for e in before]
+    assert [e.key_id for e in after[len(before) :]] == [e.key_id for e in made]
+    for owner in ("dinsos", "dukcapil", "bkpsdm"):
+        signer = load_signer(public, private, owner)
+        assert KeyRing(public).verify(signer.sign(headers(owner), KEY, VALUE), KEY, VALUE)
+    assert ensure_keys(public, private, owners) == []  # type: ignore[arg-type]
+    assert read_public_keys(public) == after
