@@ -28,10 +28,18 @@ test: $(STAMP)
 test-smoke: $(STAMP)
 	SIMPUL_TEST_BROKER=embedded $(BIN)/python -m pytest -m smoke
 
-bench: $(STAMP)
+# Quix Streams runs from its own venv: it pins pydantic below the version the tests run on.
+RIVALS := .venv-rivals
+$(RIVALS)/.installed: pyproject.toml
+	@test -x $(RIVALS)/bin/python || $(PYTHON) -m venv $(RIVALS)
+	$(RIVALS)/bin/python -m pip install --quiet --upgrade pip
+	$(RIVALS)/bin/python -m pip install --quiet -e '.[rivals]'
+	@touch $@
+
+bench: $(STAMP) $(RIVALS)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/steps.py
-	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	SIMPUL_BENCH_RIVAL_PYTHON=$(CURDIR)/$(RIVALS)/bin/python $(BIN)/python bench/run.py $(BENCH_ARGS)
 	$(BIN)/python bench/audit_subject.py --rows 20000000 --people 3000000
 	$(BIN)/python bench/store_growth.py --sizes 0,20000000 --events 10000
 
@@ -54,4 +62,4 @@ lint: $(STAMP)
 	$(BIN)/mypy --strict simpul streams
 
 clean:
-	rm -rf $(VENV) var build *.egg-info
+	rm -rf $(VENV) $(RIVALS) var build *.egg-info

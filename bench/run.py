@@ -81,6 +81,12 @@ PROFILE = False  # --profile
 ENGINE = "kafka"  # --broker
 SIGNING = "batch"  # --signing
 WEBHOOK_SECRET = "bench-webhook-secret-0123456789"
+#: The Python that runs Quix Streams: its own venv (`make bench` makes .venv-rivals), since
+#: Quix pins pydantic below the version the tests run on.
+RIVALS_VENV_PYTHON = ROOT / ".venv-rivals" / "bin" / "python"
+RIVAL_PYTHON = os.environ.get("SIMPUL_BENCH_RIVAL_PYTHON") or (
+    str(RIVALS_VENV_PYTHON) if RIVALS_VENV_PYTHON.exists() else sys.executable
+)
 WORKLOADS = {
     "a": ("one type, no subscriber (social.recipient.updated)", {"social.recipient.updated": 1}),
     "b": ("permit.issued with its subscriptions (fan-out, audit)", {"permit.issued": 1}),
@@ -501,12 +507,24 @@ def measure(
     return result
 
 
+def rival_python() -> str:
+    """`RIVAL_PYTHON`, once it is known to import Quix Streams; else a clear stop."""
+    found = subprocess.run([RIVAL_PYTHON, "-c", "import quixstreams"], capture_output=True)
+    if found.returncode != 0:
+        raise SystemExit(
+            f"SIMPUL_BENCH_RIVAL_PYTHON: {RIVAL_PYTHON} cannot import quixstreams; "
+            "`make bench` installs it in .venv-rivals (pip install -e '.[rivals]')"
+        )
+    return RIVAL_PYTHON
+
+
 def run_quix(bootstrap: str, load: Preloaded) -> dict[str, Any]:
+    python = rival_python()
     url = new_database()
     marker = WORK / f"quix-{uuid.uuid4().hex[:4]}"
     proc = spawn(
         [
-            sys.executable,
+            python,
             str(ROOT / "bench" / "quix_pipeline.py"),
             bootstrap,
             url,
