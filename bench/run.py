@@ -507,6 +507,7 @@ def measure(
     return result
 
 
+@functools.cache
 def rival_python() -> str:
     """`RIVAL_PYTHON`, once it is known to import Quix Streams; else a clear stop."""
     found = subprocess.run([RIVAL_PYTHON, "-c", "import quixstreams"], capture_output=True)

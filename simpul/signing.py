@@ -686,16 +686,16 @@ def rotate_key(
     entries = read_public_keys(public_file)
     old = [e for e in entries if e.owner == owner and e.state(now) == "valid"]
     attests = old[-1].attests if old and kind == "gateway" else None
-    new = create_key(public_file, keys_dir, owner, kind, attests)
+    new = _new_key(keys_dir, owner, kind, attests)
     until = now + overlap
     ended = []
     updated = []
-    for e in read_public_keys(public_file):
+    for e in entries:
         if e in old and (e.valid_until is None or e.valid_until > until):
             e = replace(e, valid_until=until)
             ended.append(e)
         updated.append(e)
-    write_public_keys(public_file, updated)
+    write_public_keys(public_file, [*updated, new])
     return new, ended
 
 

@@ -141,13 +141,10 @@ def test_database_outage_is_waited_out_without_loss(own_broker: Broker, tmp_path
         def steady() -> None:  # 100 events every 0.75 s for 30 s: through the whole outage
             # One pool for the run, as a running agency keeps its producers: a pool per chunk
             # spent more time connecting its producers than the 30 s of the pace.
-            pool = PublisherPool(stack.settings, catalog, linger_ms=20)
-            try:
+            with PublisherPool(stack.settings, catalog, linger_ms=20) as pool:
                 for chunk in chunks:
                     publish_plan(chunk, catalog, stack.settings, pool=pool)
                     time.sleep(0.75)  # a steady agency's pace, not a wait
-            finally:
-                pool.close()
 
         publisher = threading.Thread(target=steady)
         publisher.start()
