@@ -14,6 +14,7 @@ import random
 import pytest
 
 from simpul.codec import AvroSchema, unframe
+from simpul.signing import KEYID_HEADER, PROOF_HEADER, SIGNATURE_HEADER
 from simpul.topology.model import load_topology, parse_topology
 from sinks.webhook import (
     WebhookConfigError,
@@ -66,6 +67,26 @@ def test_fan_out_sends_to_matching_subscriptions_only_with_audit_rows() -> None:
     assert headers["simpul_subscription"] == b"dinsos-sktm" and headers["ce_id"] == b"id-1"
     assert audit[0].subject == "7271015203880002" and audit[0].channel == "inbox"
     assert audit[0].fields == plan.routes_for("kelurahan.document.issued")[0].subscription.fields
+
+
+def test_fan_out_passes_on_cloudevents_headers_without_signature_or_senders_simpul_ones() -> None:
+    plan = SubscriptionPlan.build(load_topology(PALU), REPO_ROOT / "schemas")
+    routes = [
+        (r, AvroSchema.from_text(100 + i, json.dumps(r.schema)))
+        for i, r in enumerate(plan.routes_for("kelurahan.document.issued"))
+    ]
+    sent = [
+        *HEADERS,
+        (SIGNATURE_HEADER, b"sig"),
+        (KEYID_HEADER, b"kel-ujuna-1"),
+        (PROOF_HEADER, b"0.1."),
+        ("simpul_subscription", b"forged"),
+        ("x-trace", b"t-1"),
+    ]
+    out, _, _ = fan_out(routes, SKTM, b"470/00012/1002/2026", sent, 1.0)
+    names = [name for name, _ in out[0].headers]
+    assert names == [*(n for n, _ in HEADERS), "x-trace", "simpul_subscription", "simpul_purpose"]
+    assert dict(out[0].headers)["simpul_subscription"] == b"dinsos-sktm"
 
 
 def test_signature_is_hmac_sha256_of_timestamp_dot_body() -> None:
