@@ -27,7 +27,7 @@ from aiokafka.errors import KafkaError
 
 from simpul import metrics
 from simpul.codec import AvroSchema
-from simpul.envelope import SIMPUL_HEADER_PREFIX, header
+from simpul.envelope import header, without_simpul_headers
 from simpul.registry.store import SchemaStore
 from simpul.signing import KEYID_HEADER, PROOF_HEADER, SIGNATURE_HEADER
 from simpul.topology.subscriptions import project
@@ -64,13 +64,8 @@ def fan_out(
     routes that filtered it out. Pure."""
     out, audit, filtered = [], [], []
     ce_id = header(headers, "ce_id") or ""
-    # Simpul's own headers only, and no signature: it covers the event, not the projection.
-    # One pass (this runs per fanned-out event): what `without_simpul_headers` drops, and more.
-    base = [
-        (k, v)
-        for k, v in headers
-        if not k.startswith(SIMPUL_HEADER_PREFIX) and k not in _SIGNATURE_HEADERS
-    ]
+    # No sender's simpul_* headers, and no signature: it covers the event, not the projection.
+    base = without_simpul_headers(headers, also=_SIGNATURE_HEADERS)
     for route, encoder in routes:
         sub = route.subscription
         if not sub.matches(payload):

@@ -23,7 +23,7 @@ from sinks.webhook import (
     to_cloudevent,
     webhook_secrets,
 )
-from streams.fanout.plan import SubscriptionPlan
+from streams.fanout.plan import Route, SubscriptionPlan
 from streams.fanout.service import fan_out
 from streams.runtime.retry import RetryPolicy
 from tests.support.paths import REPO_ROOT
@@ -50,12 +50,18 @@ SKTM = {
 }
 
 
-def test_fan_out_sends_to_matching_subscriptions_only_with_audit_rows() -> None:
+def _document_routes() -> tuple[SubscriptionPlan, list[tuple[Route, AvroSchema]]]:
+    """Palu's plan and the routes of ``kelurahan.document.issued``, each with its encoder."""
     plan = SubscriptionPlan.build(load_topology(PALU), REPO_ROOT / "schemas")
     routes = [
         (r, AvroSchema.from_text(100 + i, json.dumps(r.schema)))
         for i, r in enumerate(plan.routes_for("kelurahan.document.issued"))
     ]
+    return plan, routes
+
+
+def test_fan_out_sends_to_matching_subscriptions_only_with_audit_rows() -> None:
+    plan, routes = _document_routes()
     out, audit, filtered = fan_out(routes, SKTM, b"470/00012/1002/2026", HEADERS, 1.0)
     assert [m.topic for m in out] == ["simpul.out.dinsos"]
     assert [r.subscription.name for r in filtered] == ["kel-mamboro-documents"]
@@ -70,11 +76,7 @@ def test_fan_out_sends_to_matching_subscriptions_only_with_audit_rows() -> None:
 
 
 def test_fan_out_passes_on_cloudevents_headers_without_signature_or_senders_simpul_ones() -> None:
-    plan = SubscriptionPlan.build(load_topology(PALU), REPO_ROOT / "schemas")
-    routes = [
-        (r, AvroSchema.from_text(100 + i, json.dumps(r.schema)))
-        for i, r in enumerate(plan.routes_for("kelurahan.document.issued"))
-    ]
+    _, routes = _document_routes()
     sent = [
         *HEADERS,
         (SIGNATURE_HEADER, b"sig"),
